@@ -1,0 +1,653 @@
+"""The workflow store: workflows, their journals and histories, in SQL on either backend.
+
+Each public method is one transaction. A workflow row points at the task that runs it
+(`task_id`); journal writes are fenced on that pointer and on the task's lease, so a run
+that lost its lease (or was superseded by a later run) cannot write to the journal. A
+journal position is written once (the primary key is (workflow_id, step_index)): when two
+runs race, the first write wins and the other learns it lost.
+
+Times are POSIX seconds from the caller's `Clock`; nothing here reads a clock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any, TypeVar
+
+from legato.kernel.errors import ValidationError
+from legato.store.database import Database, Row, Transaction
+from legato.store.records import NewTask
+from legato.store.sql_batches import chunks, in_list, placeholders, row_set
+from legato.store.task_store import NOTIFY_CHANNEL, TASK_INSERT_COLUMNS, TaskStore, task_row
+from legato.store.workflow_records import (
+    JournalEntry,
+    JournalWrite,
+    NewWorkflow,
+    StepKind,
+    StepState,
+    Transition,
+    WorkflowEvent,
+    WorkflowRecord,
+    WorkflowState,
+)
+
+__all__ = ["WorkflowStore"]
+
+T = TypeVar("T")
+
+_WORKFLOW_COLUMNS = (
+    "id, name, state, payload, task_id, idempotency_key, result, error, created_at, "
+    "updated_at, wake_at"
+)
+_STEP_COLUMNS = (
+    "step_index, step_name, kind, state, result, error, function, compensation, "
+    "compensation_state, compensation_error, attempts, started_at, finished_at, compensated_at"
+)
+_ACTIVE = "('pending', 'running', 'sleeping', 'compensating')"
+# The run writing must be the one the workflow points at, and still hold its task's lease.
+_FENCE = (
+    "EXISTS (SELECT 1 FROM legato_workflows w JOIN legato_tasks t ON t.id = w.task_id "
+    "WHERE w.id = ? AND t.id = ? AND t.fencing_token = ? AND t.state = 'running')"
+)
+
+
+_ENTRY_TYPES = (
+    "bigint",
+    "integer",
+    "text",
+    "text",
+    "text",
+    "text",
+    "text",
+    "text",
+    "text",
+    "integer",
+    "double precision",
+    "double precision",
+    "bigint",
+    "bigint",
+)
+# The fence of `_FENCE`, for rows of a VALUES list (v.column1: workflow, 13: task, 14: token).
+_FENCE_V = (
+    "EXISTS (SELECT 1 FROM legato_workflows w JOIN legato_tasks t ON t.id = w.task_id "
+    "WHERE w.id = v.column1 AND t.id = v.column13 AND t.fencing_token = v.column14 "
+    "AND t.state = 'running')"
+)
+
+
+def _workflow(
+    row: Row,
+    journal: tuple[JournalEntry, ...] = (),
+    history: tuple[WorkflowEvent, ...] = (),
+) -> WorkflowRecord:
+    return WorkflowRecord(
+        workflow_id=row[0],
+        name=row[1],
+        state=WorkflowState(row[2]),
+        payload=row[3],
+        task_id=row[4],
+        idempotency_key=row[5],
+        result=row[6],
+        error=row[7],
+        created_at=row[8],
+        updated_at=row[9],
+        wake_at=row[10],
+        journal=journal,
+        history=history,
+    )
+
+
+def _entry(row: Row) -> JournalEntry:
+    return JournalEntry(
+        index=row[0],
+        name=row[1],
+        kind=StepKind(row[2]),
+        state=StepState(row[3]),
+        result=row[4],
+        error=row[5],
+        function=row[6],
+        compensation=row[7],
+        compensation_state=row[8],
+        compensation_error=row[9],
+        attempts=row[10],
+        started_at=row[11],
+        finished_at=row[12],
+        compensated_at=row[13],
+    )
+
+
+class WorkflowStore:
+    """Workflows, journals and workflow history on one `Database` (SQLite or PostgreSQL)."""
+
+    def __init__(self, database: Database) -> None:
+        self.database = database
+        self._postgres = database.dialect == "postgresql"
+        self._for_update = " FOR UPDATE" if self._postgres else ""
+        # Task rows are only ever written by the task store, here inside our transactions.
+        self._tasks = TaskStore(database)
+
+    # ----------------------------------------------------------------- helpers
+
+    def _in(self, column: str, values: Sequence[Any]) -> tuple[str, list[Any]]:
+        return in_list(column, values, postgres=self._postgres)
+
+    def _values(self, types: Sequence[str], rows: Sequence[Sequence[Any]]) -> tuple[str, list[Any]]:
+        return row_set(types, rows, postgres=self._postgres)
+
+    async def _events(
+        self,
+        tx: Transaction,
+        events: Sequence[
+            tuple[int, float, WorkflowState | None, WorkflowState, str, int | None, str | None]
+        ],
+    ) -> None:
+        for chunk in chunks(events, 500):
+            values, params = self._values(
+                ("bigint", "double precision", "text", "text", "text", "bigint", "text"),
+                [
+                    (
+                        workflow_id,
+                        at,
+                        from_state.value if from_state else None,
+                        to_state.value,
+                        reason[:32],
+                        task_id,
+                        detail,
+                    )
+                    for workflow_id, at, from_state, to_state, reason, task_id, detail in chunk
+                ],
+            )
+            await tx.execute(
+                "INSERT INTO legato_workflow_events (workflow_id, at, from_state, to_state, "
+                f"reason, task_id, detail) SELECT * FROM {values}",
+                params,
+            )
+
+    async def _event(
+        self,
+        tx: Transaction,
+        workflow_id: int,
+        now: float,
+        from_state: WorkflowState | None,
+        to_state: WorkflowState,
+        reason: str,
+        task_id: int | None,
+        detail: str | None = None,
+    ) -> None:
+        await tx.execute(
+            "INSERT INTO legato_workflow_events (workflow_id, at, from_state, to_state, reason, "
+            "task_id, detail) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                workflow_id,
+                now,
+                from_state.value if from_state else None,
+                to_state.value,
+                reason[:32],
+                task_id,
+                detail,
+            ),
+        )
+
+    async def _insert_task(self, tx: Transaction, task: NewTask, now: float) -> int:
+        # Run tasks carry no idempotency key (the workflow's pointer is what makes a run
+        # the current one), so the insert always creates a row.
+        return (await self._tasks.submit_in(tx, [task], now))[0].task_id
+
+    async def _find_key(self, key: str) -> int | None:
+        rows = await self.database.run(
+            "SELECT id FROM legato_workflows WHERE idempotency_key = ?", (key,)
+        )
+        return rows[0][0] if rows else None
+
+    # ----------------------------------------------------------------- start
+
+    async def start(self, workflow: NewWorkflow, task: NewTask, now: float) -> tuple[int, bool]:
+        """Insert `workflow` and the task that will run it, atomically.
+
+        Returns (workflow id, created). A workflow whose idempotency key already exists is
+        not started again: its id comes back with `created=False`, whatever its state.
+        """
+        key = workflow.idempotency_key
+        if self._postgres:
+            started = await self._start_postgres(workflow, task, now)
+            if started is not None:
+                return started, True
+            assert key is not None  # only a taken key inserts nothing
+            existing = await self._find_key(key)
+            assert existing is not None
+            return existing, False
+        if key is not None:
+            existing = await self._find_key(key)
+            if existing is not None:
+                return existing, False
+        async with self.database.transaction() as tx:
+            task_id = await self._insert_task(tx, task, now)
+            rows = await tx.fetch(
+                "INSERT INTO legato_workflows (name, state, payload, task_id, "
+                "idempotency_key, created_at, updated_at) VALUES (?, 'pending', ?, ?, ?, ?, ?) "
+                "RETURNING id",
+                (workflow.name, workflow.payload, task_id, key, now, now),
+            )
+            workflow_id: int = rows[0][0]
+            await self._event(tx, workflow_id, now, None, WorkflowState.PENDING, "started", task_id)
+        return workflow_id, True
+
+    async def _start_postgres(self, workflow: NewWorkflow, task: NewTask, now: float) -> int | None:
+        # One statement, so one round trip and one commit: the hot path of every start.
+        # The task id is drawn first so the workflow row can point at it; foreign keys are
+        # checked at the end of the statement, when the task row exists. A taken key makes
+        # the workflow insert do nothing, and with it every later part.
+        notify = ", (SELECT pg_notify(?, ?) FROM w) AS notified" if task.run_at <= now else ""
+        notify_params = [NOTIFY_CHANNEL, task.queue] if task.run_at <= now else []
+        row = task_row(task, now)
+        rows = await self.database.run(
+            "WITH t_id AS (SELECT nextval(pg_get_serial_sequence('legato_tasks', 'id')) AS id), "
+            "w AS (INSERT INTO legato_workflows (name, state, payload, task_id, idempotency_key, "
+            "created_at, updated_at) SELECT ?, 'pending', ?, t_id.id, ?, ?, ? FROM t_id "
+            "ON CONFLICT (idempotency_key) DO NOTHING RETURNING id, task_id), "
+            f"t AS (INSERT INTO legato_tasks (id, {TASK_INSERT_COLUMNS}) "
+            f"SELECT w.task_id, {placeholders(len(row))} FROM w RETURNING id), "
+            "e AS (INSERT INTO legato_workflow_events (workflow_id, at, from_state, to_state, "
+            "reason, task_id) SELECT w.id, ?, NULL, 'pending', 'started', w.task_id FROM w) "
+            f"SELECT w.id, (SELECT count(*) FROM t){notify} FROM w",
+            [
+                workflow.name,
+                workflow.payload,
+                workflow.idempotency_key,
+                now,
+                now,
+                *row,
+                now,
+                *notify_params,
+            ],
+        )
+        return rows[0][0] if rows else None
+
+    # ----------------------------------------------------------------- run
+
+    async def begin(self, task_id: int, now: float) -> WorkflowRecord | None:
+        """Load the workflow task `task_id` runs, with its journal; mark it running.
+
+        Returns None when no workflow points at this task (it was superseded by a later
+        run, or the workflow was deleted). See `begin_many`.
+        """
+        return (await self.begin_many([task_id], now)).get(task_id)
+
+    async def begin_many(
+        self, task_ids: Sequence[int], now: float, *, durable: bool = True
+    ) -> dict[int, WorkflowRecord]:
+        """Load the workflows these run tasks point at, with their journals, in one transaction.
+
+        Returns {task_id: workflow}; a task no workflow points at is absent. Workflows in a
+        terminal state come back as they are; pending or sleeping ones become running,
+        each with an event.
+        """
+        if not task_ids:
+            return {}
+        async with self.database.transaction(durable=durable) as tx:
+            where, in_params = self._in("task_id", task_ids)
+            rows = await tx.fetch(
+                f"SELECT {_WORKFLOW_COLUMNS} FROM legato_workflows WHERE {where} ORDER BY id"
+                + self._for_update,
+                in_params,
+            )
+            if not rows:
+                return {}
+            records = [_workflow(row) for row in rows]
+            waking = [
+                r for r in records if r.state in (WorkflowState.PENDING, WorkflowState.SLEEPING)
+            ]
+            if waking:
+                where, in_params = self._in("id", [r.workflow_id for r in waking])
+                await tx.execute(
+                    "UPDATE legato_workflows SET state = 'running', wake_at = NULL, "
+                    f"updated_at = ? WHERE {where}",
+                    [now, *in_params],
+                )
+                await self._events(
+                    tx,
+                    [
+                        (
+                            r.workflow_id,
+                            now,
+                            r.state,
+                            WorkflowState.RUNNING,
+                            "resumed" if r.state is WorkflowState.SLEEPING else "running",
+                            r.task_id,
+                            None,
+                        )
+                        for r in waking
+                    ],
+                )
+                woken = {r.workflow_id for r in waking}
+                records = [
+                    replace(r, state=WorkflowState.RUNNING, wake_at=None, updated_at=now)
+                    if r.workflow_id in woken
+                    else r
+                    for r in records
+                ]
+            where, in_params = self._in("workflow_id", [r.workflow_id for r in records])
+            steps = await tx.fetch(
+                f"SELECT workflow_id, {_STEP_COLUMNS} FROM legato_workflow_steps "
+                f"WHERE {where} ORDER BY workflow_id, step_index",
+                in_params,
+            )
+        journals: dict[int, list[JournalEntry]] = {}
+        for row in steps:
+            journals.setdefault(row[0], []).append(_entry(row[1:]))
+        return {
+            r.task_id: replace(r, journal=tuple(journals.get(r.workflow_id, ())))
+            for r in records
+            if r.task_id is not None
+        }
+
+    async def _append_many(self, tx: Transaction, writes: Sequence[JournalWrite]) -> list[bool]:
+        written: set[tuple[int, int]] = set()
+        for chunk in chunks(writes, 200):
+            values, params = self._values(
+                _ENTRY_TYPES,
+                [
+                    (
+                        w.workflow_id,
+                        w.entry.index,
+                        w.entry.name,
+                        w.entry.kind.value,
+                        w.entry.state.value,
+                        w.entry.result,
+                        w.entry.error,
+                        w.entry.function,
+                        w.entry.compensation,
+                        w.entry.attempts,
+                        w.entry.started_at,
+                        w.entry.finished_at,
+                        w.task_id,
+                        w.fencing_token,
+                    )
+                    for w in chunk
+                ],
+            )
+            rows = await tx.fetch(
+                "INSERT INTO legato_workflow_steps (workflow_id, step_index, step_name, kind, "
+                "state, result, error, function, compensation, attempts, started_at, "
+                "finished_at) SELECT v.column1, v.column2, v.column3, v.column4, v.column5, "
+                "v.column6, v.column7, v.column8, v.column9, v.column10, v.column11, v.column12 "
+                f"FROM {values} WHERE {_FENCE_V} "
+                "ON CONFLICT (workflow_id, step_index) DO NOTHING "
+                "RETURNING workflow_id, step_index",
+                params,
+            )
+            written.update((row[0], row[1]) for row in rows)
+        return [(w.workflow_id, w.entry.index) in written for w in writes]
+
+    async def append(
+        self, workflow_id: int, task_id: int, fencing_token: int, entry: JournalEntry
+    ) -> bool:
+        """Journal one entry; False (nothing written) if this run may no longer write.
+
+        That happens when the position is already journaled (another run got there first),
+        the workflow now points at another task, or the task's lease was lost.
+        """
+        return (await self.append_many([JournalWrite(workflow_id, task_id, fencing_token, entry)]))[
+            0
+        ]
+
+    async def append_many(self, writes: Sequence[JournalWrite]) -> list[bool]:
+        """Journal many entries in one (durable) transaction; per entry, whether it was written."""
+        if not writes:
+            return []
+        async with self.database.transaction() as tx:
+            return await self._append_many(tx, writes)
+
+    async def sleep(
+        self,
+        workflow_id: int,
+        task_id: int,
+        fencing_token: int,
+        entry: JournalEntry,
+        continuation: NewTask,
+        now: float,
+    ) -> int | None:
+        """Journal a durable sleep and hand the workflow to a task due at the wake-up time.
+
+        In one transaction: the sleep entry, a new task (run_at = wake-up), and the
+        workflow pointing at it, state sleeping. Returns the new task id, or None (nothing
+        written) if this run may no longer write.
+        """
+        async with self.database.transaction() as tx:
+            write = JournalWrite(workflow_id, task_id, fencing_token, entry)
+            if not (await self._append_many(tx, [write]))[0]:
+                return None
+            next_task = await self._insert_task(tx, continuation, now)
+            await tx.execute(
+                "UPDATE legato_workflows SET state = 'sleeping', task_id = ?, wake_at = ?, "
+                "updated_at = ? WHERE id = ?",
+                (next_task, continuation.run_at, now, workflow_id),
+            )
+            await self._event(
+                tx,
+                workflow_id,
+                now,
+                WorkflowState.RUNNING,
+                WorkflowState.SLEEPING,
+                "sleep",
+                next_task,
+                f"until {continuation.run_at}",
+            )
+            return next_task
+
+    async def transition(
+        self,
+        workflow_id: int,
+        task_id: int,
+        to_state: WorkflowState,
+        reason: str,
+        now: float,
+        *,
+        result: str | None = None,
+        error: str | None = None,
+        durable: bool = True,
+    ) -> bool:
+        """Move an active workflow still run by `task_id` to `to_state`, with an event.
+
+        Returns False (nothing changed) if the workflow is already terminal or another task
+        runs it now.
+        """
+        change = Transition(workflow_id, task_id, to_state, reason, result, error)
+        return (await self.transition_many([change], now, durable=durable))[0]
+
+    async def transition_many(
+        self, changes: Sequence[Transition], now: float, *, durable: bool = True
+    ) -> list[bool]:
+        """Apply many transitions in one transaction; per change, whether it was applied."""
+        if not changes:
+            return []
+        async with self.database.transaction(durable=durable) as tx:
+            ids = sorted({c.workflow_id for c in changes})
+            where, in_params = self._in("id", ids)
+            rows = await tx.fetch(
+                f"SELECT id, state, task_id FROM legato_workflows WHERE {where} "
+                f"AND state IN {_ACTIVE} ORDER BY id" + self._for_update,
+                in_params,
+            )
+            current = {row[0]: (WorkflowState(row[1]), row[2]) for row in rows}
+            applied: list[bool] = []
+            chosen: list[Transition] = []
+            for change in changes:
+                found = current.get(change.workflow_id)
+                ok = found is not None and found[1] == change.task_id
+                if ok:
+                    # A second change for the same workflow in this batch is not applied.
+                    current.pop(change.workflow_id)
+                    chosen.append(change)
+                applied.append(ok)
+            if not chosen:
+                return applied
+            values, params = self._values(
+                ("bigint", "text", "text", "text"),
+                [(c.workflow_id, c.to_state.value, c.result, c.error) for c in chosen],
+            )
+            await tx.execute(
+                "UPDATE legato_workflows SET state = v.column2, "
+                "result = COALESCE(v.column3, legato_workflows.result), "
+                "error = COALESCE(v.column4, legato_workflows.error), updated_at = ? "
+                f"FROM {values} WHERE legato_workflows.id = v.column1",
+                [now, *params],
+            )
+            states = {row[0]: WorkflowState(row[1]) for row in rows}
+            await self._events(
+                tx,
+                [
+                    (
+                        c.workflow_id,
+                        now,
+                        states[c.workflow_id],
+                        c.to_state,
+                        c.reason,
+                        c.task_id,
+                        c.error,
+                    )
+                    for c in chosen
+                ],
+            )
+            return applied
+
+    async def record_compensation(
+        self,
+        workflow_id: int,
+        task_id: int,
+        fencing_token: int,
+        index: int,
+        state: str,
+        error: str | None,
+        now: float,
+    ) -> bool:
+        """Journal how the compensation of step `index` ended ("compensated" or "failed")."""
+        async with self.database.transaction() as tx:
+            rows = await tx.fetch(
+                "UPDATE legato_workflow_steps SET compensation_state = ?, compensation_error = ?, "
+                f"compensated_at = ? WHERE workflow_id = ? AND step_index = ? AND {_FENCE} "
+                "RETURNING step_index",
+                (state, error, now, workflow_id, index, workflow_id, task_id, fencing_token),
+            )
+            return bool(rows)
+
+    async def cancel_requested(self, task_id: int) -> bool:
+        """Whether an operator asked to cancel task `task_id`."""
+        rows = await self.database.run(
+            "SELECT cancel_requested FROM legato_tasks WHERE id = ?", (task_id,)
+        )
+        return bool(rows and rows[0][0])
+
+    # ----------------------------------------------------------------- operate
+
+    async def cancel(self, workflow_id: int, now: float) -> tuple[WorkflowState, int | None]:
+        """Cancel a workflow that waits (pending or sleeping) at once, with its task.
+
+        A running or compensating workflow is left as it is: the caller asks its task to
+        stop (its run then records the cancellation). Returns the state after the call and
+        the workflow's current task id. Raises ValidationError for an unknown id.
+        """
+        async with self.database.transaction() as tx:
+            rows = await tx.fetch(
+                "SELECT state, task_id FROM legato_workflows WHERE id = ?" + self._for_update,
+                (workflow_id,),
+            )
+            if not rows:
+                raise ValidationError("workflow_id", workflow_id, "the id of an existing workflow")
+            state, task_id = WorkflowState(rows[0][0]), rows[0][1]
+            if state not in (WorkflowState.PENDING, WorkflowState.SLEEPING):
+                return state, task_id
+            await tx.execute(
+                "UPDATE legato_workflows SET state = 'cancelled', wake_at = NULL, updated_at = ? "
+                "WHERE id = ?",
+                (now, workflow_id),
+            )
+            await self._event(
+                tx, workflow_id, now, state, WorkflowState.CANCELLED, "cancelled", task_id
+            )
+            if task_id is not None:
+                # The waiting task would only find a cancelled workflow; cancel it too, as
+                # the task store does for a waiting task (state, reason and event).
+                cancelled = await tx.fetch(
+                    "UPDATE legato_tasks SET state = 'cancelled', end_reason = 'cancelled', "
+                    "finished_at = ?, updated_at = ? WHERE id = ? "
+                    "AND state IN ('pending', 'retrying') RETURNING fencing_token",
+                    (now, now, task_id),
+                )
+                if cancelled:
+                    await tx.execute(
+                        "INSERT INTO legato_task_events (task_id, at, from_state, to_state, "
+                        "reason, worker_id, fencing_token, detail) "
+                        "VALUES (?, ?, 'pending', 'cancelled', 'cancelled', NULL, ?, ?)",
+                        (task_id, now, cancelled[0][0], f"workflow {workflow_id} cancelled"),
+                    )
+            return WorkflowState.CANCELLED, task_id
+
+    # ----------------------------------------------------------------- read
+
+    async def get(self, workflow_id: int) -> WorkflowRecord | None:
+        """Return one workflow with its journal and history (oldest first), or None."""
+        async with self.database.transaction(write=False) as tx:
+            rows = await tx.fetch(
+                f"SELECT {_WORKFLOW_COLUMNS} FROM legato_workflows WHERE id = ?", (workflow_id,)
+            )
+            if not rows:
+                return None
+            steps = await tx.fetch(
+                f"SELECT {_STEP_COLUMNS} FROM legato_workflow_steps WHERE workflow_id = ? "
+                "ORDER BY step_index",
+                (workflow_id,),
+            )
+            events = await tx.fetch(
+                "SELECT at, from_state, to_state, reason, task_id, detail "
+                "FROM legato_workflow_events WHERE workflow_id = ? ORDER BY id",
+                (workflow_id,),
+            )
+        return _workflow(
+            rows[0],
+            tuple(_entry(row) for row in steps),
+            tuple(
+                WorkflowEvent(
+                    at=row[0],
+                    from_state=WorkflowState(row[1]) if row[1] else None,
+                    to_state=WorkflowState(row[2]),
+                    reason=row[3],
+                    task_id=row[4],
+                    detail=row[5],
+                )
+                for row in events
+            ),
+        )
+
+    async def list(
+        self,
+        *,
+        states: Sequence[WorkflowState] = (),
+        name: str | None = None,
+        limit: int = 100,
+        after_id: int = 0,
+    ) -> list[WorkflowRecord]:
+        """Return workflows (without journal or history) by id, optionally filtered."""
+        clauses = ["id > ?"]
+        params: list[Any] = [after_id]
+        if states:
+            clauses.append(f"state IN ({', '.join('?' * len(states))})")
+            params += [state.value for state in states]
+        if name is not None:
+            clauses.append("name = ?")
+            params.append(name)
+        async with self.database.transaction(write=False) as tx:
+            rows = await tx.fetch(
+                f"SELECT {_WORKFLOW_COLUMNS} FROM legato_workflows "
+                f"WHERE {' AND '.join(clauses)} ORDER BY id LIMIT ?",
+                [*params, limit],
+            )
+        return [_workflow(row) for row in rows]
+
+    async def count_by_state(self) -> dict[WorkflowState, int]:
+        """Return how many workflows are in each state (states with none are absent)."""
+        rows = await self.database.run(
+            "SELECT state, count(*) FROM legato_workflows GROUP BY state"
+        )
+        return {WorkflowState(state): count for state, count in rows}

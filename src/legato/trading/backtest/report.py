@@ -1,0 +1,323 @@
+"""The backtest report: metrics from closed trades and an equity curve, and their text forms.
+
+Pure functions on values. Money stays Decimal (equity, PnL, fees, total return); statistics
+of returns are floats. The conventions, stated once:
+
+- Returns are simple per-bar returns of the equity curve, r_i = e_i / e_(i-1) - 1.
+- The bar interval is the most common gap between consecutive equity timestamps; a year is
+  365 days (crypto markets trade every day), so periods_per_year = 365 days / interval.
+- Annualised return: (final / initial) ** (periods_per_year / (points - 1)) - 1 (None when
+  that overflows a float, or when the equity went to zero or below).
+- Sharpe: mean(r) / sample std(r) (n - 1 denominator) × sqrt(periods_per_year), risk-free 0.
+- Sortino: mean(r) / downside deviation × sqrt(periods_per_year), where the downside
+  deviation is sqrt(sum(min(r_i, 0)²) / (n - 1)), target 0. None when nothing went down.
+- Maximum drawdown: the largest fall from a running peak, as a fraction of that peak; its
+  duration is the longest time spent below a previous peak (from the peak to the recovery, or
+  to the last point if it never recovered).
+- Win rate: share of closed trades with net PnL (after fees) > 0. Profit factor: the sum of
+  positive net PnLs over the absolute sum of negative ones (None without a losing trade).
+- Exposure: share of equity points at which a position was held.
+- Fees: the fees of the closed trades.
+
+Text renderers (`trades_csv`, `equity_csv`, `summary_json`, `summary_markdown`) return
+strings that depend only on their inputs, so the same backtest gives the same bytes.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import itertools
+import json
+import math
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import Decimal
+
+from legato.kernel.errors import ValidationError
+from legato.trading.backtest.trades import ClosedTrade, EquityPoint
+
+__all__ = [
+    "TRADE_COLUMNS",
+    "BacktestMetrics",
+    "BacktestReport",
+    "bar_interval",
+    "compute_metrics",
+    "equity_csv",
+    "metric_rows",
+    "summary_json",
+    "summary_markdown",
+    "trades_csv",
+]
+
+_YEAR = timedelta(days=365)
+
+
+@dataclass(frozen=True, slots=True)
+class BacktestMetrics:
+    """The summary numbers of one backtest (see the module docstring for definitions).
+
+    Ratios are fractions (0.05 for 5%). Statistics that cannot be computed from the inputs
+    (a Sharpe ratio from a flat curve, a win rate without trades) are None.
+    """
+
+    start: datetime
+    end: datetime
+    points: int
+    bar_interval: timedelta
+    initial_equity: Decimal
+    final_equity: Decimal
+    net_pnl: Decimal
+    total_return: Decimal
+    annualized_return: float | None
+    sharpe: float | None
+    sortino: float | None
+    max_drawdown: float
+    max_drawdown_duration: timedelta
+    win_rate: float | None
+    profit_factor: float | None
+    exposure: float
+    fees: Decimal
+    trades: int
+
+    def as_dict(self) -> dict[str, object]:
+        """The metrics as JSON-ready values: Decimals as exact strings, times in ISO 8601."""
+        return {
+            "start": self.start.isoformat(),
+            "end": self.end.isoformat(),
+            "points": self.points,
+            "bar_interval_seconds": self.bar_interval.total_seconds(),
+            "initial_equity": str(self.initial_equity),
+            "final_equity": str(self.final_equity),
+            "net_pnl": str(self.net_pnl),
+            "total_return": str(self.total_return),
+            "annualized_return": _rounded(self.annualized_return),
+            "sharpe": _rounded(self.sharpe),
+            "sortino": _rounded(self.sortino),
+            "max_drawdown": _rounded(self.max_drawdown),
+            "max_drawdown_duration_seconds": self.max_drawdown_duration.total_seconds(),
+            "win_rate": _rounded(self.win_rate),
+            "profit_factor": _rounded(self.profit_factor),
+            "exposure": _rounded(self.exposure),
+            "fees": str(self.fees),
+            "trades": self.trades,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class BacktestReport:
+    """A titled report: the closed trades, the equity curve and the metrics computed from them."""
+
+    title: str
+    trades: tuple[ClosedTrade, ...]
+    equity: tuple[EquityPoint, ...]
+    metrics: BacktestMetrics
+
+    @classmethod
+    def build(
+        cls, title: str, trades: Sequence[ClosedTrade], equity: Sequence[EquityPoint]
+    ) -> BacktestReport:
+        """Compute the metrics of `trades` and `equity` and bundle them under `title`."""
+        return cls(title, tuple(trades), tuple(equity), compute_metrics(trades, equity))
+
+
+def _rounded(value: float | None) -> float | None:
+    # Twelve significant digits: far below any meaningful difference, and it keeps the JSON
+    # free of float noise such as 0.30000000000000004.
+    return None if value is None else float(f"{value:.12g}")
+
+
+def bar_interval(equity: Sequence[EquityPoint]) -> timedelta:
+    """The most common gap between consecutive points (the smallest of equally common ones)."""
+    gaps = Counter(b.timestamp - a.timestamp for a, b in itertools.pairwise(equity))
+    if not gaps:
+        raise ValidationError("equity", len(equity), "at least two equity points")
+    best = max(gaps.values())
+    return min(gap for gap, count in gaps.items() if count == best)
+
+
+def _max_drawdown(equity: Sequence[EquityPoint]) -> float:
+    """The largest fall from a running peak, as a fraction of that peak."""
+    peak = equity[0].equity
+    worst = 0.0
+    for point in equity:
+        if point.equity >= peak:
+            peak = point.equity
+        elif peak > 0:
+            worst = max(worst, float((peak - point.equity) / peak))
+    return worst
+
+
+def _under_water_time(equity: Sequence[EquityPoint]) -> timedelta:
+    """Longest span from a peak to the first point back at or above it (or to the end)."""
+    peak = equity[0].equity
+    peak_time = equity[0].timestamp
+    under_water = False
+    longest = timedelta(0)
+    for point in equity:
+        if point.equity >= peak:
+            if under_water:
+                longest = max(longest, point.timestamp - peak_time)
+            peak, peak_time, under_water = point.equity, point.timestamp, False
+        else:
+            under_water = True
+    if under_water:
+        longest = max(longest, equity[-1].timestamp - peak_time)
+    return longest
+
+
+def compute_metrics(
+    trades: Sequence[ClosedTrade], equity: Sequence[EquityPoint]
+) -> BacktestMetrics:
+    """Compute every report metric from closed trades and an equity curve (2 points or more)."""
+    if len(equity) < 2:
+        raise ValidationError("equity", len(equity), "at least two equity points")
+    initial, final = equity[0].equity, equity[-1].equity
+    if initial <= 0:
+        raise ValidationError("equity[0].equity", initial, "a starting equity > 0")
+    interval = bar_interval(equity)
+    periods_per_year = _YEAR / interval
+    growth = final / initial
+    annualized: float | None = None
+    if growth > 0:
+        try:
+            annualized = float(growth) ** (periods_per_year / (len(equity) - 1)) - 1.0
+        except OverflowError:
+            # A short, steep curve compounds past any float: no meaningful annual figure.
+            annualized = None
+    values = [float(point.equity) for point in equity]
+    returns = [
+        (now / before - 1.0) if before > 0 else 0.0 for before, now in itertools.pairwise(values)
+    ]
+    count = len(returns)
+    mean = math.fsum(returns) / count
+    scale = math.sqrt(periods_per_year)
+    sharpe = sortino = None
+    if count > 1:
+        variance = math.fsum((r - mean) ** 2 for r in returns) / (count - 1)
+        if variance > 0:
+            sharpe = mean / math.sqrt(variance) * scale
+        downside = math.fsum(min(r, 0.0) ** 2 for r in returns) / (count - 1)
+        if downside > 0:
+            sortino = mean / math.sqrt(downside) * scale
+    wins = [t.net_pnl for t in trades if t.net_pnl > 0]
+    losses = [t.net_pnl for t in trades if t.net_pnl < 0]
+    gross_loss = -sum(losses, Decimal(0))
+    return BacktestMetrics(
+        start=equity[0].timestamp,
+        end=equity[-1].timestamp,
+        points=len(equity),
+        bar_interval=interval,
+        initial_equity=initial,
+        final_equity=final,
+        net_pnl=final - initial,
+        total_return=growth - 1,
+        annualized_return=annualized,
+        sharpe=sharpe,
+        sortino=sortino,
+        max_drawdown=_max_drawdown(equity),
+        max_drawdown_duration=_under_water_time(equity),
+        win_rate=len(wins) / len(trades) if trades else None,
+        profit_factor=float(sum(wins, Decimal(0)) / gross_loss) if gross_loss else None,
+        exposure=sum(1 for point in equity if point.position) / len(equity),
+        fees=sum((t.fees for t in trades), Decimal(0)),
+        trades=len(trades),
+    )
+
+
+TRADE_COLUMNS = (
+    "symbol",
+    "side",
+    "quantity",
+    "entry_time",
+    "entry_price",
+    "exit_time",
+    "exit_price",
+    "pnl",
+    "fees",
+    "net_pnl",
+    "exit_reason",
+)
+
+
+def trades_csv(trades: Sequence[ClosedTrade]) -> str:
+    """The closed trades as CSV (header first; exact Decimals; ISO 8601 UTC times)."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(TRADE_COLUMNS)
+    for t in trades:
+        writer.writerow(
+            (
+                t.symbol,
+                t.side.value,
+                t.quantity,
+                t.entry_time.isoformat(),
+                t.entry_price,
+                t.exit_time.isoformat(),
+                t.exit_price,
+                t.pnl,
+                t.fees,
+                t.net_pnl,
+                t.exit_reason,
+            )
+        )
+    return buffer.getvalue()
+
+
+def equity_csv(equity: Sequence[EquityPoint]) -> str:
+    """The equity curve as CSV: timestamp, equity, position."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(("timestamp", "equity", "position"))
+    for point in equity:
+        writer.writerow((point.timestamp.isoformat(), point.equity, point.position))
+    return buffer.getvalue()
+
+
+def summary_json(report: BacktestReport) -> str:
+    """The title and metrics as indented JSON with sorted keys, ending in a newline."""
+    document = {"title": report.title, "metrics": report.metrics.as_dict()}
+    return json.dumps(document, indent=2, sort_keys=True) + "\n"
+
+
+def _percent(value: float | Decimal | None) -> str:
+    return "n/a" if value is None else f"{float(value) * 100:.2f}%"
+
+
+def _ratio(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def _money(value: Decimal) -> str:
+    return f"{value:,.2f}"
+
+
+def metric_rows(metrics: BacktestMetrics) -> list[tuple[str, str]]:
+    """The metrics as (label, formatted value) rows, in the order reports show them."""
+    return [
+        ("Period", f"{metrics.start.isoformat()} to {metrics.end.isoformat()}"),
+        ("Bars", f"{metrics.points} × {metrics.bar_interval}"),
+        ("Initial equity", _money(metrics.initial_equity)),
+        ("Final equity", _money(metrics.final_equity)),
+        ("Net PnL", _money(metrics.net_pnl)),
+        ("Total return", _percent(metrics.total_return)),
+        ("Annualised return", _percent(metrics.annualized_return)),
+        ("Sharpe ratio", _ratio(metrics.sharpe)),
+        ("Sortino ratio", _ratio(metrics.sortino)),
+        ("Maximum drawdown", _percent(metrics.max_drawdown)),
+        ("Longest drawdown", str(metrics.max_drawdown_duration)),
+        ("Trades", str(metrics.trades)),
+        ("Win rate", _percent(metrics.win_rate)),
+        ("Profit factor", _ratio(metrics.profit_factor)),
+        ("Exposure", _percent(metrics.exposure)),
+        ("Fees", _money(metrics.fees)),
+    ]
+
+
+def summary_markdown(report: BacktestReport) -> str:
+    """The title and metrics as a Markdown table, ending in a newline."""
+    lines = [f"# {report.title}", "", "| Metric | Value |", "|---|---|"]
+    lines.extend(f"| {label} | {value} |" for label, value in metric_rows(report.metrics))
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,685 @@
+"""The coordinator: one decision pipeline per symbol, from a closed bar to an order.
+
+`CoordinatorAgent.observe(bar)` feeds the symbol's indicators (every bar, in order, at once);
+`run(symbol, snapshot)` carries one decision through the pipeline:
+
+    signal -> technical analysis -> regime -> decision (panel vote) -> conflicts
+    -> resolution (rules or LLM) -> proposal sized from the risk budget -> risk engine
+    -> executor
+
+Every stage publishes a message on the bus, all with the correlation id of the run's first
+message (`desk.signal.<symbol>`) and each caused by the one before it, so a trade can be
+followed from signal to order (`bus.trace(correlation_id)`). The decision, the votes and the
+conflicts are stored in the `DecisionLog`.
+
+One pipeline per symbol at a time: runs for a symbol queue on its lock (never on another
+lock, so they cannot deadlock), and a run whose bar is older than the symbol's latest is
+superseded without deciding. A run is keyed by (symbol, bar time); the key is claimed in the
+decision log before anything is sent, so a second run for the same bar, here or in another
+process, never trades. The execution intent id is derived from the key, so even a retried
+call resumes the same trade instead of opening another.
+
+The executor and the position closer are Protocols: the desk passes the
+`OrderExecutionManager` and its own closer; the coordinator reads only `success`, `status`,
+`error_message`, `intent_id` and `orders` of the result.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import hashlib
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from decimal import ROUND_FLOOR, Decimal
+from typing import Any, Protocol
+
+import structlog
+
+from legato.kernel.bus import MessageBus
+from legato.kernel.clock import Clock, RealClock
+from legato.kernel.errors import ValidationError
+from legato.kernel.message import Message
+from legato.trading.agents.decision import DecisionSettings, TradeDecision, TradingDecisionAgent
+from legato.trading.agents.models import DecisionContext, DecisionModel, TradeAction
+from legato.trading.agents.regime import RegimeAssessment, RegimeDetectionAgent
+from legato.trading.agents.snapshot import IndicatorSet, IndicatorSettings, IndicatorSnapshot
+from legato.trading.agents.technical import TechnicalAnalysis, TechnicalAnalysisAgent
+from legato.trading.conflicts import (
+    Conflict,
+    ConflictCase,
+    ConflictResolver,
+    ConflictSettings,
+    Resolution,
+    ResolutionAction,
+    RuleResolver,
+    candidate_action,
+    detect_conflicts,
+)
+from legato.trading.decision_log import (
+    ConflictRecord,
+    DecisionLog,
+    DecisionRecord,
+    PipelineStatus,
+)
+from legato.trading.desk_config import StrategyConfig
+from legato.trading.instruments import Instrument
+from legato.trading.market_data import Bar
+from legato.trading.orders import Order, OrderSide
+from legato.trading.proposals import TradeProposal
+from legato.trading.risk import RiskDecision, RiskManagementEngine
+from legato.trading.tracker import PositionTracker
+
+__all__ = [
+    "CoordinatorAgent",
+    "ExecutionOutcome",
+    "PipelineOutcome",
+    "PositionCloser",
+    "RunDisposition",
+    "TradeExecutor",
+    "decision_key",
+    "intent_id_for",
+    "topic_token",
+]
+
+_log = structlog.get_logger(__name__)
+_SOURCE = "coordinator"
+_ENTRIES = (TradeAction.BUY, TradeAction.SELL)
+
+
+class ExecutionOutcome(Protocol):
+    """What the coordinator reads of an executor's result."""
+
+    @property
+    def intent_id(self) -> str:
+        """The execution intent's id."""
+        ...
+
+    @property
+    def success(self) -> bool:
+        """True when the position is open and protected."""
+        ...
+
+    @property
+    def status(self) -> enum.Enum:
+        """Where the trade stands."""
+        ...
+
+    @property
+    def error_message(self) -> str | None:
+        """Why it failed, if it did."""
+        ...
+
+    @property
+    def orders(self) -> Sequence[Order]:
+        """The orders of the trade."""
+        ...
+
+
+class TradeExecutor(Protocol):
+    """Carries an approved proposal to the venue (the `OrderExecutionManager`)."""
+
+    async def execute_trade(
+        self, proposal: TradeProposal, *, intent_id: str | None = None
+    ) -> ExecutionOutcome:
+        """Execute `proposal`; the same `intent_id` resumes instead of trading again."""
+        ...
+
+
+class PositionCloser(Protocol):
+    """Closes the open position of a symbol (the desk's close control)."""
+
+    async def close_position(self, symbol: str, reason: str) -> object:
+        """Close `symbol`'s position; `reason` is recorded."""
+        ...
+
+
+class RunDisposition(enum.Enum):
+    """Whether a run decided at all."""
+
+    DECIDED = "decided"  # stored in the decision log with a PipelineStatus
+    DUPLICATE = "duplicate"  # its key was already claimed: nothing done
+    SUPERSEDED = "superseded"  # a newer bar of the symbol arrived first: nothing done
+    WARMING_UP = "warming_up"  # the indicators are not ready yet: nothing done
+
+
+@dataclass(frozen=True, slots=True)
+class PipelineOutcome:
+    """What one pipeline run did, stage by stage (None where it did not get that far)."""
+
+    key: str
+    symbol: str
+    bar_time: datetime
+    disposition: RunDisposition
+    status: PipelineStatus | None = None
+    correlation_id: str | None = None
+    decision: TradeDecision | None = None
+    conflicts: tuple[Conflict, ...] = ()
+    resolution: Resolution | None = None
+    proposal: TradeProposal | None = None
+    risk: RiskDecision | None = None
+    execution: ExecutionOutcome | None = None
+    detail: str | None = None
+
+    @property
+    def traded(self) -> bool:
+        """True when an executor was asked to trade (successfully or not)."""
+        return self.execution is not None
+
+
+def decision_key(symbol: str, bar_time: datetime) -> str:
+    """The idempotency key of the run for `symbol`'s bar closing at `bar_time`."""
+    return f"{symbol}@{bar_time.isoformat()}"
+
+
+def intent_id_for(key: str) -> str:
+    """The execution intent id of run `key`: 20 hex digits, short enough for client ids."""
+    return hashlib.sha256(key.encode()).hexdigest()[:20]
+
+
+_TOKEN = re.compile(r"[^A-Za-z0-9_-]+")
+
+
+def topic_token(symbol: str) -> str:
+    """`symbol` as one topic segment ("ETH/USDT" -> "ETH-USDT")."""
+    return _TOKEN.sub("-", symbol).strip("-") or "symbol"
+
+
+@dataclass(slots=True)
+class _Book:
+    # The per-symbol state: indicators, agents, settings and the pipeline lock.
+    instrument: Instrument
+    strategy: StrategyConfig
+    indicators: IndicatorSet
+    technical: TechnicalAnalysisAgent
+    regime: RegimeDetectionAgent
+    agent: TradingDecisionAgent
+    levels: TradingDecisionAgent
+    resolver: ConflictResolver
+    conflict_settings: ConflictSettings
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    latest: datetime | None = None
+
+
+@dataclass(slots=True)
+class _Run:
+    # The working state of one run: its key, the chain of messages, the stage timings.
+    key: str
+    book: _Book
+    snapshot: IndicatorSnapshot
+    last: Message | None = None
+    correlation_id: str | None = None
+
+
+class CoordinatorAgent:
+    """Runs the decision pipeline of each symbol; see the module docstring.
+
+    `strategies` say which symbols are traded and how; `instruments` give their tick and
+    lot sizes. `resolvers` maps a strategy name to its conflict resolver (default: the
+    rules). `models` builds a strategy's decision panel (default: the offline rule models).
+    `closer` acts on CLOSE decisions (without one they are stored and not acted on).
+    """
+
+    def __init__(
+        self,
+        *,
+        instruments: Iterable[Instrument],
+        strategies: Sequence[StrategyConfig],
+        risk_engine: RiskManagementEngine,
+        executor: TradeExecutor,
+        tracker: PositionTracker,
+        decision_log: DecisionLog,
+        bus: MessageBus,
+        quote_asset: str,
+        clock: Clock | None = None,
+        resolvers: Mapping[str, ConflictResolver] | None = None,
+        models: Mapping[str, Sequence[DecisionModel]] | None = None,
+        closer: PositionCloser | None = None,
+        indicator_settings: IndicatorSettings | None = None,
+    ) -> None:
+        by_symbol = {instrument.symbol: instrument for instrument in instruments}
+        self._clock: Clock = clock if clock is not None else RealClock()
+        self._risk = risk_engine
+        self._executor = executor
+        self._tracker = tracker
+        self._log = decision_log
+        self._bus = bus
+        self._quote = quote_asset
+        self._closer = closer
+        self._books: dict[str, _Book] = {}
+        self._paused: set[str] = set()
+        self._kill_switch = False
+        self._latency: dict[str, float] = {}
+        for strategy in strategies:
+            panel = (models or {}).get(strategy.name)
+            for symbol in strategy.symbols:
+                instrument = by_symbol.get(symbol)
+                if instrument is None:
+                    raise ValidationError(
+                        "strategies", symbol, f"symbols with an instrument ({sorted(by_symbol)})"
+                    )
+                if symbol in self._books:
+                    raise ValidationError("strategies", symbol, "each symbol in one strategy")
+                settings = DecisionSettings(
+                    min_consensus=strategy.min_consensus,
+                    stop_atr=strategy.stop_atr,
+                    target_atr=strategy.target_atr,
+                    tick_size=instrument.tick_size,
+                )
+                agent = TradingDecisionAgent(panel, settings)
+                conflict_settings = ConflictSettings(
+                    weak_consensus=strategy.weak_consensus,
+                    high_volatility_size=strategy.high_volatility_size,
+                )
+                resolver = (resolvers or {}).get(strategy.name) or RuleResolver(conflict_settings)
+                self._books[symbol] = _Book(
+                    instrument=instrument,
+                    strategy=strategy,
+                    indicators=IndicatorSet(symbol, indicator_settings),
+                    technical=TechnicalAnalysisAgent(symbol),
+                    regime=RegimeDetectionAgent(symbol),
+                    agent=agent,
+                    # The same panel with no consensus bar: levels for a split vote's leader.
+                    levels=TradingDecisionAgent(agent.models, replace(settings, min_consensus=0.0)),
+                    resolver=resolver,
+                    conflict_settings=conflict_settings,
+                )
+
+    # ------------------------------------------------------------------ controls and state
+
+    @property
+    def symbols(self) -> tuple[str, ...]:
+        """The symbols coordinated."""
+        return tuple(self._books)
+
+    def pause(self, symbol: str) -> None:
+        """Keep deciding on `symbol` (and storing it) but act on nothing until `resume`."""
+        self._book(symbol)
+        self._paused.add(symbol)
+
+    def resume(self, symbol: str) -> None:
+        """Act on `symbol`'s decisions again."""
+        self._book(symbol)
+        self._paused.discard(symbol)
+
+    def exclusive(self, symbol: str) -> asyncio.Lock:
+        """The lock of `symbol`'s pipeline: hold it to act on the symbol between runs.
+
+        `async with coordinator.exclusive(symbol):` waits for a run in flight (an entry
+        being filled and protected) to finish, and keeps the next one waiting. Never take
+        it inside a run (the pipeline's position closer is called with it held).
+        """
+        return self._book(symbol).lock
+
+    @property
+    def paused(self) -> frozenset[str]:
+        """The paused symbols."""
+        return frozenset(self._paused)
+
+    @property
+    def kill_switch(self) -> bool:
+        """True when the kill switch is on (the risk engine rejects every opening trade)."""
+        return self._kill_switch
+
+    def set_kill_switch(self, on: bool) -> None:
+        """Turn the kill switch on or off for the risk checks of later runs."""
+        self._kill_switch = on
+
+    @property
+    def latencies(self) -> dict[str, float]:
+        """Seconds the last run of each stage took (`analysis`, `decision`, ...)."""
+        return dict(self._latency)
+
+    # ------------------------------------------------------------------ the pipeline
+
+    def observe(self, bar: Bar) -> IndicatorSnapshot:
+        """Feed `bar` into its symbol's indicators; return the snapshot to `run` on."""
+        book = self._book(bar.symbol)
+        snapshot = book.indicators.update(bar)
+        book.latest = snapshot.timestamp
+        return snapshot
+
+    async def on_bar(self, bar: Bar) -> PipelineOutcome:
+        """`observe(bar)` and `run` the pipeline on it."""
+        return await self.run(bar.symbol, self.observe(bar))
+
+    async def run(self, symbol: str, snapshot: IndicatorSnapshot) -> PipelineOutcome:
+        """Run the decision pipeline for `symbol` on `snapshot` (one run per symbol at once)."""
+        book = self._book(symbol)
+        if snapshot.symbol != symbol:
+            raise ValidationError("snapshot", snapshot.symbol, f"a snapshot of {symbol}")
+        key = decision_key(symbol, snapshot.timestamp)
+        async with book.lock:
+            if book.latest is not None and snapshot.timestamp < book.latest:
+                return PipelineOutcome(key, symbol, snapshot.timestamp, RunDisposition.SUPERSEDED)
+            if await self._log.has(key):
+                return PipelineOutcome(key, symbol, snapshot.timestamp, RunDisposition.DUPLICATE)
+            return await self._run(_Run(key, book, snapshot))
+
+    async def _run(self, run: _Run) -> PipelineOutcome:
+        book, snapshot = run.book, run.snapshot
+        symbol = snapshot.symbol
+        started = self._clock.monotonic()
+        technical = book.technical.analyze(snapshot)
+        regime = book.regime.analyze(snapshot)
+        if technical is None or regime is None:
+            return PipelineOutcome(run.key, symbol, snapshot.timestamp, RunDisposition.WARMING_UP)
+        self._latency["analysis"] = self._clock.monotonic() - started
+
+        position = await self._tracker.ledger.position(symbol)
+        context = DecisionContext(
+            symbol=symbol,
+            timestamp=snapshot.timestamp,
+            indicators=snapshot,
+            technical=technical,
+            regime=regime,
+            position=position.side if position is not None else None,
+        )
+        started = self._clock.monotonic()
+        decision = await book.agent.decide(context)
+        self._latency["decision"] = self._clock.monotonic() - started
+        # The run's messages go out only once it owns its key: a run that loses the claim
+        # to another process publishes nothing, so the bus holds one chain per bar.
+        signal = self._bus.create_message(
+            f"desk.signal.{topic_token(symbol)}",
+            _SOURCE,
+            {
+                "key": run.key,
+                "symbol": symbol,
+                "bar_time": snapshot.timestamp.isoformat(),
+                "close": str(snapshot.close_price),
+            },
+        )
+        correlation_id = signal.correlation_id
+        now = self._clock.now()
+        record = DecisionRecord(
+            key=run.key,
+            symbol=symbol,
+            bar_time=snapshot.timestamp,
+            strategy=book.strategy.name,
+            correlation_id=correlation_id,
+            action=decision.action,
+            leading_action=decision.leading_action,
+            consensus=decision.consensus,
+            split=decision.split,
+            entry=decision.entry,
+            stop=decision.stop,
+            target=decision.target,
+            reasoning=decision.reasoning,
+            analysis={
+                "technical": _technical_payload(technical),
+                "regime": _regime_payload(regime),
+            },
+            status=PipelineStatus.CLAIMED,
+            created_at=now,
+            updated_at=now,
+        )
+        action = candidate_action(decision)
+        acting = action in _ENTRIES or (action is TradeAction.CLOSE and position is not None)
+        if not acting and symbol not in self._paused:
+            # A run that cannot lead to an order is stored in a batch, not claimed: see
+            # DecisionLog.record_no_trade for what that trades away (and what it keeps).
+            finished = replace(record, status=PipelineStatus.NO_TRADE, detail=decision.reasoning)
+            if not await self._log.record_no_trade(finished, decision.votes):
+                return PipelineOutcome(
+                    run.key, symbol, snapshot.timestamp, RunDisposition.DUPLICATE
+                )
+            await self._announce(run, signal, technical, regime, decision)
+            outcome = PipelineOutcome(
+                run.key,
+                symbol,
+                snapshot.timestamp,
+                RunDisposition.DECIDED,
+                correlation_id=run.correlation_id,
+                decision=decision,
+            )
+            return await self._end(
+                run, outcome, PipelineStatus.NO_TRADE, decision.reasoning, stored=True
+            )
+        if not await self._log.claim(record, decision.votes):
+            # Another process claimed this bar between our check and our write.
+            return PipelineOutcome(run.key, symbol, snapshot.timestamp, RunDisposition.DUPLICATE)
+        await self._announce(run, signal, technical, regime, decision)
+        outcome = PipelineOutcome(
+            run.key,
+            symbol,
+            snapshot.timestamp,
+            RunDisposition.DECIDED,
+            correlation_id=run.correlation_id,
+            decision=decision,
+        )
+        return await self._act(run, outcome, context, technical, regime, position is not None)
+
+    async def _announce(
+        self,
+        run: _Run,
+        signal: Message,
+        technical: TechnicalAnalysis,
+        regime: RegimeAssessment,
+        decision: TradeDecision,
+    ) -> None:
+        """Publish a stored run's signal, analysis, regime and decision, in one chain."""
+        await self._bus.publish(signal)
+        run.last, run.correlation_id = signal, signal.correlation_id
+        await self._publish(run, "analysis", _technical_payload(technical))
+        await self._publish(run, "regime", _regime_payload(regime))
+        await self._publish(run, "decision", _decision_payload(decision))
+
+    async def _act(
+        self,
+        run: _Run,
+        outcome: PipelineOutcome,
+        context: DecisionContext,
+        technical: TechnicalAnalysis,
+        regime: RegimeAssessment,
+        holding: bool,
+    ) -> PipelineOutcome:
+        book = run.book
+        decision = outcome.decision
+        assert decision is not None
+        symbol = decision.symbol
+        if symbol in self._paused:
+            return await self._end(run, outcome, PipelineStatus.PAUSED, "the symbol is paused")
+        action = candidate_action(decision)
+        if action is TradeAction.CLOSE and holding:
+            if self._closer is None:
+                return await self._end(
+                    run, outcome, PipelineStatus.NO_TRADE, "CLOSE decided; no closer configured"
+                )
+            await self._closer.close_position(symbol, f"decision {run.key}: {decision.reasoning}")
+            return await self._end(run, outcome, PipelineStatus.CLOSE_REQUESTED, "CLOSE")
+        if action not in _ENTRIES:
+            return await self._end(run, outcome, PipelineStatus.NO_TRADE, decision.reasoning)
+
+        conflicts = detect_conflicts(decision, technical, regime, book.conflict_settings)
+        resolution = Resolution(ResolutionAction.PROCEED, Decimal(1), "no conflict", 1.0, "rules")
+        if conflicts:
+            started = self._clock.monotonic()
+            resolution = await book.resolver.resolve(
+                ConflictCase(decision, technical, regime, conflicts)
+            )
+            self._latency["resolution"] = self._clock.monotonic() - started
+            await self._log.record_conflict(
+                ConflictRecord(run.key, symbol, conflicts, resolution, self._clock.now())
+            )
+            await self._publish(run, "conflict", _conflict_payload(conflicts, resolution))
+        outcome = replace(outcome, conflicts=conflicts, resolution=resolution)
+        if not resolution.trades:
+            status = (
+                PipelineStatus.ABORTED
+                if resolution.action is ResolutionAction.ABORT
+                else PipelineStatus.WAITED
+            )
+            return await self._end(run, outcome, status, resolution.reasoning)
+
+        levels = decision if not decision.split else book.levels.combine(context, decision.votes)
+        if levels.entry is None or levels.stop is None:
+            return await self._end(
+                run, outcome, PipelineStatus.INVALID, "the decision has no entry and stop levels"
+            )
+        started = self._clock.monotonic()
+        state = await self._tracker.risk_state(
+            quote_asset=self._quote, kill_switch=self._kill_switch
+        )
+        quantity = _size(
+            state.equity,
+            book.strategy.risk_per_trade * resolution.size_factor,
+            levels.entry,
+            levels.stop,
+            book,
+        )
+        try:
+            proposal = TradeProposal(
+                symbol=symbol,
+                side=OrderSide.BUY if action is TradeAction.BUY else OrderSide.SELL,
+                quantity=quantity,
+                entry_price=levels.entry,
+                stop_loss=levels.stop,
+                take_profit=levels.target,
+                leverage=book.strategy.leverage,
+                strategy_id=book.strategy.name,
+                correlation_id=run.correlation_id,
+            )
+        except ValidationError as error:
+            return await self._end(run, outcome, PipelineStatus.INVALID, str(error))
+        outcome = replace(outcome, proposal=proposal)
+        await self._publish(run, "proposal", proposal.as_dict())
+        risk = self._risk.validate_trade(proposal, state)
+        self._latency["risk"] = self._clock.monotonic() - started
+        outcome = replace(outcome, risk=risk)
+        await self._publish(run, "risk", risk.as_dict())
+        approved = risk.approved_proposal
+        if approved is None:
+            reasons = "; ".join(reason.message for reason in risk.reasons)
+            return await self._end(
+                run, outcome, PipelineStatus.REJECTED, reasons, risk=risk.as_dict()
+            )
+        intent_id = intent_id_for(run.key)
+        # Linked before sending: after a crash the audit still leads to the intent's orders.
+        await self._log.finish(
+            run.key,
+            PipelineStatus.CLAIMED,
+            self._clock.now(),
+            intent_id=intent_id,
+            proposal=approved.as_dict(),
+            risk=risk.as_dict(),
+        )
+        started = self._clock.monotonic()
+        try:
+            result = await self._executor.execute_trade(approved, intent_id=intent_id)
+        except ValidationError as error:
+            return await self._end(run, outcome, PipelineStatus.INVALID, str(error))
+        self._latency["execution"] = self._clock.monotonic() - started
+        outcome = replace(outcome, execution=result)
+        await self._publish(
+            run,
+            "execution",
+            {
+                "intent_id": result.intent_id,
+                "success": result.success,
+                "status": str(result.status.value),
+                "error": result.error_message,
+                "orders": [
+                    {
+                        "client_order_id": order.client_order_id,
+                        "type": order.type.value,
+                        "side": order.side.value,
+                        "status": order.status.value,
+                    }
+                    for order in result.orders
+                ],
+            },
+        )
+        status = PipelineStatus.EXECUTED if result.success else PipelineStatus.FAILED
+        return await self._end(
+            run, outcome, status, result.error_message or str(result.status.value)
+        )
+
+    async def _end(
+        self,
+        run: _Run,
+        outcome: PipelineOutcome,
+        status: PipelineStatus,
+        detail: str,
+        *,
+        risk: Mapping[str, Any] | None = None,
+        stored: bool = False,
+    ) -> PipelineOutcome:
+        if not stored:
+            await self._log.finish(run.key, status, self._clock.now(), detail=detail, risk=risk)
+        await self._publish(
+            run, "outcome", {"key": run.key, "status": status.value, "detail": detail}
+        )
+        _log.info("desk_decision", key=run.key, status=status.value, detail=detail)
+        return replace(outcome, status=status, detail=detail)
+
+    async def _publish(self, run: _Run, stage: str, payload: Mapping[str, Any]) -> None:
+        topic = f"desk.{stage}.{topic_token(run.snapshot.symbol)}"
+        message = self._bus.create_message(topic, _SOURCE, dict(payload), caused_by=run.last)
+        await self._bus.publish(message)
+        run.last = message
+        run.correlation_id = message.correlation_id
+
+    def _book(self, symbol: str) -> _Book:
+        book = self._books.get(symbol)
+        if book is None:
+            raise ValidationError("symbol", symbol, f"one of {sorted(self._books)}")
+        return book
+
+
+def _size(equity: Decimal, budget: Decimal, entry: Decimal, stop: Decimal, book: _Book) -> Decimal:
+    """Quantity whose loss at the stop is `budget` of `equity`, in whole lots."""
+    distance = abs(entry - stop)
+    if distance <= 0 or equity <= 0:
+        return Decimal(0)
+    lot = book.instrument.lot_size
+    raw = equity * budget / distance
+    return (raw / lot).to_integral_value(rounding=ROUND_FLOOR) * lot
+
+
+def _technical_payload(technical: TechnicalAnalysis) -> dict[str, Any]:
+    return {
+        "trend": technical.trend.value,
+        "bias": technical.bias.value,
+        "confidence": round(technical.confidence, 4),
+        "score": round(technical.score, 4),
+        "signals": {signal.name: signal.vote for signal in technical.signals},
+    }
+
+
+def _regime_payload(regime: RegimeAssessment) -> dict[str, Any]:
+    return {
+        "regime": regime.regime.value,
+        "confidence": round(regime.confidence, 4),
+        "reasons": list(regime.reasons),
+    }
+
+
+def _decision_payload(decision: TradeDecision) -> dict[str, Any]:
+    return {
+        "action": decision.action.value,
+        "leading_action": decision.leading_action.value,
+        "consensus": round(decision.consensus, 4),
+        "split": decision.split,
+        "entry": None if decision.entry is None else str(decision.entry),
+        "stop": None if decision.stop is None else str(decision.stop),
+        "target": None if decision.target is None else str(decision.target),
+        "votes": [
+            {"model": vote.model, "action": vote.action.value, "confidence": vote.confidence}
+            for vote in decision.votes
+        ],
+        "reasoning": decision.reasoning,
+    }
+
+
+def _conflict_payload(conflicts: Sequence[Conflict], resolution: Resolution) -> dict[str, Any]:
+    return {
+        "conflicts": [conflict.kind.value for conflict in conflicts],
+        "resolution": resolution.action.value,
+        "size_factor": str(resolution.size_factor),
+        "source": resolution.source,
+        "fallback_reason": resolution.fallback_reason,
+        "reasoning": resolution.reasoning,
+    }

@@ -1,0 +1,764 @@
+"""The desk runtime: builds every part of a trading desk from a `DeskConfig` and runs it.
+
+`Desk(config, store_url=..., clock=...)` wires, for the configured symbols:
+
+- the market feed: the seeded synthetic generator, or a recorded CSV (`load_bars`), paced
+  on the clock at `data.speed` times the bars' own spacing;
+- the paper venue, which matches every bar;
+- the `CoordinatorAgent` (indicators, agents, conflicts, risk, execution), one decision
+  pipeline per symbol at a time;
+- the `OrderExecutionManager`, the `PositionTracker`, the `Reconciler`;
+- supervised loops (a kernel `Supervisor`): ``reconciler``, ``execution-recovery``,
+  ``protection-monitor`` (books fills, cancels the other protective order),
+  ``runtime-guards`` (halts, kill switch, unprotected positions) and ``telemetry``
+  (equity, exposure, positions, PnL and agent latencies on ``desk.telemetry``).
+
+`run()` reconciles and resumes unfinished executions *before* the first bar is traded,
+then feeds bars until the data ends or `request_stop()` is called, and stops everything it
+started. On a `SimulatedClock` the same code is a backtest that runs as fast as the machine
+allows; on a `RealClock` it is `legato run`.
+
+Controls: `pause(symbol)` / `resume(symbol)`, `kill_switch()` (no new trades; the guards
+close every position), `close_position(symbol)`. `snapshot()` is what the service and the
+dashboard show.
+
+The paper venue's book (balances, positions, working orders, fills) is saved in the store
+after every bar and at stop, and restored at start, so a restarted desk finds the venue as
+it left it, as it would a real exchange; `persist_venue=False` skips that (a backtest, which
+always starts from an empty store).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import random
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from legato.kernel.bus import MessageBus
+from legato.kernel.clock import Clock, RealClock
+from legato.kernel.errors import LegatoError, ValidationError
+from legato.kernel.supervisor import LoopHealth, Supervisor
+from legato.trading.agents.llm import LLMClient
+from legato.trading.agents.snapshot import IndicatorSnapshot
+from legato.trading.conflicts import ConflictResolver, ConflictSettings, LLMResolver, RuleResolver
+from legato.trading.coordinator import CoordinatorAgent, PipelineOutcome
+from legato.trading.decision_log import DecisionLog, DecisionRecord
+from legato.trading.desk_config import DataSource, DeskConfig, ResolverKind
+from legato.trading.errors import OrderNotFound, OrderRejected
+from legato.trading.execution import ExecutionConfig, OrderExecutionManager
+from legato.trading.fees import FeeSchedule
+from legato.trading.fills import Fill
+from legato.trading.guards import GuardAction, GuardActionKind, GuardInputs, run_guard_iteration
+from legato.trading.ledger import IntentStage, OrderRole, TradingLedger
+from legato.trading.market_data import Bar, load_bars, replay
+from legato.trading.matching import MatchingRules
+from legato.trading.orders import Order, OrderStatus, OrderType
+from legato.trading.paper_venue import PaperVenue, PaperVenueConfig
+from legato.trading.positions import Position
+from legato.trading.reconciler import Reconciler, ReconcilerConfig
+from legato.trading.risk import RiskManagementEngine, TradingState
+from legato.trading.synthetic import SyntheticMarketConfig, synthetic_bars
+from legato.trading.tracker import PositionTracker
+
+__all__ = ["TELEMETRY_TOPIC", "Desk", "DeskSnapshot", "DeskTelemetry", "desk_bars"]
+
+_log = structlog.get_logger(__name__)
+_BPS = Decimal(10_000)
+_ZERO = Decimal(0)
+_CLIENT_PREFIX = "lg-"
+TELEMETRY_TOPIC = "desk.telemetry"
+STOP_GRACE_SECONDS = 3.0
+"""How long a stop request lets decision pipelines in flight finish before cancelling them."""
+PROTECT_GRACE_SECONDS = 60.0
+"""How much longer a stop waits for an execution that is placing a filled position's stop-loss."""
+_PROTECTING = (IntentStage.PROTECT, IntentStage.CLOSE)
+"""The topic the desk publishes its `DeskTelemetry` on."""
+
+
+@dataclass(frozen=True, slots=True)
+class DeskTelemetry:
+    """The desk's vital signs at one instant (also published on ``desk.telemetry``)."""
+
+    at: datetime
+    equity: Decimal
+    exposure: Decimal
+    open_positions: int
+    unrealized_pnl: Decimal
+    realized_pnl: Decimal
+    fees_paid: Decimal
+    trading_state: TradingState
+    latencies: Mapping[str, float]
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready fields (Decimals as exact strings)."""
+        return {
+            "at": self.at.isoformat(),
+            "equity": str(self.equity),
+            "exposure": str(self.exposure),
+            "open_positions": self.open_positions,
+            "unrealized_pnl": str(self.unrealized_pnl),
+            "realized_pnl": str(self.realized_pnl),
+            "fees_paid": str(self.fees_paid),
+            "trading_state": self.trading_state.value,
+            "latencies": {stage: round(value, 6) for stage, value in self.latencies.items()},
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class DeskSnapshot:
+    """What the service and the dashboard show of a running desk."""
+
+    telemetry: DeskTelemetry | None
+    positions: tuple[Position, ...]
+    open_orders: tuple[Order, ...]
+    recent_decisions: tuple[DecisionRecord, ...]
+    paused: frozenset[str]
+    kill_switch: bool
+    bars_processed: int
+    loops: Mapping[str, LoopHealth]
+
+
+def desk_bars(
+    config: DeskConfig,
+    start: datetime,
+    *,
+    start_prices: Mapping[str, Decimal] | None = None,
+    after: datetime | None = None,
+) -> Iterator[Bar]:
+    """The bars `config.data` describes, in time order (synthetic ones from `start`).
+
+    Synthetic symbols each get their own generator seeded from `data.seed` and their place
+    in the list, so adding a symbol does not change another's prices. A resumed desk passes
+    `start_prices` (its venue's last prices), so its synthetic market carries on from where
+    the last run left it, and `after` (its last decided bar), so a recorded file carries on
+    after the bars already traded.
+    """
+    data = config.data
+    if data.source is DataSource.CSV:
+        assert data.path is not None  # DataSettings requires it for csv
+        bars: Iterator[Bar] = load_bars(Path(data.path), config.symbols[0])
+        if after is not None:
+            bars = (bar for bar in bars if bar.timestamp > after)
+    else:
+        interval = timedelta(seconds=data.interval_seconds)
+        streams = []
+        for index, symbol in enumerate(config.symbols):
+            instrument = config.instrument(symbol)
+            streams.append(
+                synthetic_bars(
+                    random.Random(data.seed * 1_000 + index),
+                    symbol=symbol,
+                    start=start,
+                    interval=interval,
+                    start_price=(start_prices or {}).get(symbol, data.start_price),
+                    config=SyntheticMarketConfig(
+                        tick_size=instrument.tick_size, lot_size=instrument.lot_size
+                    ),
+                )
+            )
+        bars = heapq.merge(*streams, key=lambda bar: bar.timestamp)
+    if data.bars is None:
+        yield from bars
+        return
+    for count, bar in enumerate(bars):
+        if count >= data.bars:
+            return
+        yield bar
+
+
+class Desk:
+    """A whole paper-trading desk from one `DeskConfig`; see the module docstring.
+
+    `store_url` is the store (SQLite file or PostgreSQL). `bars` overrides the configured
+    feed (a test's scripted market). `resolvers` overrides conflict resolvers by strategy
+    name. `rng` seeds everything random (intent ids, retry jitter, message ids).
+    `on_bar` is called with each bar and the venue fills it made, once the venue has matched
+    it and before the coordinator decides on it (a backtest's trade book and progress bar).
+    """
+
+    def __init__(
+        self,
+        config: DeskConfig,
+        *,
+        store_url: str,
+        clock: Clock | None = None,
+        rng: random.Random | None = None,
+        bars: Iterable[Bar] | None = None,
+        resolvers: Mapping[str, ConflictResolver] | None = None,
+        execution: ExecutionConfig | None = None,
+        on_bar: Callable[[Bar, Sequence[Fill]], None] | None = None,
+        persist_venue: bool = True,
+    ) -> None:
+        if not isinstance(config, DeskConfig):
+            raise ValidationError("config", config, "a DeskConfig")
+        self._config = config
+        self._store_url = store_url
+        self._persist_venue = persist_venue
+        self._clock: Clock = clock if clock is not None else RealClock()
+        self._rng = rng if rng is not None else random.Random(config.data.seed)
+        self._bars = bars
+        self._resolver_overrides = dict(resolvers or {})
+        self._execution_config = execution
+        self._on_bar = on_bar
+        # Set when the venue matched a bar into fills the protection monitor has not booked:
+        # only bars make paper fills, so a monitor pass without new ones has nothing to do.
+        self._unbooked_fills = False
+        self._stop = asyncio.Event()
+        self._started = False
+        self._bars_processed = 0
+        self._telemetry: DeskTelemetry | None = None
+        self._last_price: dict[str, Decimal] = {}
+        self._close_sequence = 0
+        self._llm_clients: list[LLMClient] = []
+        self._in_flight: set[asyncio.Task[PipelineOutcome | None]] = set()
+        # Built by start(), dropped by stop().
+        self._parts: _Parts | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    @property
+    def config(self) -> DeskConfig:
+        """The configuration the desk runs on."""
+        return self._config
+
+    @property
+    def bus(self) -> MessageBus:
+        """The desk's message bus (after `start`)."""
+        return self._running().bus
+
+    @property
+    def ledger(self) -> TradingLedger:
+        """The desk's trading ledger (after `start`)."""
+        return self._running().ledger
+
+    @property
+    def decision_log(self) -> DecisionLog:
+        """The stored decisions, votes and conflicts (after `start`)."""
+        return self._running().decisions
+
+    @property
+    def coordinator(self) -> CoordinatorAgent:
+        """The coordinator (after `start`)."""
+        return self._running().coordinator
+
+    @property
+    def telemetry(self) -> DeskTelemetry | None:
+        """The latest telemetry (None before the first pass); kept after `stop`."""
+        return self._telemetry
+
+    @property
+    def bars_processed(self) -> int:
+        """How many bars the desk has fed to the venue and the coordinator."""
+        return self._bars_processed
+
+    @property
+    def venue(self) -> PaperVenue:
+        """The paper venue (after `start`)."""
+        return self._running().venue
+
+    async def start(self) -> None:
+        """Open the store, build every part, reconcile and resume before any trading."""
+        if self._started:
+            raise ValidationError("state", "started", "a desk not started yet")
+        config = self._config
+        ledger = await TradingLedger.open(self._store_url, clock=self._clock)
+        try:
+            self._parts = await self._build(ledger)
+        except BaseException:
+            await ledger.close()
+            raise
+        self._started = True
+        parts = self._parts
+        # Reconcile before trading: a restart picks up where the store says it was.
+        await parts.reconciler.reconcile()
+        await parts.manager.recover()
+        supervisor = parts.supervisor
+        supervisor.add_loop(
+            "reconciler", parts.reconciler.reconcile, interval=config.reconcile_interval
+        )
+        supervisor.add_loop(
+            "execution-recovery", parts.manager.recover, interval=config.reconcile_interval
+        )
+        supervisor.add_loop(
+            "protection-monitor", self._monitor_protection, interval=config.monitor_interval
+        )
+        supervisor.add_loop("runtime-guards", self._guard_pass, interval=config.guard_interval)
+        supervisor.add_loop(
+            "telemetry", self._publish_telemetry, interval=config.telemetry_interval
+        )
+        await supervisor.start()
+        _log.info("desk_started", symbols=list(config.symbols), store=self._store_url)
+
+    async def stop(self) -> None:
+        """Stop the loops, close the LLM clients, the bus and the store."""
+        if self._parts is None:
+            return
+        parts, self._parts = self._parts, None
+        try:
+            await parts.supervisor.stop(grace=5.0)
+        finally:
+            for client in self._llm_clients:
+                await client.aclose()
+            await parts.bus.close(drain=False)
+            try:
+                await parts.decisions.flush()
+                if self._persist_venue:
+                    # Orders placed after the last bar are part of the book too.
+                    await parts.ledger.save_paper_venue(parts.venue.state())
+            finally:
+                await parts.ledger.close()
+            _log.info("desk_stopped", bars=self._bars_processed)
+
+    async def __aenter__(self) -> Desk:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    def request_stop(self) -> None:
+        """Ask `run` to stop after the bar in hand (what Ctrl-C does)."""
+        self._stop.set()
+
+    async def run(self) -> int:
+        """Feed bars and trade until the data ends or a stop is requested; return the bars fed.
+
+        Starts the desk if it is not started, and stops it at the end either way.
+        """
+        if not self._started:
+            await self.start()
+        try:
+            return await self._feed()
+        finally:
+            await self.stop()
+
+    async def _feed(self) -> int:
+        parts = self._running()
+        source = self._bars if self._bars is not None else await self._configured_bars()
+        async with asyncio.TaskGroup() as pipelines, asyncio.TaskGroup() as feeding:
+            feed = feeding.create_task(self._consume(source, pipelines), name="desk-feed")
+            # A stop must not wait for the next bar (five minutes away on a live 5m feed).
+            watcher = feeding.create_task(self._stop_feed_on_request(feed), name="desk-stop")
+            # Data that simply ran out needs no watcher; a stop request keeps it to the end.
+            feed.add_done_callback(lambda _: None if self._stop.is_set() else watcher.cancel())
+        # The last bars' fills are booked before the desk reports and stops.
+        await parts.manager.monitor_protection()
+        await self._publish_telemetry()
+        return self._bars_processed
+
+    async def _protecting(self) -> bool:
+        intents = await self._running().ledger.intents(unfinished_only=True)
+        return any(intent.stage in _PROTECTING for intent in intents)
+
+    async def _configured_bars(self) -> Iterator[Bar]:
+        # Resume where the store says the last run stopped: the venue's last prices and the
+        # newest bar a decision was made on.
+        parts = self._running()
+        config = self._config
+        start_prices = {
+            symbol: price
+            for symbol in config.symbols
+            if (price := parts.venue.last_price(symbol)) is not None
+        }
+        latest = await parts.decisions.decisions(limit=1)
+        return desk_bars(
+            config,
+            _start_of_bar(self._clock.now(), config.data.interval_seconds),
+            start_prices=start_prices,
+            after=latest[0].bar_time if latest else None,
+        )
+
+    async def _consume(self, source: Iterable[Bar], pipelines: asyncio.TaskGroup) -> None:
+        parts = self._running()
+        stream = replay(source, self._clock, self._config.data.speed)
+        try:
+            async for bar in stream:
+                fills = parts.venue.process_bar(bar)
+                if self._persist_venue:
+                    await parts.ledger.save_paper_venue(parts.venue.state())
+                if fills:
+                    self._unbooked_fills = True
+                if self._on_bar is not None:
+                    self._on_bar(bar, fills)
+                self._last_price[bar.symbol] = bar.close
+                self._bars_processed += 1
+                snapshot = parts.coordinator.observe(bar)
+                run = pipelines.create_task(
+                    self._pipeline(bar.symbol, snapshot),
+                    name=f"pipeline:{bar.symbol}:{bar.timestamp.isoformat()}",
+                )
+                self._in_flight.add(run)
+                run.add_done_callback(self._in_flight.discard)
+                if self._stop.is_set():
+                    break
+        finally:
+            await _close_stream(stream)
+
+    async def _stop_feed_on_request(self, feed: asyncio.Task[None]) -> None:
+        await self._stop.wait()
+        feed.cancel()
+        # Decisions in flight get a moment to finish. One still waiting after that (say, an
+        # entry waiting for a fill that no bar will bring now) is cancelled: its execution is
+        # durable and `recover()` carries it on at the next start, so a stop never hangs.
+        pending = [run for run in self._in_flight if not run.done()]
+        if pending:
+            await asyncio.wait(pending, timeout=STOP_GRACE_SECONDS)
+            still = [run for run in pending if not run.done()]
+            if still and await self._protecting():
+                # An execution whose entry has filled is placing the stop-loss (or closing a
+                # position it could not protect): cutting it short would leave the position
+                # bare until the next start. It gets longer, as long as it needs within bound.
+                await asyncio.wait(still, timeout=PROTECT_GRACE_SECONDS)
+            for run in pending:
+                run.cancel()
+
+    async def _pipeline(self, symbol: str, snapshot: IndicatorSnapshot) -> PipelineOutcome | None:
+        try:
+            return await self._running().coordinator.run(symbol, snapshot)
+        except LegatoError as error:
+            # One failed run (a store outage, a venue error) must not stop the desk: the
+            # next bar decides again, and the reconciler repairs what was left half-done.
+            _log.error("desk_pipeline_failed", symbol=symbol, error=str(error))
+            return None
+
+    # ------------------------------------------------------------------ controls
+
+    def pause(self, symbol: str) -> None:
+        """Stop acting on `symbol`'s decisions (they are still made and stored)."""
+        self._running().coordinator.pause(symbol)
+
+    def resume(self, symbol: str) -> None:
+        """Act on `symbol`'s decisions again."""
+        self._running().coordinator.resume(symbol)
+
+    def kill_switch(self, on: bool = True) -> None:
+        """No new trades; the runtime guards close every position at their next pass."""
+        parts = self._running()
+        parts.coordinator.set_kill_switch(on)
+        parts.supervisor.trigger("runtime-guards")
+
+    async def close_position(self, symbol: str, reason: str = "operator") -> Order | None:
+        """Close `symbol`'s position at the market, keeping its protection until it is flat.
+
+        Waits for a decision run in flight on `symbol` (an entry being protected) to end
+        first, so the close never races the bracket. Returns the reduce-only closing order
+        (recorded before it is sent), or None when no position is open or a close is
+        already working. The fill is booked by the protection monitor.
+        """
+        self._config.instrument(symbol)
+        async with self._running().coordinator.exclusive(symbol):
+            return await self._close_now(symbol, reason)
+
+    async def _close_now(self, symbol: str, reason: str) -> Order | None:
+        parts = self._running()
+        position = await parts.ledger.position(symbol)
+        if position is None:
+            return None
+        working = await parts.ledger.orders(symbol=symbol, open_only=True)
+        if any(record.role is OrderRole.CLOSE for record in working):
+            return None
+        # The stop-loss and take-profit stay on the venue until the close has filled: were
+        # they cancelled first, a crash or a close that never fills would leave the position
+        # bare. All three are reduce-only, so none of them can over-close; the protection
+        # monitor cancels what is left once the position is flat.
+        now = self._clock.now()
+        self._close_sequence += 1
+        stamp = f"{int(self._clock.timestamp() * 1000):x}{self._rng.getrandbits(16):04x}"
+        order = Order(
+            client_order_id=f"{_CLIENT_PREFIX}c{stamp}{self._close_sequence}-X",
+            symbol=symbol,
+            side=position.side.closing_side,
+            type=OrderType.MARKET,
+            quantity=position.quantity,
+            reduce_only=True,
+            leverage=position.leverage,
+            reason=reason,
+            created_at=now,
+            updated_at=now,
+        )
+        await parts.ledger.write(lambda tx: tx.put_order(order, OrderRole.CLOSE))
+        try:
+            placed = await parts.venue.place_order(order)
+        except OrderRejected as error:
+            refused = order.transition(
+                OrderStatus.REJECTED, at=self._clock.now(), reason=str(error)
+            )
+            await parts.ledger.write(lambda tx: tx.update_order(refused))
+            # Most often the venue already closed the position through its stop-loss or
+            # take-profit, a fill the protection monitor has not booked yet: nothing to do.
+            _log.warning("desk_close_refused", symbol=symbol, reason=str(error))
+            return None
+        await parts.ledger.write(lambda tx: tx.update_order(placed))
+        _log.warning("desk_position_closing", symbol=symbol, reason=reason)
+        return placed
+
+    async def snapshot(self) -> DeskSnapshot:
+        """The desk's state now: telemetry, positions, working orders, recent decisions."""
+        parts = self._running()
+        return DeskSnapshot(
+            telemetry=self._telemetry,
+            positions=tuple(await parts.ledger.open_positions()),
+            open_orders=tuple(record.order for record in await parts.ledger.orders(open_only=True)),
+            recent_decisions=tuple(await parts.decisions.decisions(limit=20)),
+            paused=parts.coordinator.paused,
+            kill_switch=parts.coordinator.kill_switch,
+            bars_processed=self._bars_processed,
+            loops=parts.supervisor.health(),
+        )
+
+    # ------------------------------------------------------------------ loops
+
+    async def _monitor_protection(self) -> int:
+        parts = self._running()
+        if not self._unbooked_fills:
+            return 0
+        self._unbooked_fills = False
+        try:
+            return await parts.manager.monitor_protection()
+        except BaseException:
+            self._unbooked_fills = True  # the next pass books them
+            raise
+
+    async def _guard_pass(self) -> object:
+        parts = self._running()
+        if (
+            not parts.coordinator.kill_switch
+            and not await parts.ledger.open_positions()
+            and not await parts.ledger.orders(open_only=True)
+        ):
+            # No position and no working order: the guards could neither close nor cancel
+            # anything, so the pass (and the equity marks it writes) is skipped. Halts are
+            # still enforced where they matter, by the risk engine on every proposal.
+            return None
+
+        async def fetch() -> GuardInputs:
+            state = await parts.tracker.risk_state(
+                quote_asset=self._config.venue.quote_asset,
+                kill_switch=parts.coordinator.kill_switch,
+            )
+            positions = tuple(await parts.ledger.open_positions())
+            orders = {
+                r.order.client_order_id: r.order for r in await parts.ledger.orders(open_only=True)
+            }
+            for position in positions:
+                cid = position.stop_loss_order_id
+                if cid is not None and cid not in orders:
+                    record = await parts.ledger.get_order(cid)
+                    if record is not None:
+                        orders[cid] = record.order
+            return GuardInputs(state, positions, tuple(orders.values()))
+
+        return await run_guard_iteration(
+            fetch, self._act, limits=self._config.risk, clock=self._clock
+        )
+
+    async def _act(self, action: GuardAction) -> None:
+        parts = self._running()
+        if action.kind is GuardActionKind.CLOSE_POSITION and action.symbol is not None:
+            await self.close_position(action.symbol, action.reason)
+        elif action.kind is GuardActionKind.CANCEL_ORDER and action.client_order_id is not None:
+            await self._cancel(action.client_order_id)
+        elif action.kind is GuardActionKind.REPROTECT:
+            # The reconciler owns re-protection (it knows the recorded stop prices).
+            parts.supervisor.trigger("reconciler")
+
+    async def _cancel(self, client_order_id: str) -> None:
+        parts = self._running()
+        try:
+            cancelled = await parts.venue.cancel_order(client_order_id=client_order_id)
+        except OrderNotFound:
+            return  # gone already: the reconciler records what became of it
+        except OrderRejected:
+            # Filled or cancelled before our cancel arrived: record what the venue has.
+            cancelled = await parts.venue.get_order(client_order_id=client_order_id)
+        await parts.ledger.write(lambda tx: tx.update_order(cancelled))
+
+    async def _publish_telemetry(self) -> DeskTelemetry:
+        parts = self._running()
+        if self._last_price:
+            await parts.tracker.mark(dict(self._last_price))
+        state = await parts.tracker.risk_state(
+            quote_asset=self._config.venue.quote_asset,
+            kill_switch=parts.coordinator.kill_switch,
+        )
+        closed = await parts.ledger.closed_positions()
+        open_positions = state.open_positions
+        telemetry = DeskTelemetry(
+            at=self._clock.now(),
+            equity=state.equity,
+            exposure=state.total_exposure,
+            open_positions=len(open_positions),
+            unrealized_pnl=sum((p.unrealized_pnl for p in open_positions), _ZERO),
+            realized_pnl=sum((p.realized_pnl for p in (*closed, *open_positions)), _ZERO),
+            fees_paid=sum((p.fees_paid for p in (*closed, *open_positions)), _ZERO),
+            trading_state=parts.risk.evaluate_state(state).state,
+            latencies=parts.coordinator.latencies,
+        )
+        self._telemetry = telemetry
+        if parts.bus.running:
+            await parts.bus.publish(
+                parts.bus.create_message(TELEMETRY_TOPIC, "desk", telemetry.as_dict())
+            )
+        return telemetry
+
+    # ------------------------------------------------------------------ wiring
+
+    async def _build(self, ledger: TradingLedger) -> _Parts:
+        config = self._config
+        quote = config.venue.quote_asset
+        tracker = PositionTracker(
+            ledger,
+            clock=self._clock,
+            instruments_base={i.symbol: i.base_asset for i in config.instruments},
+        )
+        balances = await ledger.balances()
+        if quote not in balances:
+            await tracker.set_balances({quote: config.venue.starting_balance})
+            starting = config.venue.starting_balance
+        else:
+            # Resume: the venue starts from the balance the store carried over.
+            starting = balances[quote].total
+        venue_settings = config.venue
+        venue = PaperVenue(
+            config.instruments,
+            balances={quote: starting},
+            config=PaperVenueConfig(
+                rules=MatchingRules(
+                    slippage_bps=venue_settings.slippage_bps,
+                    participation=venue_settings.participation,
+                    fees=FeeSchedule(
+                        maker_rate=venue_settings.maker_fee_bps / _BPS,
+                        taker_rate=venue_settings.taker_fee_bps / _BPS,
+                    ),
+                ),
+                latency=venue_settings.latency,
+            ),
+            clock=self._clock,
+        )
+        if self._persist_venue and (saved := await ledger.paper_venue_state(venue.name)):
+            # A restart finds the venue's book as the last run left it.
+            venue.restore(saved)
+        bus = MessageBus(
+            clock=self._clock, rng=random.Random(self._rng.getrandbits(32)), name="desk"
+        )
+        await bus.start()
+        manager = OrderExecutionManager(
+            venue,
+            ledger,
+            rng=random.Random(self._rng.getrandbits(32)),
+            clock=self._clock,
+            config=self._execution_config,
+            tracker=tracker,
+            bus=bus,
+        )
+        reconciler = Reconciler(
+            venue,
+            ledger,
+            clock=self._clock,
+            config=ReconcilerConfig(client_id_prefix=manager.config.client_id_prefix),
+            tracker=tracker,
+            bus=bus,
+            on_resolved=manager.recover,
+            in_progress=manager.orders_in_progress,
+        )
+        risk = RiskManagementEngine(config.instruments, config.risk)
+        decisions = DecisionLog(ledger.database)
+        coordinator = CoordinatorAgent(
+            instruments=config.instruments,
+            strategies=config.strategies,
+            risk_engine=risk,
+            executor=manager,
+            tracker=tracker,
+            decision_log=decisions,
+            bus=bus,
+            quote_asset=quote,
+            clock=self._clock,
+            resolvers=self._resolvers(),
+            closer=_PipelineCloser(self),
+        )
+        return _Parts(
+            ledger=ledger,
+            bus=bus,
+            venue=venue,
+            tracker=tracker,
+            manager=manager,
+            reconciler=reconciler,
+            risk=risk,
+            decisions=decisions,
+            coordinator=coordinator,
+            supervisor=Supervisor(clock=self._clock, rng=random.Random(self._rng.getrandbits(32))),
+        )
+
+    def _resolvers(self) -> dict[str, ConflictResolver]:
+        resolvers: dict[str, ConflictResolver] = {}
+        for strategy in self._config.strategies:
+            if strategy.name in self._resolver_overrides:
+                resolvers[strategy.name] = self._resolver_overrides[strategy.name]
+                continue
+            rules = RuleResolver(
+                ConflictSettings(
+                    weak_consensus=strategy.weak_consensus,
+                    high_volatility_size=strategy.high_volatility_size,
+                )
+            )
+            if strategy.resolver is ResolverKind.LLM:
+                llm = self._config.llm
+                client = LLMClient(
+                    llm.client_settings(),
+                    clock=self._clock,
+                    rng=random.Random(self._rng.getrandbits(32)),
+                )
+                self._llm_clients.append(client)
+                resolvers[strategy.name] = LLMResolver(client, rules, timeout=llm.timeout)
+            else:
+                resolvers[strategy.name] = rules
+        return resolvers
+
+    def _running(self) -> _Parts:
+        if self._parts is None:
+            raise ValidationError("state", "stopped", "a started desk (call start() first)")
+        return self._parts
+
+
+@dataclass(frozen=True, slots=True)
+class _Parts:
+    ledger: TradingLedger
+    bus: MessageBus
+    venue: PaperVenue
+    tracker: PositionTracker
+    manager: OrderExecutionManager
+    reconciler: Reconciler
+    risk: RiskManagementEngine
+    decisions: DecisionLog
+    coordinator: CoordinatorAgent
+    supervisor: Supervisor
+
+
+class _PipelineCloser:
+    # A CLOSE decision is acted on inside its run, which already holds the symbol's lock.
+    __slots__ = ("_desk",)
+
+    def __init__(self, desk: Desk) -> None:
+        self._desk = desk
+
+    async def close_position(self, symbol: str, reason: str) -> Order | None:
+        return await self._desk._close_now(symbol, reason)
+
+
+def _start_of_bar(now: datetime, interval_seconds: float) -> datetime:
+    seconds = now.timestamp()
+    return datetime.fromtimestamp(seconds - seconds % interval_seconds, UTC)
+
+
+async def _close_stream(stream: AsyncIterator[Bar]) -> None:
+    close = getattr(stream, "aclose", None)
+    if close is not None:
+        await close()

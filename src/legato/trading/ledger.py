@@ -1,0 +1,871 @@
+"""The trading ledger: the store-backed record of intents, orders, fills, positions and alerts.
+
+`TradingLedger` is the desk's repository on the store's `Database` (SQLite or PostgreSQL,
+the tables of `legato.store.ledger_schema`). Reads are plain methods; writes go through
+`write(fn)`, which runs `fn` on a `LedgerTransaction` so that several records land
+together or not at all (a position with its stop-loss and take-profit, an order with the
+intent stage that follows from it).
+
+When the store is down, a write that records something already done on the venue must not
+be lost: `PendingWrites` keeps it (in memory, in order) and `flush()` — a supervised loop
+function — retries until it lands. Every write is an idempotent upsert computed from fresh
+reads inside its transaction, so retrying one is always safe. If the process dies with
+writes still pending, the reconciler rebuilds what they held from the venue (it adopts
+orders by client id prefix and settles positions from fills).
+
+An `ExecutionIntent` is the execution manager's durable record of one trade: the proposal,
+the client order ids it will use, and the stage it has reached (`IntentStage`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import json
+import sqlite3
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any, TypeVar
+
+import psycopg
+import structlog
+
+from legato.kernel.clock import Clock, RealClock
+from legato.kernel.errors import TransientError, ValidationError
+from legato.store import migrate
+from legato.store.database import Database, Row, Transaction
+from legato.store.errors import StoreUnavailableError
+from legato.store.postgres import PostgresDatabase
+from legato.store.sql_batches import placeholders
+from legato.store.sqlite import SqliteDatabase
+from legato.store.url import DEFAULT_STORE_URL, StoreUrl
+from legato.trading.alerts import Alert, AlertCode, AlertLevel
+from legato.trading.balances import Balance
+from legato.trading.fills import Fill, Liquidity
+from legato.trading.orders import Order, OrderSide, OrderStatus, OrderType, TimeInForce
+from legato.trading.paper_venue_state import PaperVenueState
+from legato.trading.positions import Position, PositionSide, PositionStatus
+from legato.trading.proposals import TradeProposal
+from legato.trading.reconciliation import LedgerSnapshot
+
+__all__ = [
+    "EquityMarks",
+    "ExecutionIntent",
+    "IntentStage",
+    "LedgerOrder",
+    "LedgerTransaction",
+    "OrderRole",
+    "PendingWrites",
+    "TradingLedger",
+]
+
+_log = structlog.get_logger(__name__)
+_T = TypeVar("_T")
+
+_ORDER_COLUMNS = (
+    "client_order_id, intent_id, role, symbol, side, type, quantity, price, stop_price, "
+    "time_in_force, reduce_only, leverage, status, venue_order_id, filled_quantity, "
+    "average_price, parent_order_id, bracket_id, created_at, updated_at, triggered_at, reason"
+)
+_INTENT_COLUMNS = (
+    "intent_id, symbol, proposal, stage, finished, entry_order_id, stop_loss_order_id, "
+    "take_profit_order_id, close_order_id, filled_quantity, outcome, created_at, updated_at"
+)
+_POSITION_COLUMNS = (
+    "symbol, side, quantity, entry_price, leverage, status, mark_price, realized_pnl, "
+    "fees_paid, stop_loss_order_id, take_profit_order_id, opened_at, closed_at"
+)
+_FILL_COLUMNS = (
+    "fill_id, client_order_id, venue_order_id, symbol, side, quantity, price, fee, fee_asset, "
+    "liquidity, timestamp"
+)
+_OPEN_STATUSES = ("new", "unknown", "accepted", "partially_filled")
+# Driver errors that mean "the database is not reachable or busy right now", as opposed to
+# a bug in our SQL; the store backends already wrap most, these are the ones raised mid-statement.
+_UNAVAILABLE = (sqlite3.OperationalError, psycopg.OperationalError)
+
+
+class IntentStage(enum.Enum):
+    """How far the execution of one trade has come; the state machine's durable state.
+
+    ENTRY: the entry order is being placed or awaited. PROTECT: the entry filled, the
+    position is recorded and its stop-loss is being placed. TAKE_PROFIT: the stop-loss is
+    live and the take-profit is being placed (or retried later). CLOSE: the stop-loss could
+    not be placed and the position is being closed. BRACKETED, FAILED and CLOSED are final.
+    """
+
+    ENTRY = "entry"
+    PROTECT = "protect"
+    TAKE_PROFIT = "take_profit"
+    CLOSE = "close"
+    BRACKETED = "bracketed"  # entry filled, stop-loss live, take-profit live or not asked for
+    FAILED = "failed"  # nothing was filled: no position came of it
+    CLOSED = "closed"  # the position was closed because it could not be protected
+
+    @property
+    def is_final(self) -> bool:
+        """True when the execution manager has nothing more to do for the intent."""
+        return self in (IntentStage.BRACKETED, IntentStage.FAILED, IntentStage.CLOSED)
+
+
+class OrderRole(enum.Enum):
+    """Why the desk holds an order."""
+
+    ENTRY = "entry"
+    STOP_LOSS = "stop_loss"
+    TAKE_PROFIT = "take_profit"
+    CLOSE = "close"  # a reduce-only market order closing an unprotectable position
+    REPROTECT = "reprotect"  # a stop-loss placed by the reconciler
+    ADOPTED = "adopted"  # found on the venue by the reconciler, role unknown
+
+
+@dataclass(frozen=True, slots=True)
+class ExecutionIntent:
+    """The durable record of one trade the execution manager is carrying out.
+
+    The client order ids are fixed when the intent is recorded, before anything is sent:
+    after a crash the same ids are queried, never sent again as new orders. `outcome` holds
+    what the result reports so far (warnings, retry count, alert level, error, status).
+    """
+
+    intent_id: str
+    proposal: TradeProposal
+    stage: IntentStage
+    entry_order_id: str
+    stop_loss_order_id: str
+    take_profit_order_id: str | None
+    created_at: datetime
+    updated_at: datetime
+    close_order_id: str | None = None
+    filled_quantity: Decimal = Decimal(0)
+    outcome: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.stage, IntentStage):
+            raise ValidationError("stage", self.stage, "an IntentStage")
+        for name in ("created_at", "updated_at"):
+            value = getattr(self, name)
+            if not isinstance(value, datetime) or value.utcoffset() is None:
+                raise ValidationError(name, value, "an aware UTC datetime")
+
+    @property
+    def symbol(self) -> str:
+        """The symbol traded."""
+        return self.proposal.symbol
+
+    @property
+    def order_ids(self) -> tuple[str, ...]:
+        """Every client order id this intent uses or may use, entry first."""
+        ids = [self.entry_order_id, self.stop_loss_order_id]
+        if self.take_profit_order_id is not None:
+            ids.append(self.take_profit_order_id)
+        if self.close_order_id is not None:
+            ids.append(self.close_order_id)
+        return tuple(ids)
+
+    def advance(self, stage: IntentStage, at: datetime, **changes: Any) -> ExecutionIntent:
+        """Return the intent moved to `stage` at `at`, with `changes` applied."""
+        return dataclasses.replace(self, stage=stage, updated_at=at, **changes)
+
+    def with_outcome(self, at: datetime, **fields: Any) -> ExecutionIntent:
+        """Return the intent with `fields` merged into its outcome."""
+        return dataclasses.replace(self, outcome={**self.outcome, **fields}, updated_at=at)
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerOrder:
+    """An order as the ledger holds it: the order, why we hold it, and for which intent."""
+
+    order: Order
+    role: OrderRole
+    intent_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class EquityMarks:
+    """The equity marks of one UTC day, for the risk engine's daily-loss and drawdown halts."""
+
+    day: str
+    start_equity: Decimal
+    low_equity: Decimal
+    peak_equity: Decimal
+    trough_equity: Decimal
+
+
+# ---------------------------------------------------------------- conversions
+
+
+def _ts(value: datetime | None) -> float | None:
+    return None if value is None else value.timestamp()
+
+
+def _dt(value: float | None) -> datetime | None:
+    return None if value is None else datetime.fromtimestamp(value, UTC)
+
+
+def _dec(value: Decimal | None) -> str | None:
+    return None if value is None else str(value)
+
+
+def _num(value: str | None) -> Decimal | None:
+    return None if value is None else Decimal(value)
+
+
+def _order_params(order: Order, role: OrderRole, intent_id: str | None) -> tuple[Any, ...]:
+    return (
+        order.client_order_id,
+        intent_id,
+        role.value,
+        order.symbol,
+        order.side.value,
+        order.type.value,
+        str(order.quantity),
+        _dec(order.price),
+        _dec(order.stop_price),
+        order.time_in_force.value,
+        order.reduce_only,
+        _dec(order.leverage),
+        order.status.value,
+        order.venue_order_id,
+        str(order.filled_quantity),
+        _dec(order.average_price),
+        order.parent_order_id,
+        order.bracket_id,
+        _ts(order.created_at),
+        _ts(order.updated_at),
+        _ts(order.triggered_at),
+        order.reason,
+    )
+
+
+def _order_row(row: Row) -> LedgerOrder:
+    order = Order(
+        client_order_id=row[0],
+        symbol=row[3],
+        side=OrderSide(row[4]),
+        type=OrderType(row[5]),
+        quantity=Decimal(row[6]),
+        price=_num(row[7]),
+        stop_price=_num(row[8]),
+        time_in_force=TimeInForce(row[9]),
+        reduce_only=bool(row[10]),
+        leverage=_num(row[11]),
+        status=OrderStatus(row[12]),
+        venue_order_id=row[13],
+        filled_quantity=Decimal(row[14]),
+        average_price=_num(row[15]),
+        parent_order_id=row[16],
+        bracket_id=row[17],
+        created_at=_dt(row[18]),
+        updated_at=_dt(row[19]),
+        triggered_at=_dt(row[20]),
+        reason=row[21],
+    )
+    return LedgerOrder(order, OrderRole(row[2]), row[1])
+
+
+def _intent_row(row: Row) -> ExecutionIntent:
+    created = _dt(row[11])
+    updated = _dt(row[12])
+    assert created is not None
+    assert updated is not None
+    return ExecutionIntent(
+        intent_id=row[0],
+        proposal=TradeProposal.from_dict(json.loads(row[2])),
+        stage=IntentStage(row[3]),
+        entry_order_id=row[5],
+        stop_loss_order_id=row[6],
+        take_profit_order_id=row[7],
+        close_order_id=row[8],
+        filled_quantity=Decimal(row[9]),
+        outcome=json.loads(row[10]),
+        created_at=created,
+        updated_at=updated,
+    )
+
+
+def _position_row(row: Row) -> Position:
+    return Position(
+        symbol=row[0],
+        side=PositionSide(row[1]),
+        quantity=Decimal(row[2]),
+        entry_price=Decimal(row[3]),
+        leverage=Decimal(row[4]),
+        status=PositionStatus(row[5]),
+        mark_price=_num(row[6]),
+        realized_pnl=Decimal(row[7]),
+        fees_paid=Decimal(row[8]),
+        stop_loss_order_id=row[9],
+        take_profit_order_id=row[10],
+        opened_at=_dt(row[11]),
+        closed_at=_dt(row[12]),
+    )
+
+
+def _position_params(position: Position) -> tuple[Any, ...]:
+    return (
+        position.symbol,
+        position.side.value,
+        str(position.quantity),
+        str(position.entry_price),
+        str(position.leverage),
+        position.status.value,
+        _dec(position.mark_price),
+        str(position.realized_pnl),
+        str(position.fees_paid),
+        position.stop_loss_order_id,
+        position.take_profit_order_id,
+        _ts(position.opened_at),
+        _ts(position.closed_at),
+    )
+
+
+def _fill_row(row: Row) -> Fill:
+    timestamp = _dt(row[10])
+    assert timestamp is not None
+    return Fill(
+        fill_id=row[0],
+        client_order_id=row[1],
+        venue_order_id=row[2],
+        symbol=row[3],
+        side=OrderSide(row[4]),
+        quantity=Decimal(row[5]),
+        price=Decimal(row[6]),
+        fee=Decimal(row[7]),
+        fee_asset=row[8],
+        liquidity=Liquidity(row[9]),
+        timestamp=timestamp,
+    )
+
+
+def _alert_row(row: Row) -> Alert:
+    at = _dt(row[0])
+    assert at is not None
+    return Alert(
+        level=AlertLevel(row[1]),
+        code=AlertCode(row[2]),
+        message=row[3],
+        at=at,
+        intent_id=row[4],
+        client_order_id=row[5],
+        symbol=row[6],
+    )
+
+
+def _updates(columns: str, key: str) -> str:
+    names = [name.strip() for name in columns.split(",")]
+    return ", ".join(f"{name} = excluded.{name}" for name in names if name != key)
+
+
+_UPSERT_ORDER = (
+    f"INSERT INTO legato_trading_orders ({_ORDER_COLUMNS}) VALUES ({placeholders(22)}) "
+    f"ON CONFLICT (client_order_id) DO UPDATE SET {_updates(_ORDER_COLUMNS, 'client_order_id')}"
+)
+_UPSERT_INTENT = (
+    f"INSERT INTO legato_trading_intents ({_INTENT_COLUMNS}) VALUES ({placeholders(13)}) "
+    f"ON CONFLICT (intent_id) DO UPDATE SET {_updates(_INTENT_COLUMNS, 'intent_id')}"
+)
+
+
+# ---------------------------------------------------------------- the transaction
+
+
+class LedgerTransaction:
+    """Reads and writes inside one store transaction: all of its writes land, or none."""
+
+    __slots__ = ("_tx",)
+
+    def __init__(self, tx: Transaction) -> None:
+        self._tx = tx
+
+    # -- intents
+
+    async def put_intent(self, intent: ExecutionIntent) -> None:
+        """Insert or replace the intent's record."""
+        await self._tx.execute(
+            _UPSERT_INTENT,
+            (
+                intent.intent_id,
+                intent.symbol,
+                json.dumps(intent.proposal.as_dict(), sort_keys=True),
+                intent.stage.value,
+                intent.stage.is_final,
+                intent.entry_order_id,
+                intent.stop_loss_order_id,
+                intent.take_profit_order_id,
+                intent.close_order_id,
+                str(intent.filled_quantity),
+                json.dumps(dict(intent.outcome), sort_keys=True),
+                _ts(intent.created_at),
+                _ts(intent.updated_at),
+            ),
+        )
+
+    async def insert_intent(self, intent: ExecutionIntent) -> None:
+        """Insert a new intent; raise ValidationError if its id is already recorded."""
+        if await self.get_intent(intent.intent_id) is not None:
+            raise ValidationError("intent_id", intent.intent_id, "an id not used by another intent")
+        await self.put_intent(intent)
+
+    async def get_intent(self, intent_id: str) -> ExecutionIntent | None:
+        """The intent with this id, or None."""
+        rows = await self._tx.fetch(
+            f"SELECT {_INTENT_COLUMNS} FROM legato_trading_intents WHERE intent_id = ?",
+            (intent_id,),
+        )
+        return _intent_row(rows[0]) if rows else None
+
+    # -- orders
+
+    async def put_order(self, order: Order, role: OrderRole, intent_id: str | None = None) -> None:
+        """Insert or replace the order's record (keyed by its client order id)."""
+        await self._tx.execute(_UPSERT_ORDER, _order_params(order, role, intent_id))
+
+    async def update_order(self, order: Order) -> None:
+        """Replace the order's record, keeping its role and intent; insert it as ADOPTED if new."""
+        known = await self.get_order(order.client_order_id)
+        if known is None:
+            await self.put_order(order, OrderRole.ADOPTED)
+        else:
+            await self.put_order(order, known.role, known.intent_id)
+
+    async def get_order(self, client_order_id: str) -> LedgerOrder | None:
+        """The order with this client id, or None."""
+        rows = await self._tx.fetch(
+            f"SELECT {_ORDER_COLUMNS} FROM legato_trading_orders WHERE client_order_id = ?",
+            (client_order_id,),
+        )
+        return _order_row(rows[0]) if rows else None
+
+    # -- fills
+
+    async def add_fill(self, fill: Fill) -> bool:
+        """Record `fill` unless it is already recorded; return True when it is new."""
+        rows = await self._tx.fetch(
+            "SELECT 1 FROM legato_trading_fills WHERE fill_id = ?", (fill.fill_id,)
+        )
+        if rows:
+            return False
+        await self._tx.execute(
+            f"INSERT INTO legato_trading_fills ({_FILL_COLUMNS}) VALUES ({placeholders(11)})",
+            (
+                fill.fill_id,
+                fill.client_order_id,
+                fill.venue_order_id,
+                fill.symbol,
+                fill.side.value,
+                str(fill.quantity),
+                str(fill.price),
+                str(fill.fee),
+                fill.fee_asset,
+                fill.liquidity.value,
+                fill.timestamp.timestamp(),
+            ),
+        )
+        return True
+
+    async def fills_of(self, client_order_id: str) -> list[Fill]:
+        """The recorded fills of one order, in arrival order."""
+        rows = await self._tx.fetch(
+            f"SELECT {_FILL_COLUMNS} FROM legato_trading_fills WHERE client_order_id = ? "
+            "ORDER BY id",
+            (client_order_id,),
+        )
+        return [_fill_row(row) for row in rows]
+
+    # -- positions
+
+    async def open_position(self, symbol: str) -> Position | None:
+        """The open position on `symbol`, or None."""
+        rows = await self._tx.fetch(
+            f"SELECT {_POSITION_COLUMNS} FROM legato_trading_positions "
+            "WHERE symbol = ? AND status = 'open'",
+            (symbol,),
+        )
+        return _position_row(rows[0]) if rows else None
+
+    async def put_position(self, position: Position) -> None:
+        """Write the position: it replaces the open position on its symbol, if there is one.
+
+        A closed position closes that open row (or is added to the history when none is open).
+        """
+        rows = await self._tx.fetch(
+            "SELECT id FROM legato_trading_positions WHERE symbol = ? AND status = 'open'",
+            (position.symbol,),
+        )
+        if rows:
+            await self._tx.execute(
+                "UPDATE legato_trading_positions SET "
+                + ", ".join(f"{name.strip()} = ?" for name in _POSITION_COLUMNS.split(","))
+                + " WHERE id = ?",
+                (*_position_params(position), rows[0][0]),
+            )
+            return
+        await self._tx.execute(
+            f"INSERT INTO legato_trading_positions ({_POSITION_COLUMNS}) "
+            f"VALUES ({placeholders(13)})",
+            _position_params(position),
+        )
+
+    # -- balances and equity
+
+    async def balance(self, asset: str) -> Decimal | None:
+        """The recorded total of `asset`, or None when the ledger does not track it."""
+        rows = await self._tx.fetch(
+            "SELECT total FROM legato_trading_balances WHERE asset = ?", (asset,)
+        )
+        return Decimal(rows[0][0]) if rows else None
+
+    async def set_balance(self, asset: str, total: Decimal, at: datetime) -> None:
+        """Record the total held of `asset`."""
+        await self._tx.execute(
+            "INSERT INTO legato_trading_balances (asset, total, updated_at) VALUES (?, ?, ?) "
+            "ON CONFLICT (asset) DO UPDATE SET total = excluded.total, "
+            "updated_at = excluded.updated_at",
+            (asset, str(total), at.timestamp()),
+        )
+
+    async def latest_equity_marks(self) -> EquityMarks | None:
+        """The most recent day's equity marks, or None before the first."""
+        rows = await self._tx.fetch(
+            "SELECT day, start_equity, low_equity, peak_equity, trough_equity "
+            "FROM legato_trading_equity ORDER BY day DESC LIMIT 1"
+        )
+        if not rows:
+            return None
+        row = rows[0]
+        return EquityMarks(
+            row[0], Decimal(row[1]), Decimal(row[2]), Decimal(row[3]), Decimal(row[4])
+        )
+
+    async def put_equity_marks(self, marks: EquityMarks, at: datetime) -> None:
+        """Insert or replace one day's equity marks."""
+        await self._tx.execute(
+            "INSERT INTO legato_trading_equity (day, start_equity, low_equity, peak_equity, "
+            "trough_equity, updated_at) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (day) DO UPDATE "
+            "SET start_equity = excluded.start_equity, low_equity = excluded.low_equity, "
+            "peak_equity = excluded.peak_equity, trough_equity = excluded.trough_equity, "
+            "updated_at = excluded.updated_at",
+            (
+                marks.day,
+                str(marks.start_equity),
+                str(marks.low_equity),
+                str(marks.peak_equity),
+                str(marks.trough_equity),
+                at.timestamp(),
+            ),
+        )
+
+    # -- paper venues
+
+    async def put_paper_venue(self, state: PaperVenueState) -> None:
+        """Insert or replace the saved state of the paper venue `state.name`."""
+        await self._tx.execute(
+            "INSERT INTO legato_trading_paper_venues (name, state, saved_at) VALUES (?, ?, ?) "
+            "ON CONFLICT (name) DO UPDATE SET state = excluded.state, "
+            "saved_at = excluded.saved_at",
+            (state.name, state.to_json(), state.saved_at.timestamp()),
+        )
+
+    # -- alerts
+
+    async def add_alert(self, alert: Alert) -> None:
+        """Record `alert`."""
+        await self._tx.execute(
+            "INSERT INTO legato_trading_alerts (at, level, code, message, intent_id, "
+            "client_order_id, symbol) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                alert.at.timestamp(),
+                alert.level.value,
+                alert.code.value,
+                alert.message,
+                alert.intent_id,
+                alert.client_order_id,
+                alert.symbol,
+            ),
+        )
+
+
+# ---------------------------------------------------------------- the ledger
+
+
+class TradingLedger:
+    """The desk's orders, fills, positions, balances, intents and alerts, in the store.
+
+    Build it on an open `Database` (shared with the task store if you like), or with
+    `await TradingLedger.open(url, clock=clock)`. Times written are the callers'; the ledger
+    reads no clock itself.
+    """
+
+    __slots__ = ("_database",)
+
+    def __init__(self, database: Database) -> None:
+        self._database = database
+
+    @classmethod
+    async def open(
+        cls,
+        url: str | StoreUrl = DEFAULT_STORE_URL,
+        *,
+        upgrade: bool = True,
+        clock: Clock | None = None,
+    ) -> TradingLedger:
+        """Connect to the store at `url` (migrating it first if `upgrade`)."""
+        store_url = url if isinstance(url, StoreUrl) else StoreUrl.parse(url)
+        if upgrade:
+            migrate.upgrade(store_url)
+        if store_url.backend == "sqlite":
+            return cls(SqliteDatabase(store_url.target))
+        return cls(PostgresDatabase(store_url.target, clock=clock))
+
+    @property
+    def database(self) -> Database:
+        """The database the ledger writes to."""
+        return self._database
+
+    async def close(self) -> None:
+        """Close the database connection."""
+        await self._database.close()
+
+    @asynccontextmanager
+    async def _transaction(self, *, write: bool) -> AsyncIterator[LedgerTransaction]:
+        try:
+            async with self._database.transaction(write=write) as tx:
+                yield LedgerTransaction(tx)
+        except _UNAVAILABLE as error:
+            raise StoreUnavailableError(f"trading ledger: {error}") from error
+
+    async def write(self, fn: Callable[[LedgerTransaction], Awaitable[_T]]) -> _T:
+        """Run `fn` in one write transaction; return its result. All its writes land or none.
+
+        Raises StoreUnavailableError (a TransientError) when the store cannot be reached.
+        """
+        async with self._transaction(write=True) as tx:
+            return await fn(tx)
+
+    async def read(self, fn: Callable[[LedgerTransaction], Awaitable[_T]]) -> _T:
+        """Run `fn` in one read transaction (a consistent view) and return its result."""
+        async with self._transaction(write=False) as tx:
+            return await fn(tx)
+
+    # -- plain reads
+
+    async def _fetch(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        async with self._transaction(write=False) as tx:
+            return await tx._tx.fetch(sql, params)
+
+    async def get_intent(self, intent_id: str) -> ExecutionIntent | None:
+        """The intent with this id, or None."""
+        return await self.read(lambda tx: tx.get_intent(intent_id))
+
+    async def intents(self, *, unfinished_only: bool = False) -> list[ExecutionIntent]:
+        """Every intent (or only those not at a final stage), oldest first."""
+        where = " WHERE finished = ?" if unfinished_only else ""
+        params: tuple[Any, ...] = (False,) if unfinished_only else ()
+        rows = await self._fetch(
+            f"SELECT {_INTENT_COLUMNS} FROM legato_trading_intents{where} "
+            "ORDER BY created_at, intent_id",
+            params,
+        )
+        return [_intent_row(row) for row in rows]
+
+    async def get_order(self, client_order_id: str) -> LedgerOrder | None:
+        """The order with this client id, or None."""
+        return await self.read(lambda tx: tx.get_order(client_order_id))
+
+    async def orders(
+        self,
+        *,
+        symbol: str | None = None,
+        open_only: bool = False,
+        intent_id: str | None = None,
+    ) -> list[LedgerOrder]:
+        """The recorded orders, filtered, in client id order."""
+        clauses: list[str] = []
+        params: list[Any] = []
+        if symbol is not None:
+            clauses.append("symbol = ?")
+            params.append(symbol)
+        if open_only:
+            clauses.append(f"status IN ({placeholders(len(_OPEN_STATUSES))})")
+            params.extend(_OPEN_STATUSES)
+        if intent_id is not None:
+            clauses.append("intent_id = ?")
+            params.append(intent_id)
+        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+        rows = await self._fetch(
+            f"SELECT {_ORDER_COLUMNS} FROM legato_trading_orders{where} ORDER BY client_order_id",
+            params,
+        )
+        return [_order_row(row) for row in rows]
+
+    async def fills(self, symbol: str | None = None) -> list[Fill]:
+        """The recorded fills (of one symbol, or all), in the order they were recorded."""
+        where, params = (" WHERE symbol = ?", (symbol,)) if symbol is not None else ("", ())
+        rows = await self._fetch(
+            f"SELECT {_FILL_COLUMNS} FROM legato_trading_fills{where} ORDER BY id", params
+        )
+        return [_fill_row(row) for row in rows]
+
+    async def known_fill_ids(self, fill_ids: Iterable[str]) -> set[str]:
+        """Which of `fill_ids` the ledger has recorded already."""
+        wanted = list(dict.fromkeys(fill_ids))
+        known: set[str] = set()
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start : start + 500]
+            rows = await self._fetch(
+                "SELECT fill_id FROM legato_trading_fills "
+                f"WHERE fill_id IN ({placeholders(len(chunk))})",
+                chunk,
+            )
+            known.update(row[0] for row in rows)
+        return known
+
+    async def open_positions(self) -> list[Position]:
+        """The open positions, by symbol."""
+        rows = await self._fetch(
+            f"SELECT {_POSITION_COLUMNS} FROM legato_trading_positions WHERE status = 'open' "
+            "ORDER BY symbol"
+        )
+        return [_position_row(row) for row in rows]
+
+    async def closed_positions(self, symbol: str | None = None) -> list[Position]:
+        """The closed positions (of one symbol, or all), oldest first."""
+        where, params = (" AND symbol = ?", (symbol,)) if symbol is not None else ("", ())
+        rows = await self._fetch(
+            f"SELECT {_POSITION_COLUMNS} FROM legato_trading_positions WHERE status = 'closed'"
+            f"{where} ORDER BY id",
+            params,
+        )
+        return [_position_row(row) for row in rows]
+
+    async def position(self, symbol: str) -> Position | None:
+        """The open position on `symbol`, or None."""
+        return await self.read(lambda tx: tx.open_position(symbol))
+
+    async def balances(self) -> dict[str, Balance]:
+        """The recorded balances by asset (totals, reported as free)."""
+        rows = await self._fetch("SELECT asset, total FROM legato_trading_balances ORDER BY asset")
+        return {row[0]: Balance(row[0], max(Decimal(row[1]), Decimal(0))) for row in rows}
+
+    async def alerts(self, level: AlertLevel | None = None) -> list[Alert]:
+        """The recorded alerts (of one level, or all), oldest first."""
+        where, params = (" WHERE level = ?", (level.value,)) if level is not None else ("", ())
+        rows = await self._fetch(
+            "SELECT at, level, code, message, intent_id, client_order_id, symbol "
+            f"FROM legato_trading_alerts{where} ORDER BY id",
+            params,
+        )
+        return [_alert_row(row) for row in rows]
+
+    async def record_alert(self, alert: Alert) -> None:
+        """Write one alert (what `Alerter` is given as its `record` function)."""
+        await self.write(lambda tx: tx.add_alert(alert))
+
+    async def save_paper_venue(self, state: PaperVenueState) -> None:
+        """Keep `state` as its venue's latest snapshot (replacing the one before)."""
+        if not isinstance(state, PaperVenueState):
+            raise ValidationError("state", state, "a PaperVenueState")
+        await self.write(lambda tx: tx.put_paper_venue(state))
+
+    async def paper_venue_state(self, name: str) -> PaperVenueState | None:
+        """The latest snapshot saved for the paper venue called `name`, or None."""
+        rows = await self._fetch(
+            "SELECT state FROM legato_trading_paper_venues WHERE name = ?", (name,)
+        )
+        return PaperVenueState.from_json(rows[0][0]) if rows else None
+
+    async def snapshot(self) -> LedgerSnapshot:
+        """What the store believes, for `legato.trading.reconciliation.diff`.
+
+        Orders: those that may still be working, plus the recorded stop-loss of each open
+        position (its stop price is what a re-protection uses). Balances only when tracked.
+        """
+        orders = {
+            record.order.client_order_id: record.order
+            for record in await self.orders(open_only=True)
+        }
+        positions = await self.open_positions()
+        for position in positions:
+            cid = position.stop_loss_order_id
+            if cid is not None and cid not in orders:
+                record = await self.get_order(cid)
+                if record is not None:
+                    orders[cid] = record.order
+        return LedgerSnapshot.of(
+            orders=orders.values(),
+            positions=positions,
+            balances=(await self.balances()).values(),
+        )
+
+
+# ---------------------------------------------------------------- pending writes
+
+
+@dataclass(frozen=True, slots=True)
+class _PendingWrite:
+    description: str
+    apply: Callable[[LedgerTransaction], Awaitable[object]]
+    queued_at: float
+
+
+class PendingWrites:
+    """Writes the store refused, kept in order and retried until they land.
+
+    `write(description, fn)` tries `fn` in a ledger transaction at once; when the store is
+    unavailable (a TransientError) the write is queued and False returned. While anything is
+    queued, new writes queue behind it, so two writes to one record never land out of order.
+    `flush()` — run it as a supervised loop — lands queued writes oldest first and stops at
+    the first that fails again.
+    """
+
+    __slots__ = ("_clock", "_ledger", "_queue", "landed")
+
+    def __init__(self, ledger: TradingLedger, *, clock: Clock | None = None) -> None:
+        self._ledger = ledger
+        self._clock: Clock = clock if clock is not None else RealClock()
+        self._queue: deque[_PendingWrite] = deque()
+        self.landed = 0
+
+    @property
+    def pending(self) -> tuple[str, ...]:
+        """Descriptions of the queued writes, oldest first."""
+        return tuple(write.description for write in self._queue)
+
+    def __len__(self) -> int:
+        return len(self._queue)
+
+    async def write(
+        self, description: str, fn: Callable[[LedgerTransaction], Awaitable[object]]
+    ) -> bool:
+        """Write now if possible; else queue it. Return True when it landed now."""
+        if self._queue:
+            await self._try_flush()
+        if not self._queue:
+            try:
+                await self._ledger.write(fn)
+                return True
+            except TransientError as error:
+                _log.warning("ledger_write_deferred", write=description, error=str(error))
+        self._queue.append(_PendingWrite(description, fn, self._clock.monotonic()))
+        return False
+
+    async def flush(self) -> int:
+        """Land the queued writes in order; return how many landed. Raises if one fails."""
+        landed = 0
+        while self._queue:
+            head = self._queue[0]
+            await self._ledger.write(head.apply)
+            self._queue.popleft()
+            landed += 1
+            self.landed += 1
+            _log.info("ledger_write_landed", write=head.description)
+        return landed
+
+    async def _try_flush(self) -> None:
+        with suppress(TransientError):
+            await self.flush()

@@ -1,0 +1,192 @@
+"""The paper venue's durable state: what a real exchange would still hold after our restart.
+
+A real venue keeps its accounts, resting orders and positions while the desk is down; the
+paper venue lives in memory, so without help a restarted desk meets an empty exchange.
+`PaperVenueState` is everything the venue needs to carry on exactly where it stopped:
+holdings, every order it knows (open ones in arrival order, with their reservations and how
+many bars each has seen), open and closed positions, the fills, the last price per symbol,
+and the id counters (so no venue order id or fill id is ever issued twice).
+
+`PaperVenue.state()` takes it, `PaperVenue.restore(state)` puts it back;
+`to_json()` / `from_json()` carry it through the store (`TradingLedger.save_paper_venue`
+and `TradingLedger.paper_venue_state`). Rate-limit budgets, bans and injected faults are
+not part of it: they are about this process's calls, not about the account.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import json
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Any, TypeVar
+
+from legato.kernel.errors import ValidationError
+from legato.trading.fills import Fill
+from legato.trading.orders import Order
+from legato.trading.positions import Position
+
+__all__ = ["PaperVenueState"]
+
+_FORMAT = 1
+_D = TypeVar("_D", Order, Position, Fill)
+
+
+def _encode_value(value: object) -> object:
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return value
+
+
+def _decoder(hint: Any) -> Callable[[Any], Any]:
+    arguments = typing.get_args(hint)
+    if arguments and type(None) in arguments:
+        (inner,) = (argument for argument in arguments if argument is not type(None))
+        decode = _decoder(inner)
+        return lambda value: None if value is None else decode(value)
+    if hint is Decimal:
+        return Decimal
+    if hint is datetime:
+        return datetime.fromisoformat
+    if isinstance(hint, type) and issubclass(hint, enum.Enum):
+        return hint
+    return lambda value: value
+
+
+def _decoders(cls: type[Any]) -> dict[str, Callable[[Any], Any]]:
+    hints = typing.get_type_hints(cls)
+    return {field.name: _decoder(hints[field.name]) for field in dataclasses.fields(cls)}
+
+
+# Built once: the field types of the three records the state holds.
+_DECODERS: dict[type[Any], dict[str, Callable[[Any], Any]]] = {
+    cls: _decoders(cls) for cls in (Order, Position, Fill)
+}
+
+
+def _encode(record: Order | Position | Fill) -> dict[str, object]:
+    return {
+        field.name: _encode_value(getattr(record, field.name))
+        for field in dataclasses.fields(record)
+    }
+
+
+def _decode(cls: type[_D], data: Mapping[str, Any]) -> _D:
+    decoders = _DECODERS[cls]
+    unknown = set(data) - set(decoders)
+    if unknown:
+        raise ValidationError(f"{cls.__name__} fields", sorted(unknown), f"{sorted(decoders)}")
+    return cls(**{name: decoders[name](value) for name, value in data.items()})
+
+
+@dataclass(frozen=True, slots=True)
+class PaperVenueState:
+    """A snapshot of one paper venue's account and book, enough to resume it exactly.
+
+    `orders` holds every order the venue knows (finished ones too: they can still be
+    queried), `open_order_ids` the working ones in arrival order (the matching order of
+    ties). `reservations` maps an open order to the asset and amount per unit it holds back;
+    `bars_seen` how many bars each open order has been matched against (a limit order is a
+    taker only on its first). `order_sequence` and `fill_sequence` are the last ids issued.
+    `saved_at` is when the snapshot was taken (the venue's clock).
+    """
+
+    name: str
+    saved_at: datetime
+    holdings: Mapping[str, Decimal]
+    orders: tuple[Order, ...]
+    open_order_ids: tuple[str, ...]
+    reservations: Mapping[str, tuple[str, Decimal]]
+    bars_seen: Mapping[str, int]
+    positions: tuple[Position, ...]
+    closed_positions: tuple[Position, ...]
+    fills: tuple[Fill, ...]
+    last_prices: Mapping[str, Decimal]
+    order_sequence: int
+    fill_sequence: int
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name:
+            raise ValidationError("name", self.name, "the venue's non-empty name")
+        if not isinstance(self.saved_at, datetime) or self.saved_at.utcoffset() is None:
+            raise ValidationError("saved_at", self.saved_at, "an aware UTC datetime")
+        known = {order.client_order_id for order in self.orders}
+        missing = [cid for cid in self.open_order_ids if cid not in known]
+        if missing:
+            raise ValidationError("open_order_ids", missing, "ids of orders in `orders`")
+        for name in ("order_sequence", "fill_sequence"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValidationError(name, value, "an integer >= 0")
+
+    def to_json(self) -> str:
+        """The state as JSON text: Decimals as exact strings, times in ISO 8601."""
+        return json.dumps(
+            {
+                "format": _FORMAT,
+                "name": self.name,
+                "saved_at": self.saved_at.isoformat(),
+                "holdings": {asset: str(amount) for asset, amount in self.holdings.items()},
+                "orders": [_encode(order) for order in self.orders],
+                "open_order_ids": list(self.open_order_ids),
+                "reservations": {
+                    cid: [asset, str(per_unit)]
+                    for cid, (asset, per_unit) in self.reservations.items()
+                },
+                "bars_seen": dict(self.bars_seen),
+                "positions": [_encode(position) for position in self.positions],
+                "closed_positions": [_encode(position) for position in self.closed_positions],
+                "fills": [_encode(fill) for fill in self.fills],
+                "last_prices": {symbol: str(price) for symbol, price in self.last_prices.items()},
+                "order_sequence": self.order_sequence,
+                "fill_sequence": self.fill_sequence,
+            },
+            sort_keys=True,
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> PaperVenueState:
+        """Read a state written by `to_json`; raise ValidationError for anything else."""
+        try:
+            data = json.loads(text)
+        except (TypeError, ValueError) as error:
+            raise ValidationError(
+                "state", text[:80], f"JSON from PaperVenueState ({error})"
+            ) from None
+        if not isinstance(data, dict) or data.get("format") != _FORMAT:
+            raise ValidationError("state", str(text)[:80], f"a PaperVenueState of format {_FORMAT}")
+        try:
+            return cls(
+                name=data["name"],
+                saved_at=datetime.fromisoformat(data["saved_at"]),
+                holdings={asset: Decimal(amount) for asset, amount in data["holdings"].items()},
+                orders=tuple(_decode(Order, item) for item in data["orders"]),
+                open_order_ids=tuple(data["open_order_ids"]),
+                reservations={
+                    cid: (asset, Decimal(per_unit))
+                    for cid, (asset, per_unit) in data["reservations"].items()
+                },
+                bars_seen={cid: int(count) for cid, count in data["bars_seen"].items()},
+                positions=tuple(_decode(Position, item) for item in data["positions"]),
+                closed_positions=tuple(
+                    _decode(Position, item) for item in data["closed_positions"]
+                ),
+                fills=tuple(_decode(Fill, item) for item in data["fills"]),
+                last_prices={
+                    symbol: Decimal(price) for symbol, price in data["last_prices"].items()
+                },
+                order_sequence=data["order_sequence"],
+                fill_sequence=data["fill_sequence"],
+            )
+        except (KeyError, TypeError, ValueError, ArithmeticError) as error:
+            raise ValidationError(
+                "state", str(text)[:80], f"a complete PaperVenueState ({error!r})"
+            ) from None

@@ -1,0 +1,331 @@
+"""The position tracker: the desk's positions and balances, built from fills, in the ledger.
+
+`PositionTracker` keeps one net position per symbol, as a perpetual venue does:
+
+- `open_position(...)` records a new position with its stop-loss and take-profit orders in
+  one store transaction: the position and both orders land together, or none of them.
+- `apply_fills(fills)` books venue fills (each once, by fill id): the order's filled
+  quantity, the position (opened, increased, reduced, closed or flipped, with PnL realized at
+  each reduction exactly as `Position.reduce` computes it) and the quote balance (fees out,
+  realized PnL in). Replaying the same fills changes nothing.
+- `mark(prices)` values open positions at the latest prices (unrealized PnL).
+- `close_position(symbol, price)` settles a position by hand (an operator's correction).
+- `risk_state(now)` gives the risk engine its inputs: equity (balances plus unrealized PnL),
+  the start-of-day, peak and low marks (kept per UTC day in the store), open positions,
+  exposure per asset, and the current losing streak.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from datetime import datetime
+from decimal import Decimal
+
+from legato.kernel.clock import Clock, RealClock
+from legato.kernel.errors import ValidationError
+from legato.trading.fills import Fill
+from legato.trading.ledger import EquityMarks, LedgerTransaction, OrderRole, TradingLedger
+from legato.trading.orders import Order, OrderStatus
+from legato.trading.positions import Position, PositionSide
+from legato.trading.risk import RiskState
+
+__all__ = ["PositionTracker"]
+
+_ZERO = Decimal(0)
+
+
+async def _book_fill(tx: LedgerTransaction, fill: Fill, at: datetime) -> bool:
+    """Book one fill inside `tx`; return False when it was booked before."""
+    if not await tx.add_fill(fill):
+        return False
+    record = await tx.get_order(fill.client_order_id)
+    leverage = Decimal(1)
+    if record is not None:
+        order = record.order
+        leverage = order.leverage or Decimal(1)
+        fills = await tx.fills_of(fill.client_order_id)
+        filled = sum((item.quantity for item in fills), _ZERO)
+        if filled > order.filled_quantity and not order.is_terminal and filled <= order.quantity:
+            cost = sum((item.price * item.quantity for item in fills), _ZERO)
+            status = (
+                OrderStatus.FILLED if filled == order.quantity else OrderStatus.PARTIALLY_FILLED
+            )
+            if order.can_transition(status):
+                await tx.put_order(
+                    order.transition(
+                        status, at=at, filled_quantity=filled, average_price=cost / filled
+                    ),
+                    record.role,
+                    record.intent_id,
+                )
+    position = await tx.open_position(fill.symbol)
+    realized = _ZERO
+    remainder = fill.quantity
+    if position is not None and fill.side is position.side.closing_side:
+        closing = min(fill.quantity, position.quantity)
+        reduced = position.reduce(closing, fill.price, fill.fee * closing / fill.quantity, at)
+        realized = reduced.realized_pnl - position.realized_pnl
+        await tx.put_position(reduced)
+        remainder = fill.quantity - closing
+        position = None
+    elif position is not None:
+        await tx.put_position(position.increase(fill.quantity, fill.price, fill.fee))
+        remainder = _ZERO
+    if remainder > 0:
+        # Opens a position, or flips one that this fill more than closed.
+        opened = Position.open(
+            fill.symbol,
+            PositionSide.opened_by(fill.side),
+            remainder,
+            fill.price,
+            leverage=leverage,
+            at=fill.timestamp,
+            fee=fill.fee * remainder / fill.quantity,
+        )
+        await tx.put_position(opened)
+    total = await tx.balance(fill.fee_asset)
+    if total is not None:
+        await tx.set_balance(fill.fee_asset, total - fill.fee + realized, at)
+    return True
+
+
+class PositionTracker:
+    """Positions and balances from fills, each change one store transaction.
+
+    `clock` stamps the changes. `instruments_base` maps each symbol to its base asset, for
+    the exposure per asset in `risk_state` (symbols missing from it count under their own
+    name).
+    """
+
+    __slots__ = ("_base", "_clock", "_ledger")
+
+    def __init__(
+        self,
+        ledger: TradingLedger,
+        *,
+        clock: Clock | None = None,
+        instruments_base: Mapping[str, str] | None = None,
+    ) -> None:
+        self._ledger = ledger
+        self._clock: Clock = clock if clock is not None else RealClock()
+        self._base = dict(instruments_base or {})
+
+    @property
+    def ledger(self) -> TradingLedger:
+        """The ledger the tracker writes to."""
+        return self._ledger
+
+    async def set_balances(self, totals: Mapping[str, Decimal]) -> None:
+        """Start tracking these balances (totals per asset), replacing what was recorded."""
+        now = self._clock.now()
+
+        async def write(tx: LedgerTransaction) -> None:
+            for asset, total in totals.items():
+                if not isinstance(total, Decimal) or not total.is_finite():
+                    raise ValidationError(f"totals[{asset!r}]", total, "a finite Decimal")
+                await tx.set_balance(asset, total, now)
+
+        await self._ledger.write(write)
+
+    def opening_writes(
+        self,
+        entry: Order,
+        fills: Sequence[Fill],
+        *,
+        stop_loss: Order,
+        take_profit: Order | None,
+        intent_id: str | None = None,
+    ) -> Callable[[LedgerTransaction], Awaitable[Position]]:
+        """The writes of `open_position`, to run inside a larger transaction of the caller's."""
+        if not fills:
+            raise ValidationError("fills", fills, "at least one fill of the entry order")
+        for fill in fills:
+            if fill.client_order_id != entry.client_order_id:
+                raise ValidationError(
+                    "fills", fill.fill_id, f"fills of the entry {entry.client_order_id}"
+                )
+        now = self._clock.now()
+
+        async def write(tx: LedgerTransaction) -> Position:
+            await tx.put_order(entry, OrderRole.ENTRY, intent_id)
+            await tx.put_order(stop_loss, OrderRole.STOP_LOSS, intent_id)
+            if take_profit is not None:
+                await tx.put_order(take_profit, OrderRole.TAKE_PROFIT, intent_id)
+            for fill in fills:
+                await _book_fill(tx, fill, now)
+            position = await tx.open_position(entry.symbol)
+            if position is None:
+                raise ValidationError(
+                    "fills", [fill.fill_id for fill in fills], "fills that leave a position open"
+                )
+            protected = position.with_protection(
+                stop_loss.client_order_id,
+                None if take_profit is None else take_profit.client_order_id,
+            )
+            await tx.put_position(protected)
+            return protected
+
+        return write
+
+    async def open_position(
+        self,
+        entry: Order,
+        fills: Sequence[Fill],
+        *,
+        stop_loss: Order,
+        take_profit: Order | None,
+        intent_id: str | None = None,
+    ) -> Position:
+        """Record the position `fills` open, with its protective orders, in one transaction.
+
+        The entry order, its fills, the stop-loss and take-profit orders and the position
+        (with references to both) are written together: if any write fails, none is kept.
+        Fills booked before are not booked twice.
+        """
+        writes = self.opening_writes(
+            entry, fills, stop_loss=stop_loss, take_profit=take_profit, intent_id=intent_id
+        )
+        return await self._ledger.write(writes)
+
+    async def apply_fills(self, fills: Iterable[Fill]) -> list[Fill]:
+        """Book the fills not booked yet (in the given order); return the ones booked now."""
+        pending = list(fills)
+        if not pending:
+            return []
+        known = await self._ledger.known_fill_ids(fill.fill_id for fill in pending)
+        fresh = [fill for fill in pending if fill.fill_id not in known]
+        if not fresh:
+            return []
+        now = self._clock.now()
+
+        async def write(tx: LedgerTransaction) -> list[Fill]:
+            return [fill for fill in fresh if await _book_fill(tx, fill, now)]
+
+        return await self._ledger.write(write)
+
+    async def set_protection(
+        self, symbol: str, stop_loss_order_id: str | None, take_profit_order_id: str | None
+    ) -> None:
+        """Point the open position on `symbol` at new protective orders (no-op without one)."""
+
+        async def write(tx: LedgerTransaction) -> None:
+            position = await tx.open_position(symbol)
+            if position is not None:
+                await tx.put_position(
+                    position.with_protection(stop_loss_order_id, take_profit_order_id)
+                )
+
+        await self._ledger.write(write)
+
+    async def mark(self, prices: Mapping[str, Decimal]) -> list[Position]:
+        """Value the open positions of these symbols at these prices; return them."""
+
+        async def write(tx: LedgerTransaction) -> list[Position]:
+            marked: list[Position] = []
+            for symbol, price in prices.items():
+                position = await tx.open_position(symbol)
+                if position is not None:
+                    position = position.mark(price)
+                    await tx.put_position(position)
+                    marked.append(position)
+            return marked
+
+        return await self._ledger.write(write)
+
+    async def close_position(
+        self, symbol: str, price: Decimal, *, fee: Decimal = _ZERO
+    ) -> Position:
+        """Settle the open position on `symbol` at `price` without a fill (operator use).
+
+        Realizes its PnL into the quote balance like a closing fill would. Raises
+        ValidationError when no position is open on `symbol`.
+        """
+        now = self._clock.now()
+
+        async def write(tx: LedgerTransaction) -> Position:
+            position = await tx.open_position(symbol)
+            if position is None:
+                raise ValidationError("symbol", symbol, "a symbol with an open position")
+            closed = position.reduce(position.quantity, price, fee, now)
+            await tx.put_position(closed)
+            return closed
+
+        return await self._ledger.write(write)
+
+    async def risk_state(
+        self,
+        *,
+        quote_asset: str,
+        now: datetime | None = None,
+        kill_switch: bool = False,
+    ) -> RiskState:
+        """The risk engine's inputs now, updating today's equity marks in the store.
+
+        Equity is the `quote_asset` balance plus the open positions' unrealized PnL. The
+        start-of-day equity is the first equity seen on this UTC day; peak and trough carry
+        over from earlier days. The losing streak counts the most recent closed positions
+        whose realized PnL after fees is negative.
+        """
+        moment = now if now is not None else self._clock.now()
+        day = moment.date().isoformat()
+        positions = await self._ledger.open_positions()
+        closed = await self._ledger.closed_positions()
+
+        async def write(tx: LedgerTransaction) -> EquityMarks:
+            balance = await tx.balance(quote_asset)
+            if balance is None:
+                raise ValidationError(
+                    "quote_asset", quote_asset, "an asset whose balance the ledger tracks"
+                )
+            equity = balance + sum((p.unrealized_pnl for p in positions), _ZERO)
+            latest = await tx.latest_equity_marks()
+            if latest is None:
+                marks = EquityMarks(day, equity, equity, equity, equity)
+            elif latest.day != day:
+                peak = max(latest.peak_equity, equity)
+                trough = equity if equity >= latest.peak_equity else latest.trough_equity
+                marks = EquityMarks(day, equity, equity, peak, min(trough, equity))
+            else:
+                marks = latest
+            if equity > marks.peak_equity:
+                # A new high resets the drawdown: the trough is measured from the new peak.
+                marks = dataclasses.replace(marks, peak_equity=equity, trough_equity=equity)
+            marks = dataclasses.replace(
+                marks,
+                low_equity=min(marks.low_equity, equity),
+                trough_equity=min(marks.trough_equity, equity),
+            )
+            await tx.put_equity_marks(marks, moment)
+            return marks
+
+        marks = await self._ledger.write(write)
+        balance = (await self._ledger.balances()).get(quote_asset)
+        equity = (balance.total if balance is not None else _ZERO) + sum(
+            (p.unrealized_pnl for p in positions), _ZERO
+        )
+        losses = 0
+        last_loss_at: datetime | None = None
+        for position in reversed(closed):
+            if position.realized_pnl - position.fees_paid >= 0:
+                break
+            losses += 1
+            if last_loss_at is None:
+                last_loss_at = position.closed_at or moment
+        exposure: dict[str, Decimal] = {}
+        for position in positions:
+            asset = self._base.get(position.symbol, position.symbol)
+            exposure[asset] = exposure.get(asset, _ZERO) + position.notional
+        return RiskState(
+            equity=equity,
+            start_of_day_equity=marks.start_equity,
+            peak_equity=max(marks.peak_equity, equity),
+            now=moment,
+            open_positions=tuple(positions),
+            exposure_by_asset=exposure,
+            consecutive_losses=losses,
+            last_loss_at=last_loss_at,
+            kill_switch=kill_switch,
+            day_low_equity=min(marks.low_equity, equity),
+            trough_equity=min(marks.trough_equity, equity),
+        )

@@ -1,0 +1,45 @@
+"""A strategy that does what a script says at given bars, and records every bar it saw."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from decimal import Decimal
+
+from legato.trading.backtest.strategy import StrategyContext
+from legato.trading.market_data import Bar
+
+Action = Callable[[Bar, StrategyContext], object]
+
+
+def buy(quantity: str = "1", stop: str = "0.02", target: str | None = "0.04") -> Action:
+    """Buy at the bar's close with a stop and target as fractions of it."""
+
+    def act(bar: Bar, ctx: StrategyContext) -> object:
+        take_profit = None if target is None else bar.close * (1 + Decimal(target))
+        return ctx.buy(
+            Decimal(quantity), stop_loss=bar.close * (1 - Decimal(stop)), take_profit=take_profit
+        )
+
+    return act
+
+
+def close() -> Action:
+    """Close the whole position."""
+    return lambda bar, ctx: ctx.close()
+
+
+class ScriptedStrategy:
+    """Runs `script[index]` on the bar with that index; records (timestamp, position) seen."""
+
+    def __init__(self, script: Mapping[int, Action]) -> None:
+        self.script = dict(script)
+        self.seen: list[Bar] = []
+        self.positions: list[Decimal] = []
+
+    def on_bar(self, bar: Bar, ctx: StrategyContext) -> None:
+        index = len(self.seen)
+        self.seen.append(bar)
+        self.positions.append(ctx.position)
+        action = self.script.get(index)
+        if action is not None:
+            action(bar, ctx)

@@ -1,0 +1,187 @@
+"""Report metrics on hand-made curves and trades, and the text files' exact content."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import statistics
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import pytest
+
+from legato.kernel.errors import ValidationError
+from legato.trading.backtest.report import (
+    BacktestReport,
+    bar_interval,
+    compute_metrics,
+    equity_csv,
+    summary_json,
+    summary_markdown,
+    trades_csv,
+)
+from legato.trading.backtest.trades import ClosedTrade, EquityPoint
+from legato.trading.positions import PositionSide
+
+T0 = datetime(2024, 1, 1, tzinfo=UTC)
+DAY = timedelta(days=1)
+CURVE = ("100", "110", "99", "105", "121", "110")
+HELD = (0, 1, 1, 0, 1, 0)
+
+
+def curve(values: tuple[str, ...] = CURVE, step: timedelta = DAY) -> list[EquityPoint]:
+    return [
+        EquityPoint(T0 + step * index, Decimal(value), Decimal(HELD[index % len(HELD)]))
+        for index, value in enumerate(values)
+    ]
+
+
+def trade(net: str, fees: str = "1") -> ClosedTrade:
+    return ClosedTrade(
+        symbol="BTC-USDT-PERP",
+        side=PositionSide.LONG,
+        quantity=Decimal(1),
+        entry_time=T0,
+        entry_price=Decimal(100),
+        exit_time=T0 + DAY,
+        exit_price=Decimal(100) + Decimal(net) + Decimal(fees),
+        fees=Decimal(fees),
+        pnl=Decimal(net) + Decimal(fees),
+        exit_reason="close",
+    )
+
+
+TRADES = [trade("10"), trade("-4"), trade("6"), trade("-1")]
+
+
+def test_returns_are_exact_and_annualised_over_a_365_day_year() -> None:
+    metrics = compute_metrics(TRADES, curve())
+    assert metrics.total_return == Decimal("0.1")
+    assert metrics.net_pnl == Decimal(10)
+    assert metrics.bar_interval == DAY
+    assert metrics.annualized_return == pytest.approx(1.1 ** (365 / 5) - 1)
+
+
+def test_sharpe_and_sortino_use_sample_deviations_and_a_zero_risk_free_rate() -> None:
+    values = [float(v) for v in CURVE]
+    returns = [b / a - 1 for a, b in itertools.pairwise(values)]
+    scale = math.sqrt(365)
+    downside = math.sqrt(sum(min(r, 0.0) ** 2 for r in returns) / (len(returns) - 1))
+    metrics = compute_metrics(TRADES, curve())
+    assert metrics.sharpe == pytest.approx(
+        statistics.mean(returns) / statistics.stdev(returns) * scale
+    )
+    assert metrics.sortino == pytest.approx(statistics.mean(returns) / downside * scale)
+
+
+def test_maximum_drawdown_is_the_largest_fall_from_a_peak_and_its_longest_stretch() -> None:
+    metrics = compute_metrics([], curve())
+    assert metrics.max_drawdown == pytest.approx(0.1)  # 110 down to 99
+    assert metrics.max_drawdown_duration == 3 * DAY  # under 110 from day 1 until day 4
+
+
+def test_a_drawdown_that_never_recovers_lasts_until_the_last_point() -> None:
+    metrics = compute_metrics([], curve(("100", "120", "90", "95", "96", "97")))
+    assert metrics.max_drawdown == pytest.approx(0.25)
+    assert metrics.max_drawdown_duration == 4 * DAY
+
+
+def test_trade_statistics_count_net_pnl_after_fees() -> None:
+    metrics = compute_metrics(TRADES, curve())
+    assert metrics.trades == 4
+    assert metrics.win_rate == 0.5
+    assert metrics.profit_factor == pytest.approx(16 / 5)
+    assert metrics.fees == Decimal(4)
+
+
+def test_exposure_is_the_share_of_points_holding_a_position() -> None:
+    assert compute_metrics([], curve()).exposure == pytest.approx(3 / 6)
+
+
+def test_undefined_statistics_are_none_not_zero() -> None:
+    flat = compute_metrics([], curve(("100", "100", "100")))
+    assert (flat.sharpe, flat.sortino, flat.win_rate, flat.profit_factor) == (
+        None,
+        None,
+        None,
+        None,
+    )
+    winners_only = compute_metrics([trade("5")], curve())
+    assert winners_only.profit_factor is None
+
+
+def test_an_overflowing_annualisation_is_none() -> None:
+    steep = compute_metrics([], curve(("100", "1000"), step=timedelta(seconds=1)))
+    assert steep.annualized_return is None
+
+
+def test_the_bar_interval_is_the_most_common_gap() -> None:
+    points = curve(step=timedelta(minutes=5))
+    gapped = [
+        *points[:3],
+        *[EquityPoint(p.timestamp + DAY, p.equity, p.position) for p in points[3:]],
+    ]
+    assert bar_interval(gapped) == timedelta(minutes=5)
+
+
+def test_fewer_than_two_points_or_a_non_positive_start_are_refused() -> None:
+    with pytest.raises(ValidationError) as raised:
+        compute_metrics([], curve()[:1])
+    assert raised.value.field == "equity"
+    with pytest.raises(ValidationError) as raised:
+        compute_metrics([], curve(("0", "10")))
+    assert raised.value.field == "equity[0].equity"
+
+
+def test_text_files_hold_exact_decimals_and_iso_times() -> None:
+    trades_text = trades_csv(TRADES[:1])
+    assert trades_text.splitlines() == [
+        "symbol,side,quantity,entry_time,entry_price,exit_time,exit_price,pnl,fees,net_pnl,exit_reason",
+        "BTC-USDT-PERP,long,1,2024-01-01T00:00:00+00:00,100,2024-01-02T00:00:00+00:00,111,11,1,10,close",
+    ]
+    assert equity_csv(curve()[:2]).splitlines() == [
+        "timestamp,equity,position",
+        "2024-01-01T00:00:00+00:00,100,0",
+        "2024-01-02T00:00:00+00:00,110,1",
+    ]
+
+
+def test_summary_json_and_markdown_carry_every_metric() -> None:
+    report = BacktestReport.build("EMA test", TRADES, curve())
+    document = json.loads(summary_json(report))
+    assert document["title"] == "EMA test"
+    assert set(document["metrics"]) >= {
+        "total_return",
+        "annualized_return",
+        "sharpe",
+        "sortino",
+        "max_drawdown",
+        "max_drawdown_duration_seconds",
+        "win_rate",
+        "profit_factor",
+        "exposure",
+        "fees",
+        "trades",
+    }
+    assert document["metrics"]["total_return"] == "0.1"
+    markdown = summary_markdown(report)
+    for label in (
+        "Total return",
+        "Sharpe ratio",
+        "Sortino ratio",
+        "Maximum drawdown",
+        "Win rate",
+        "Profit factor",
+        "Exposure",
+        "Fees",
+    ):
+        assert f"| {label} |" in markdown
+
+
+def test_the_same_inputs_render_the_same_text() -> None:
+    first = BacktestReport.build("same", TRADES, curve())
+    second = BacktestReport.build("same", list(TRADES), curve())
+    assert summary_json(first) == summary_json(second)
+    assert summary_markdown(first) == summary_markdown(second)
+    assert trades_csv(first.trades) == trades_csv(second.trades)

@@ -1,0 +1,215 @@
+"""The decision log on both store backends: claims are once per key, records round-trip."""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import pytest
+
+from legato.kernel.clock import Clock
+from legato.kernel.errors import ValidationError
+from legato.trading.agents.models import ModelDecision, TradeAction
+from legato.trading.conflicts import Conflict, ConflictKind, Resolution, ResolutionAction
+from legato.trading.decision_log import (
+    ConflictRecord,
+    DecisionLog,
+    DecisionRecord,
+    PipelineStatus,
+)
+
+from .desk_harness import empty_desk_tables
+
+T0 = datetime(2024, 1, 1, tzinfo=UTC)
+
+
+@pytest.fixture
+def desk_url(store_url: str) -> str:
+    """An empty, migrated store on each backend."""
+    empty_desk_tables(store_url)
+    return store_url
+
+
+def record(key: str = "BTC@1", bar: int = 0, correlation: str = "c1") -> DecisionRecord:
+    return DecisionRecord(
+        key=key,
+        symbol="BTC",
+        bar_time=T0 + timedelta(minutes=5 * bar),
+        strategy="consensus",
+        correlation_id=correlation,
+        action=TradeAction.BUY,
+        leading_action=TradeAction.BUY,
+        consensus=0.75,
+        split=False,
+        entry=Decimal("100.10"),
+        stop=Decimal("98.00"),
+        target=Decimal("104.30"),
+        reasoning="3 of 4 models chose BUY",
+        analysis={"technical": {"bias": "long"}, "regime": {"regime": "trending_bull"}},
+        status=PipelineStatus.CLAIMED,
+        created_at=T0,
+        updated_at=T0,
+    )
+
+
+VOTES = (
+    ModelDecision("trend", TradeAction.BUY, 0.8, "trend up"),
+    ModelDecision(
+        "llm",
+        TradeAction.HOLD,
+        0.3,
+        "fallback",
+        fallback_reason="slow",
+        prompt_tokens=10,
+        completion_tokens=2,
+        cost=Decimal("0.0001"),
+    ),
+)
+
+
+async def test_a_claimed_decision_and_its_votes_round_trip_exactly(
+    clock: Clock, desk_url: str
+) -> None:
+    log = await DecisionLog.open(desk_url, upgrade=False)
+    try:
+        assert await log.claim(record(), VOTES)
+        stored = await log.decision("BTC@1")
+        votes = await log.votes("BTC@1")
+    finally:
+        await log.close()
+    assert stored == record()
+    assert tuple(votes) == VOTES
+
+
+async def test_a_second_claim_of_the_same_key_writes_nothing(clock: Clock, desk_url: str) -> None:
+    log = await DecisionLog.open(desk_url, upgrade=False)
+    try:
+        assert await log.claim(record(), VOTES)
+        assert not await log.claim(record(correlation="c2"), VOTES)
+        stored = await log.decision("BTC@1")
+        votes = await log.votes("BTC@1")
+    finally:
+        await log.close()
+    assert stored is not None
+    assert stored.correlation_id == "c1"
+    assert len(votes) == 2
+
+
+async def test_finish_and_conflicts_are_queryable_by_symbol_status_and_correlation(
+    clock: Clock, desk_url: str
+) -> None:
+    resolution = Resolution(
+        ResolutionAction.MODIFY_SIZE, Decimal("0.5"), "thin agreement", 0.6, "llm"
+    )
+    conflict = ConflictRecord(
+        "BTC@2",
+        "BTC",
+        (Conflict(ConflictKind.WEAK_CONSENSUS, "0.55 < 0.6"),),
+        resolution,
+        T0 + timedelta(minutes=5),
+    )
+    log = await DecisionLog.open(desk_url, upgrade=False)
+    try:
+        await log.claim(record(), ())
+        await log.claim(record("BTC@2", bar=1, correlation="c2"), ())
+        await log.record_conflict(conflict)
+        await log.finish(
+            "BTC@2",
+            PipelineStatus.EXECUTED,
+            T0 + timedelta(minutes=6),
+            detail="bracketed",
+            intent_id="abc",
+            proposal={"symbol": "BTC", "quantity": "0.5"},
+        )
+        newest_first = await log.decisions(symbol="BTC")
+        executed = await log.decisions(status=PipelineStatus.EXECUTED)
+        traced = await log.by_correlation("c2")
+        conflicts = await log.conflicts(symbol="BTC")
+    finally:
+        await log.close()
+    assert [r.key for r in newest_first] == ["BTC@2", "BTC@1"]
+    assert [r.key for r in executed] == ["BTC@2"]
+    assert traced is not None
+    assert (traced.intent_id, traced.detail, traced.proposal) == (
+        "abc",
+        "bracketed",
+        {"symbol": "BTC", "quantity": "0.5"},
+    )
+    assert conflicts == [conflict]
+    assert dataclasses.replace(traced, status=PipelineStatus.CLAIMED).entry == Decimal("100.10")
+
+
+async def test_a_bad_limit_is_refused(clock: Clock, desk_url: str) -> None:
+    log = await DecisionLog.open(desk_url, upgrade=False)
+    try:
+        with pytest.raises(ValidationError) as raised:
+            await log.decisions(limit=0)
+    finally:
+        await log.close()
+    assert raised.value.field == "limit"
+
+
+def no_trade(key: str, bar: int) -> DecisionRecord:
+    return dataclasses.replace(
+        record(key, bar=bar, correlation=f"c-{key}"),
+        action=TradeAction.HOLD,
+        leading_action=TradeAction.HOLD,
+        status=PipelineStatus.NO_TRADE,
+        detail="4 of 6 models chose HOLD",
+    )
+
+
+async def test_no_trade_runs_are_written_together_when_the_batch_fills(
+    clock: Clock, desk_url: str
+) -> None:
+    log = await DecisionLog.open(desk_url, upgrade=False, no_trade_batch=3)
+    reader = await DecisionLog.open(desk_url, upgrade=False)
+    try:
+        assert await log.record_no_trade(no_trade("BTC@1", 0), VOTES)
+        assert await log.record_no_trade(no_trade("BTC@2", 1), VOTES)
+        before = await reader.decisions()
+        assert await log.record_no_trade(no_trade("BTC@3", 2), VOTES)
+        after = await reader.decisions()
+        votes = await reader.votes("BTC@2")
+    finally:
+        await reader.close()
+        await log.close()
+    assert before == []
+    assert [r.key for r in after] == ["BTC@3", "BTC@2", "BTC@1"]
+    assert after[1] == no_trade("BTC@2", 1)
+    assert tuple(votes) == VOTES
+
+
+async def test_a_batched_run_counts_as_stored_for_idempotency(clock: Clock, desk_url: str) -> None:
+    log = await DecisionLog.open(desk_url, upgrade=False)
+    try:
+        assert await log.record_no_trade(no_trade("BTC@1", 0), VOTES)
+        assert await log.has("BTC@1")
+        assert not await log.record_no_trade(no_trade("BTC@1", 0), VOTES)
+        assert not await log.claim(record("BTC@1"), VOTES)
+        assert log.batched == 1
+    finally:
+        await log.close()
+
+
+async def test_queries_and_close_write_the_batch_first(clock: Clock, desk_url: str) -> None:
+    log = await DecisionLog.open(desk_url, upgrade=False)
+    try:
+        await log.record_no_trade(no_trade("BTC@1", 0), ())
+        seen = await log.decision("BTC@1")
+        await log.record_no_trade(no_trade("BTC@2", 1), ())
+    finally:
+        await log.close()
+    reader = await DecisionLog.open(desk_url, upgrade=False)
+    try:
+        stored = [r.key for r in await reader.decisions()]
+    finally:
+        await reader.close()
+    assert seen == no_trade("BTC@1", 0)
+    assert stored == ["BTC@2", "BTC@1"]
+
+
+def test_a_batch_size_below_one_is_refused() -> None:
+    with pytest.raises(ValidationError, match="no_trade_batch"):
+        DecisionLog(database=None, no_trade_batch=0)  # type: ignore[arg-type]

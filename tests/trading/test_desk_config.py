@@ -1,0 +1,87 @@
+"""DeskConfig: the embedded defaults are valid, and a bad [desk] table lists every problem."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from legato.kernel.errors import ConfigError
+from legato.trading.desk_config import (
+    DataSource,
+    DeskConfig,
+    ResolverKind,
+    StrategyConfig,
+    desk_config_from_mapping,
+    load_desk_config,
+)
+
+
+def test_the_defaults_are_the_embedded_desk_on_one_btc_perpetual() -> None:
+    config = DeskConfig()
+    assert config.symbols == ("BTC-USDT-PERP",)
+    assert config.instrument("BTC-USDT-PERP").is_perpetual
+    assert config.data.source is DataSource.SYNTHETIC
+    assert config.strategy_for("BTC-USDT-PERP").resolver is ResolverKind.RULES
+
+
+def test_a_table_is_read_with_decimals_as_strings_or_numbers() -> None:
+    config = desk_config_from_mapping(
+        {
+            "guard_interval": 2,
+            "risk": {"max_daily_loss": 0.05, "max_risk_per_trade": "0.02"},
+            "strategies": [{"name": "s", "symbols": ["BTC-USDT-PERP"], "resolver": "llm"}],
+            "data": {"source": "csv", "path": "binance_BTC-USDT-PERP_5m_2023-01.csv"},
+        }
+    )
+    assert config.risk.max_daily_loss == Decimal("0.05")
+    assert config.risk.max_risk_per_trade == Decimal("0.02")
+    assert config.strategies == (
+        StrategyConfig(name="s", symbols=("BTC-USDT-PERP",), resolver=ResolverKind.LLM),
+    )
+    assert config.guard_interval == 2.0
+
+
+def test_every_problem_of_a_bad_table_is_listed_at_once() -> None:
+    with pytest.raises(ConfigError) as raised:
+        desk_config_from_mapping(
+            {
+                "bogus": 1,
+                "guard_interval": -1,
+                "risk": {"max_daily_loss": "2", "max_leverage": "x", "nope": 1},
+                "venue": {"starting_balance": "-5"},
+                "strategies": [{"symbols": ["BTC-USDT-PERP"], "risk_per_trade": "0.5"}],
+                "data": {"source": "tape"},
+            }
+        )
+    fields = {field for field, _, _ in raised.value.problems}
+    assert fields == {
+        "bogus",
+        "guard_interval",
+        "risk.max_daily_loss",
+        "risk.max_leverage",
+        "risk.nope",
+        "venue.starting_balance",
+        "strategies[0].risk_per_trade",
+        "data.source",
+    }
+    assert "desk config: 8 problem(s)" in str(raised.value)
+
+
+def test_a_strategy_symbol_without_an_instrument_is_a_problem() -> None:
+    with pytest.raises(ConfigError) as raised:
+        desk_config_from_mapping({"strategies": [{"symbols": ["ETH-USDT-PERP"]}]})
+    assert [field for field, _, _ in raised.value.problems] == ["strategies[0].symbols"]
+
+
+def test_the_desk_table_of_a_toml_file_is_loaded(tmp_path: Path) -> None:
+    path = tmp_path / "legato.toml"
+    path.write_text("[service]\nport = 8600\n\n[desk.risk]\nmax_open_positions = 2\n")
+    assert load_desk_config(path).risk.max_open_positions == 2
+
+
+def test_a_missing_config_file_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as raised:
+        load_desk_config(tmp_path / "missing.toml")
+    assert raised.value.field == "config_file"

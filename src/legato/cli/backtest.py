@@ -1,0 +1,255 @@
+"""`legato backtest`: the desk (or the EMA crossover) over a recorded file, and its report.
+
+Both strategies run on simulated time, as fast as the machine allows, through the production
+path: the whole desk (agents, coordinator, risk engine, execution manager, paper venue), or
+the EMA(12)/EMA(26) crossover through the risk engine, the execution manager and the paper
+venue. The store is a SQLite file in the output directory, replaced at each run, so the same
+inputs always give the same report, byte for byte.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import json
+import sys
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TextColumn,
+    TimeElapsedColumn,
+)
+from rich.text import Text
+
+from legato.cli.invoke import fail, options_of
+from legato.kernel.errors import ValidationError
+from legato.kernel.logs import configure_logging
+from legato.kernel.settings import load_settings
+from legato.trading.backtest.desk_backtest import desk_backtest
+from legato.trading.backtest.ema_crossover import EmaCrossover
+from legato.trading.backtest.production import production_backtest
+from legato.trading.backtest.report import BacktestReport
+from legato.trading.backtest.report_files import write_report
+from legato.trading.backtest.runner import BacktestResult
+from legato.trading.desk_config import DeskConfig, desk_config_from_mapping
+from legato.trading.fees import FeeSchedule
+from legato.trading.market_data import Bar, load_bars
+from legato.trading.matching import MatchingRules
+
+__all__ = ["BacktestStrategy", "backtest"]
+
+STORE_FILE = "backtest.db"
+"""The run's SQLite store, in the output directory; removed when the report is written."""
+
+
+class BacktestStrategy(enum.Enum):
+    """What `legato backtest` runs."""
+
+    DESK = "desk"
+    EMA = "ema"
+
+
+def backtest(
+    ctx: typer.Context,
+    data: Annotated[
+        Path,
+        typer.Option(
+            "--data",
+            help="Recorded bars CSV (timestamp,open,high,low,close,volume).",
+            show_default=False,
+        ),
+    ],
+    symbol: Annotated[
+        str, typer.Option(help="The file's symbol, traded by the backtest.", show_default=False)
+    ],
+    start: Annotated[
+        str | None,
+        typer.Option(
+            "--from", help="First bar time (ISO 8601, UTC if no offset).", show_default=False
+        ),
+    ] = None,
+    end: Annotated[
+        str | None,
+        typer.Option(
+            "--to",
+            help="Last bar time, inclusive (ISO 8601, UTC if no offset).",
+            show_default=False,
+        ),
+    ] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            help="Settings file whose \\[desk] table configures the desk, risk limits and venue "
+            "(default: the global --config, else legato.toml if present).",
+            show_default=False,
+        ),
+    ] = None,
+    out: Annotated[Path, typer.Option("--out", help="Directory the report is written to.")] = Path(
+        "backtest-report"
+    ),
+    strategy: Annotated[
+        BacktestStrategy,
+        typer.Option(help="desk: the whole desk; ema: the EMA(12)/EMA(26) crossover."),
+    ] = BacktestStrategy.DESK,
+) -> None:
+    """Backtest the desk (or the EMA crossover) on a recorded file; write the report."""
+    options = options_of(ctx)
+    # As `invoke` does, but without its event loop: the backtest runs its own simulated one.
+    configure_logging(
+        "debug" if options.debug else "warning", "console", stream=sys.__stderr__ or sys.stderr
+    )
+    try:
+        settings = load_settings(config if config is not None else options.config_file)
+        desk_config = _desk_config(settings.desk, symbol)
+        bars = _slice(list(load_bars(data, symbol)), start, end)
+        result = _run(strategy, desk_config, bars, out, quiet=options.json_output)
+        title = f"{strategy.value} on {symbol}, {bars[0].timestamp:%Y-%m-%d %H:%M} to " + (
+            f"{bars[-1].timestamp:%Y-%m-%d %H:%M} UTC"
+        )
+        report = BacktestReport.build(title, result.trades, result.equity)
+        written = write_report(report, out)
+    except KeyboardInterrupt:
+        typer.echo("error: interrupted", err=True)
+        raise typer.Exit(130) from None
+    except Exception as error:
+        raise fail(options, error) from None
+    _summarise(report, written, json_output=options.json_output)
+
+
+def _desk_config(table: Mapping[str, Any], symbol: str) -> DeskConfig:
+    """The settings' `[desk]` table, trading `symbol` as its only symbol."""
+    config = desk_config_from_mapping(dict(table))
+    if config.symbols == (symbol,):
+        return config
+    if symbol in config.symbols:
+        strategy = config.strategy_for(symbol)
+        instrument = config.instrument(symbol)
+    else:
+        # One recorded file feeds one symbol: the first strategy and instrument trade it.
+        strategy, instrument = config.strategies[0], config.instruments[0]
+        instrument = dataclasses.replace(instrument, symbol=symbol)
+    return dataclasses.replace(
+        config,
+        instruments=(instrument,),
+        strategies=(dataclasses.replace(strategy, symbols=(symbol,)),),
+    )
+
+
+def _moment(field: str, text: str | None) -> datetime | None:
+    if text is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise ValidationError(field, text, "an ISO 8601 time, e.g. 2023-01-05T00:00") from None
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def _slice(bars: list[Bar], start: str | None, end: str | None) -> list[Bar]:
+    """The bars from `start` to `end` (inclusive); at least two, or ValidationError."""
+    first, last = _moment("--from", start), _moment("--to", end)
+    if first is not None and last is not None and last < first:
+        raise ValidationError("--to", end, f"a time at or after --from {start}")
+    chosen = [
+        bar
+        for bar in bars
+        if (first is None or bar.timestamp >= first) and (last is None or bar.timestamp <= last)
+    ]
+    if len(chosen) < 2:
+        raise ValidationError(
+            "--from/--to", f"{start} to {end}", f"a range holding at least two of {len(bars)} bars"
+        )
+    return chosen
+
+
+def _run(
+    strategy: BacktestStrategy, config: DeskConfig, bars: list[Bar], out: Path, *, quiet: bool
+) -> BacktestResult:
+    out.mkdir(parents=True, exist_ok=True)
+    store = out / STORE_FILE
+    try:
+        with _progress(len(bars), quiet=quiet) as advance:
+            if strategy is BacktestStrategy.DESK:
+                return desk_backtest(config, bars, store=store, progress=advance)
+            venue = config.venue
+            rules = MatchingRules(
+                slippage_bps=venue.slippage_bps,
+                participation=venue.participation,
+                fees=FeeSchedule(
+                    maker_rate=venue.maker_fee_bps / 10_000, taker_rate=venue.taker_fee_bps / 10_000
+                ),
+            )
+            return production_backtest(
+                EmaCrossover(),
+                bars,
+                config.instrument(bars[0].symbol),
+                store=store,
+                initial_cash=venue.starting_balance,
+                rules=rules,
+                limits=config.risk,
+                seed=config.data.seed,
+                progress=advance,
+            )
+    finally:
+        store.unlink(missing_ok=True)
+
+
+class _RateColumn(ProgressColumn):
+    """Bars per second of wall time since the run started."""
+
+    def render(self, task: Task) -> Text:
+        elapsed = task.finished_time if task.finished else task.elapsed
+        if not elapsed:
+            return Text("- bars/s")
+        return Text(f"{task.completed / elapsed:,.0f} bars/s")
+
+
+@contextmanager
+def _progress(total: int, *, quiet: bool) -> Iterator[Callable[[int], None]]:
+    """A Rich progress bar on stderr (bars done / total, bars/s); silent when `quiet`."""
+    bar = Progress(
+        TextColumn("backtest"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        _RateColumn(),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+        disable=quiet,
+    )
+    task = bar.add_task("backtest", total=total)
+
+    def advance(done: int) -> None:
+        bar.update(task, completed=done)
+
+    with bar:
+        yield advance
+
+
+def _summarise(report: BacktestReport, written: dict[str, Path], *, json_output: bool) -> None:
+    metrics = report.metrics
+    if json_output:
+        typer.echo(
+            json.dumps(
+                {"metrics": metrics.as_dict(), "files": {k: str(v) for k, v in written.items()}}
+            )
+        )
+        return
+    typer.echo(f"{report.title}")
+    typer.echo(
+        f"  trades {metrics.trades}  return {metrics.total_return:.2%}  "
+        f"max drawdown {metrics.max_drawdown:.2%}  fees {metrics.fees:.2f}"
+    )
+    for path in written.values():
+        typer.echo(f"  wrote {path}")

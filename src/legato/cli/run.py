@@ -1,0 +1,217 @@
+"""`legato run`: the main job, a paper-trading desk with its operator service, until Ctrl-C.
+
+With no arguments and no network: the embedded SQLite store, the in-process bus, the paper
+venue fed by the seeded synthetic market, the agents, coordinator, risk engine, execution
+manager, reconciler and runtime guards, and the service with the dashboard on
+http://127.0.0.1:8600. Running it again resumes from the store: the desk reconciles and
+finishes unfinished executions before it trades.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import secrets
+import signal
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from legato.cli.exit_codes import ExitCode
+from legato.cli.invoke import invoke
+from legato.cli.options import CliOptions
+from legato.cli.output import Output
+from legato.kernel.clock import RealClock
+from legato.kernel.settings import LegatoSettings, redact_url
+from legato.service.routes.desk import desk_router
+from legato.service.runtime import TOKEN_ENV
+from legato.service.server import Service
+from legato.trading.desk import Desk
+from legato.trading.desk_config import (
+    DataSource,
+    DeskConfig,
+    desk_config_from_mapping,
+)
+
+__all__ = ["run"]
+
+# Without a speed in the config or on the command line, a five-minute bar every second: a
+# new user sees the desk trade within a minute instead of waiting five minutes per bar.
+DEFAULT_SPEED = 300.0
+
+
+def run(
+    ctx: typer.Context,
+    data: Annotated[
+        Path | None,
+        typer.Option(
+            "--data",
+            help="Replay this recorded bars CSV (timestamp,open,high,low,close,volume) instead "
+            "of the synthetic market.",
+            show_default=False,
+        ),
+    ] = None,
+    symbol: Annotated[
+        str | None,
+        typer.Option(help="With --data: the file's symbol (default: the desk's first symbol)."),
+    ] = None,
+    speed: Annotated[
+        float | None,
+        typer.Option(
+            help=f"Replay this many times faster than the bars' spacing (default {DEFAULT_SPEED:g}"
+            ": a five-minute bar each second).",
+            min=0.001,
+            show_default=False,
+        ),
+    ] = None,
+    bars: Annotated[
+        int | None,
+        typer.Option(help="Stop after this many bars (default: run until Ctrl-C).", min=1),
+    ] = None,
+    port: Annotated[
+        int | None,
+        typer.Option(help="Service port (default: service.port, 8600).", min=0, max=65535),
+    ] = None,
+    progress: Annotated[float, typer.Option(help="Seconds between progress lines.", min=0.1)] = 5.0,
+) -> None:
+    """Run the paper-trading desk and its dashboard (Ctrl-C stops; run again to resume)."""
+
+    async def work(options: CliOptions, output: Output) -> ExitCode | None:
+        settings = options.settings()
+        config = _desk_config(settings, data=data, symbol=symbol, speed=speed, bars=bars)
+        return await _run_desk(options, settings, config, port=port, progress=progress)
+
+    invoke(ctx, work)
+
+
+def _desk_config(
+    settings: LegatoSettings,
+    *,
+    data: Path | None,
+    symbol: str | None,
+    speed: float | None,
+    bars: int | None,
+) -> DeskConfig:
+    """The `[desk]` table of the settings with the command line's overrides applied."""
+    table: dict[str, Any] = {key: value for key, value in settings.desk.items()}
+    data_table: dict[str, Any] = dict(table.get("data", {}))
+    if data is not None:
+        data_table["source"] = DataSource.CSV.value
+        data_table["path"] = str(data)
+    if speed is not None:
+        data_table["speed"] = speed
+    data_table.setdefault("speed", DEFAULT_SPEED)
+    if bars is not None:
+        data_table["bars"] = bars
+    table["data"] = data_table
+    config = desk_config_from_mapping(table)
+    if data is not None and symbol is not None and symbol not in config.symbols:
+        # One recorded file feeds one symbol: trade it as the desk's only symbol.
+        instrument = dataclasses.replace(config.instruments[0], symbol=symbol)
+        strategy = dataclasses.replace(config.strategies[0], symbols=(symbol,))
+        config = dataclasses.replace(config, instruments=(instrument,), strategies=(strategy,))
+    return config
+
+
+async def _run_desk(
+    options: CliOptions,
+    settings: LegatoSettings,
+    config: DeskConfig,
+    *,
+    port: int | None,
+    progress: float,
+) -> ExitCode | None:
+    desk = Desk(config, store_url=settings.store.url)
+    await desk.start()
+    token = options.api_token(settings)
+    generated = token is None
+    if token is None:
+        # Controls change state and always need a token; one per run keeps them usable.
+        token = secrets.token_urlsafe(18)
+    service = Service(
+        settings,
+        bus=desk.bus,
+        port=port,
+        environ={**os.environ, TOKEN_ENV: token},
+    )
+    service.app.include_router(desk_router(desk))
+
+    def stop() -> None:
+        desk.request_stop()
+        service.stop()
+
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop)
+    _say(f"legato run: paper-trading desk on {', '.join(config.symbols)}")
+    _say(f"  store    {redact_url(settings.store.url)}")
+    _say(f"  market   {_describe_data(config)}")
+    venue = config.venue
+    _say(
+        f"  venue    paper, {venue.starting_balance} {venue.quote_asset}, taker fee "
+        f"{venue.taker_fee_bps} bps, slippage {venue.slippage_bps} bps"
+    )
+    try:
+        async with asyncio.TaskGroup() as group:
+            served = group.create_task(service.run(), name="legato-run-service")
+            await _wait_listening(service, served)
+            base = f"http://{settings.service.host}:{service.port}"
+            _say(f"  dashboard {base}/   API {base}/docs   desk {base}/desk")
+            if generated:
+                _say(f"  token    {token}  (for controls; set service.api_token to choose one)")
+            _say("  Ctrl-C stops cleanly; running again resumes from the store.")
+            reporter = group.create_task(_report(desk, progress), name="legato-run-progress")
+            try:
+                fed = await desk.run()
+            finally:
+                reporter.cancel()
+                service.stop()
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+    _say(f"legato run: stopped after {fed} bars. {_summary(desk)}")
+    return None
+
+
+async def _wait_listening(service: Service, served: asyncio.Task[None]) -> None:
+    # The service may fail to start (say, the port is taken): its error ends the wait.
+    listening = asyncio.ensure_future(service.listening.wait())
+    try:
+        await asyncio.wait({listening, served}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        listening.cancel()
+    if served.done():
+        served.result()
+
+
+async def _report(desk: Desk, every: float) -> None:
+    clock = RealClock()
+    while True:
+        await clock.sleep(every)
+        _say(f"  {desk.bars_processed} bars  {_summary(desk)}")
+
+
+def _summary(desk: Desk) -> str:
+    telemetry = desk.telemetry
+    if telemetry is None:
+        return "no telemetry yet"
+    return (
+        f"equity {telemetry.equity:.2f}  open positions {telemetry.open_positions}  "
+        f"realized {telemetry.realized_pnl:.2f}  unrealized {telemetry.unrealized_pnl:.2f}  "
+        f"fees {telemetry.fees_paid:.2f}  state {telemetry.trading_state.value}"
+    )
+
+
+def _describe_data(config: DeskConfig) -> str:
+    data = config.data
+    if data.source is DataSource.CSV:
+        return f"recorded bars from {data.path}, {data.speed:g}x"
+    return f"synthetic (seed {data.seed}), {data.interval_seconds:g}s bars at {data.speed:g}x" + (
+        "" if data.bars is None else f", {data.bars} bars"
+    )
+
+
+def _say(line: str) -> None:
+    typer.echo(line)

@@ -1,0 +1,82 @@
+"""`legato backtest`: the report from a recorded file, the same bytes every time, clear errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from legato.cli.app import app
+from legato.cli.backtest import STORE_FILE
+from legato.trading.backtest.report_files import REPORT_FILES
+from legato.trading.market_data import default_market_data_dir
+
+RECORDED = default_market_data_dir() / "binance_BTC-USDT-PERP_5m_2023-01.csv"
+SYMBOL = "BTC-USDT-PERP"
+# About 1,200 five-minute bars of the recorded file: enough for the EMA crossover to trade.
+SLICE = ["--from", "2023-01-03T00:00", "--to", "2023-01-07T04:00"]
+
+
+def backtest(out: Path, *args: str) -> list[str]:
+    return ["backtest", "--data", str(RECORDED), "--symbol", SYMBOL, "--out", str(out), *args]
+
+
+def test_the_ema_backtest_writes_the_same_report_byte_for_byte(tmp_path: Path) -> None:
+    runner = CliRunner()
+    first = runner.invoke(app, backtest(tmp_path / "a", "--strategy", "ema", *SLICE))
+    second = runner.invoke(app, backtest(tmp_path / "b", "--strategy", "ema", *SLICE))
+    assert first.exit_code == 0, first.output
+    assert second.exit_code == 0, second.output
+    for name in REPORT_FILES:
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+    # The run's store is temporary: a second run never resumes the first.
+    assert not (tmp_path / "a" / STORE_FILE).exists()
+    summary = json.loads((tmp_path / "a" / "summary.json").read_text())
+    assert summary["metrics"]["trades"] > 0
+    assert summary["metrics"]["start"].startswith("2023-01-03T00:00")
+
+
+def test_from_and_to_slice_the_file_by_time(tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        app,
+        backtest(tmp_path, "--strategy", "ema", "--from", "2023-01-04", "--to", "2023-01-05"),
+    )
+    assert result.exit_code == 0, result.output
+    lines = (tmp_path / "equity.csv").read_text().splitlines()
+    assert lines[1].startswith("2023-01-04T00:00:00")
+    assert lines[-1].startswith("2023-01-05T00:00:00")
+    assert len(lines) == 1 + 24 * 12 + 1
+
+
+def test_a_bad_time_is_refused_with_the_option_named(tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, backtest(tmp_path, "--from", "last tuesday"))
+    assert result.exit_code != 0
+    assert "--from" in result.output
+    assert "ISO 8601" in result.output
+    assert not (tmp_path / "summary.json").exists()
+
+
+def test_the_desk_backtest_runs_as_a_real_process(tmp_path: Path) -> None:
+    out = tmp_path / "report"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "legato.cli",
+            "--json",
+            *backtest(out, "--to", "2023-01-03T06:00"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    printed = json.loads(done.stdout)
+    assert sorted(Path(path).name for path in printed["files"].values()) == sorted(REPORT_FILES)
+    assert printed["metrics"]["end"].startswith("2023-01-03T06:00")
+    assert all((out / name).stat().st_size > 0 for name in REPORT_FILES)

@@ -1,0 +1,160 @@
+"""`legato run`, the main job, as a real process: it trades, protects, stops on Ctrl-C, resumes."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO
+
+import pytest
+
+from legato.kernel.simulation import run_simulated
+from legato.trading.ledger import TradingLedger
+from legato.trading.orders import OrderStatus
+
+pytestmark = pytest.mark.slow
+
+# The synthetic market's indicators warm up over about 100 bars; the seeded market of the
+# default desk opens its first bracket within the first 150.
+ENOUGH_BARS_TO_TRADE = 150
+
+
+def _legato(tmp_path: Path, *args: str) -> list[str]:
+    return [sys.executable, "-m", "legato.cli", *args]
+
+
+def _env(tmp_path: Path) -> dict[str, str]:
+    return {**os.environ, "LEGATO_DATA_DIR": str(tmp_path), "LEGATO_API_TOKEN": "run-test-token"}
+
+
+def _lines(stream: IO[str]) -> Iterator[str]:
+    # Reading the process's own output blocks until it says something: waiting on the
+    # event, not on a timer. The test's timeout bounds it.
+    for line in stream:
+        yield line.rstrip("\n")
+
+
+def _open_positions(tmp_path: Path) -> list[tuple[str, str | None, str | None]]:
+    async def read() -> list[tuple[str, str | None, str | None]]:
+        ledger = await TradingLedger.open(f"sqlite:///{tmp_path / 'legato.db'}")
+        try:
+            snapshot = await ledger.snapshot()
+        finally:
+            await ledger.close()
+        live = {
+            cid
+            for cid, order in snapshot.orders.items()
+            if order.status in (OrderStatus.ACCEPTED, OrderStatus.PARTIALLY_FILLED)
+        }
+        return [
+            (
+                symbol,
+                position.stop_loss_order_id if position.stop_loss_order_id in live else None,
+                position.take_profit_order_id if position.take_profit_order_id in live else None,
+            )
+            for symbol, position in snapshot.positions.items()
+        ]
+
+    return run_simulated(read())
+
+
+def _ledger_orders(tmp_path: Path) -> dict[str, tuple[str, OrderStatus]]:
+    async def read() -> dict[str, tuple[str, OrderStatus]]:
+        ledger = await TradingLedger.open(f"sqlite:///{tmp_path / 'legato.db'}")
+        try:
+            records = await ledger.orders()
+        finally:
+            await ledger.close()
+        return {r.order.client_order_id: (r.role.value, r.order.status) for r in records}
+
+    return run_simulated(read())
+
+
+def _working(tmp_path: Path) -> list[str]:
+    working = (OrderStatus.ACCEPTED, OrderStatus.PARTIALLY_FILLED)
+    return [cid for cid, (_, status) in _ledger_orders(tmp_path).items() if status in working]
+
+
+def _final_open_positions(output: str) -> int:
+    found = re.search(r"legato run: stopped after \d+ bars\..*open positions (\d+)", output)
+    assert found is not None, output[-2000:]
+    return int(found.group(1))
+
+
+def test_a_bounded_run_trades_protects_its_positions_and_the_next_run_resumes_them(
+    tmp_path: Path,
+) -> None:
+    completed = subprocess.run(
+        _legato(tmp_path, "run", "--bars", str(ENOUGH_BARS_TO_TRADE), "--speed", "1000000",
+                "--port", "0"),
+        cwd=tmp_path, env=_env(tmp_path), capture_output=True, text=True, check=False,
+        timeout=240,
+    )  # fmt: skip
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    out = completed.stdout
+    assert "paper-trading desk on BTC-USDT-PERP" in out
+    assert f"stopped after {ENOUGH_BARS_TO_TRADE} bars" in out
+    positions = _open_positions(tmp_path)
+    assert positions, f"the desk opened no position in {ENOUGH_BARS_TO_TRADE} bars:\n{out}"
+    for symbol, stop_loss, take_profit in positions:
+        assert stop_loss is not None, f"{symbol} has no live stop-loss"
+        assert take_profit is not None, f"{symbol} has no live take-profit"
+
+    left_working = _working(tmp_path)
+    assert left_working, "the first run left no protective or closing order working"
+    resumed = subprocess.run(
+        _legato(tmp_path, "run", "--bars", "1", "--speed", "1000000", "--port", "0"),
+        cwd=tmp_path, env=_env(tmp_path), capture_output=True, text=True, check=False,
+        timeout=240,
+    )  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    # The second run starts from the store and the venue's saved book, so the orders the first
+    # run left working are on the venue: either the position is still open and protected, or
+    # one of those very orders (its stop-loss, take-profit or close) closed it.
+    still_open = _open_positions(tmp_path)
+    assert _final_open_positions(resumed.stdout) == len(still_open)
+    if still_open:
+        assert still_open == positions
+    else:
+        orders = _ledger_orders(tmp_path)
+        assert any(orders[cid][1] is OrderStatus.FILLED for cid in left_working)
+
+
+def test_ctrl_c_stops_a_trading_desk_cleanly_with_the_store_agreeing(tmp_path: Path) -> None:
+    process = subprocess.Popen(
+        _legato(tmp_path, "run", "--speed", "30000", "--port", "0", "--progress", "0.2"),
+        cwd=tmp_path, env=_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        assert process.stdout is not None
+        base = None
+        for line in _lines(process.stdout):
+            found = re.search(r"dashboard (http://\S+)/", line)
+            if found:
+                base = found.group(1)
+                with urllib.request.urlopen(f"{base}/desk", timeout=10) as answer:
+                    desk = json.load(answer)
+                assert desk["symbols"] == ["BTC-USDT-PERP"]
+            if "open positions 1" in line:
+                break  # the desk is trading: stop it in the middle
+        assert base is not None, "the service address was never printed"
+        process.send_signal(signal.SIGINT)
+        rest, errors = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 0, errors[-3000:]
+    reported = _final_open_positions(rest)
+    positions = _open_positions(tmp_path)
+    assert len(positions) == reported
+    for symbol, stop_loss, _ in positions:
+        assert stop_loss is not None, f"{symbol} was left without a live stop-loss"

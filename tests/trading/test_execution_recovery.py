@@ -12,16 +12,22 @@ import dataclasses
 import random
 from decimal import Decimal
 
+import pytest
+
 from legato.kernel.clock import Clock
 from legato.trading.execution import ExecutionConfig, ExecutionStatus, OrderExecutionManager
 from legato.trading.faults import Fault
 from legato.trading.instruments import Instrument
-from legato.trading.ledger import IntentStage, TradingLedger
-from legato.trading.orders import Order, OrderSide, OrderType
+from legato.trading.ledger import ExecutionIntent, IntentStage, TradingLedger
+from legato.trading.market_data import Bar
+from legato.trading.matching import MatchingRules
+from legato.trading.orders import Order, OrderSide, OrderStatus, OrderType
 from legato.trading.proposals import EntryType
 
 from .conftest import PERP
 from .execution_harness import (
+    FEES,
+    GENEROUS,
     RecordingVenue,
     bar_at,
     flat_bar,
@@ -186,3 +192,82 @@ async def test_a_take_profit_refused_because_the_venue_is_flat_is_not_retried(
     assert later == []
     assert intent is not None
     assert intent.stage is IntentStage.BRACKETED
+
+
+PROTECT_AFTER = 2.0
+
+
+def thin_bar(index: int) -> Bar:
+    """A quiet bar of 0.02 volume: at a 0.25 participation cap, 0.005 fills a bar."""
+    return dataclasses.replace(flat_bar(index), volume=Decimal("0.02"))
+
+
+@pytest.mark.parametrize("down_for", [0.5, 60.0])
+@pytest.mark.parametrize("cancel_reached_the_venue", [False, True])
+async def test_recovery_of_a_partly_filled_entry_protects_what_filled_by_the_journaled_deadline(
+    perp: Instrument,
+    clock: Clock,
+    ledger_url: str,
+    down_for: float,
+    cancel_reached_the_venue: bool,
+) -> None:
+    rules = MatchingRules(slippage_bps=Decimal(0), participation=Decimal("0.25"), fees=FEES)
+    venue = RecordingVenue(make_venue(perp, clock, dataclasses.replace(GENEROUS, rules=rules)))
+    placed_at: dict[str, float] = {}
+    venue.after_place = lambda order: placed_at.setdefault(order.client_order_id, clock.timestamp())
+    config = ExecutionConfig(partial_protect_after=PROTECT_AFTER)
+    async with ledger_opener(ledger_url, clock)() as (ledger, _):
+        first = OrderExecutionManager(
+            venue, ledger, rng=random.Random(7), clock=clock, config=config
+        )
+        # The process dies once the entry's first fill is journaled with its deadline.
+        async with asyncio.TaskGroup() as tasks:
+            call = tasks.create_task(first.execute_trade(long_proposal(quantity="0.020")))
+            await wait_for_placements(venue, 1, clock)
+            venue.paper.process_bar(thin_bar(1))
+            filled_at = clock.timestamp()
+            (intent,) = await wait_for_partial_deadline(ledger, clock)
+            call.cancel()
+        deadline = float(intent.outcome["partial_cancel_at"])
+        assert filled_at < deadline <= filled_at + PROTECT_AFTER
+        entry_id = intent.entry_order_id
+        stored = await ledger.get_order(entry_id)
+        assert stored is not None
+        assert stored.order.status is OrderStatus.PARTIALLY_FILLED
+        if cancel_reached_the_venue:
+            # The dying process's cancel took effect; its answer never arrived.
+            await venue.paper.cancel_order(client_order_id=entry_id)
+        await clock.sleep(down_for)
+        restarted_at = clock.timestamp()
+        restarted = OrderExecutionManager(
+            venue, ledger, rng=random.Random(8), clock=clock, config=config
+        )
+        (result,) = await restarted.recover()
+        again = await restarted.recover()
+        stored_intent = await ledger.get_intent(intent.intent_id)
+    stop_id = intent.stop_loss_order_id
+    assert result.status is ExecutionStatus.BRACKETED, result
+    assert (result.partial_fill, result.filled_quantity) == (True, Decimal("0.005"))
+    # Protected by the deadline journaled before the crash, or at once when restarted later.
+    assert placed_at[stop_id] <= max(deadline, restarted_at)
+    venue_stop = await venue.paper.get_order(client_order_id=stop_id)
+    assert (venue_stop.status, venue_stop.quantity) == (OrderStatus.ACCEPTED, Decimal("0.005"))
+    venue_entry = await venue.paper.get_order(client_order_id=entry_id)
+    assert (venue_entry.status, venue_entry.filled_quantity) == (
+        OrderStatus.CANCELLED,
+        Decimal("0.005"),
+    )
+    assert again == []
+    assert stored_intent is not None
+    assert stored_intent.stage is IntentStage.BRACKETED
+    assert venue.sent_twice() == []
+
+
+async def wait_for_partial_deadline(ledger: TradingLedger, clock: Clock) -> list[ExecutionIntent]:
+    """Wait (virtual time) until an intent has journaled when its entry's rest goes."""
+    for _ in range(100):
+        intents = await ledger.intents()
+        if any("partial_cancel_at" in intent.outcome for intent in intents):
+            return list(intents)
+        await clock.sleep(0.05)
+    raise AssertionError("no partly filled entry was journaled in time")

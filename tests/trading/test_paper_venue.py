@@ -12,18 +12,26 @@ from legato.kernel.clock import Clock
 from legato.kernel.errors import RateLimitedError, ValidationError
 from legato.kernel.ratelimit import Budget, RateLimitGroup
 from legato.kernel.simulation import SimulatedClock, run_simulated
+from legato.trading.desk import Desk
+from legato.trading.desk_config import DataSettings, DeskConfig, StrategyConfig, VenueSettings
 from legato.trading.errors import DuplicateClientOrderId, OrderNotFound, OrderRejected, VenueBanned
 from legato.trading.faults import Fault
 from legato.trading.fees import FeeSchedule
 from legato.trading.fills import Fill, Liquidity
 from legato.trading.instruments import Instrument, InstrumentKind
+from legato.trading.ledger import IntentStage, TradingLedger
 from legato.trading.market_data import Bar, default_market_data_dir, load_bars, load_trades
 from legato.trading.matching import MatchingRules
 from legato.trading.orders import Order, OrderSide, OrderStatus, OrderType, TimeInForce
 from legato.trading.paper_venue import GENERAL_POOL, ORDER_POOL, PaperVenue, PaperVenueConfig
 from legato.trading.positions import PositionSide
 
+from .agents.scripted_bars import SYMBOL as DESK_SYMBOL
+from .agents.scripted_bars import trend
 from .conftest import PERP, SPOT, BarMaker, make_bar
+from .desk_harness import INSTRUMENT as DESK_INSTRUMENT
+from .desk_harness import START as DESK_START
+from .desk_harness import empty_desk_tables
 
 FEES = FeeSchedule(maker_rate=Decimal("0.0002"), taker_rate=Decimal("0.0004"))
 EXACT = PaperVenueConfig(
@@ -483,6 +491,98 @@ def test_the_default_budgets_are_15_orders_per_10s_and_60_calls_per_minute() -> 
     config = PaperVenueConfig()
     assert config.order_budget == Budget(limit=15, per=10.0)
     assert config.general_budget == Budget(limit=60, per=60.0)
+
+
+def test_a_config_at_a_replay_speed_shrinks_every_window_and_keeps_every_count() -> None:
+    config = PaperVenueConfig(
+        latency=0.3, ban_threshold=4, ban_window=60.0, ban_duration=120.0, rules=EXACT.rules
+    )
+    fast = config.at_speed(3000)
+    assert fast.order_budget == Budget(limit=15, per=10.0 / 3000)
+    assert fast.general_budget == Budget(limit=60, per=60.0 / 3000)
+    assert fast.latency == pytest.approx(0.3 / 3000)
+    assert (fast.ban_window, fast.ban_duration) == (60.0 / 3000, 120.0 / 3000)
+    assert (fast.ban_threshold, fast.rules, fast.honor_retry_after) == (4, EXACT.rules, True)
+    # The budget's sustained rate follows the replay: 3000 times as many calls a second.
+    assert fast.order_budget.rate == pytest.approx(config.order_budget.rate * 3000)
+    assert config.at_speed(1) is config
+    assert config.at_speed(0.5).order_budget == Budget(limit=15, per=20.0)
+
+
+@pytest.mark.parametrize("speed", [0, -2.0, float("nan"), float("inf"), True, "300", 1e-320])
+def test_a_replay_speed_that_is_not_a_finite_positive_number_is_refused(speed: object) -> None:
+    config = PaperVenueConfig()
+    with pytest.raises(ValidationError) as caught:
+        config.at_speed(speed)  # type: ignore[arg-type]
+    assert caught.value.field == "speed"
+    assert caught.value.value is speed
+    assert config == PaperVenueConfig()
+
+
+async def test_a_venue_at_a_replay_speed_admits_its_budget_per_shrunk_window(
+    perp: Instrument, clock: Clock, bar: BarMaker
+) -> None:
+    # 45 orders: three windows of 15 through the client limits, each 10/100 s long.
+    venue = venue_for(perp, clock, EXACT.at_speed(100))
+    venue.process_bar(bar(0, "100", "101", "99", "100"))
+    start = clock.monotonic()
+    async with asyncio.TaskGroup() as group:
+        for index in range(45):
+            group.create_task(venue.place_order(limit(f"o{index}", OrderSide.BUY, "0.1", "90")))
+    order_grants = [(t, 1) for t, pool in venue.server_log if pool == ORDER_POOL]
+    assert len(order_grants) == 45
+    assert venue.config.order_budget.violations(order_grants) == 0
+    # Two full windows waited out, of 0.1 s each: not 20 s of real-time budget.
+    assert clock.monotonic() - start == pytest.approx(0.2)
+
+
+async def test_a_desk_replaying_at_3000x_brackets_its_trades_without_waiting_on_the_budgets(
+    clock: Clock, store_url: str
+) -> None:
+    # 200 five-minute bars at 3000x: a bar every 0.1 s, the whole market in 20 s. In real
+    # seconds the default budgets (15 orders per 10 s) would hold the stop-losses back.
+    empty_desk_tables(store_url)
+    config = DeskConfig(
+        instruments=(DESK_INSTRUMENT,),
+        strategies=(StrategyConfig(symbols=(DESK_SYMBOL,)),),
+        venue=VenueSettings(starting_balance=DESK_START, participation=Decimal(1)),
+        data=DataSettings(speed=3000.0),
+        guard_interval=2.0,
+        telemetry_interval=60.0,
+    )
+    bars = trend(200, drift=0.003)
+    desk = Desk(config, store_url=store_url, clock=clock, bars=bars)
+    await desk.start()
+    venue = desk.venue
+    started = clock.monotonic()
+    assert await desk.run() == 200
+    elapsed = clock.monotonic() - started
+    ledger = await TradingLedger.open(store_url, upgrade=False, clock=clock)
+    try:
+        intents = await ledger.intents()
+    finally:
+        await ledger.close()
+    assert venue.config.order_budget == Budget(limit=15, per=10.0 / 3000)
+    assert venue.config.general_budget == Budget(limit=60, per=60.0 / 3000)
+    assert len(intents) >= 3
+    assert all(intent.stage is IntentStage.BRACKETED for intent in intents)
+    first_fill_at: dict[str, float] = {}
+    for fill in await venue.fills():
+        first_fill_at.setdefault(fill.client_order_id, fill.timestamp.timestamp())
+    for intent in intents:
+        stop = await venue.get_order(client_order_id=intent.stop_loss_order_id)
+        assert stop.created_at is not None
+        # Live at the venue within the entry's fill poll (1 s), never held by a budget.
+        assert stop.created_at.timestamp() - first_fill_at[intent.entry_order_id] <= 1.0
+    order_grants = [(t, 1) for t, pool in venue.server_log if pool == ORDER_POOL]
+    general_grants = [(t, 1) for t, pool in venue.server_log if pool == GENERAL_POOL]
+    assert venue.config.order_budget.violations(order_grants) == 0
+    assert venue.config.general_budget.violations(general_grants) == 0
+    # The desk traded faster than the real-time budgets allow, and no call waited: the
+    # replay kept its pace (200 bars, 0.1 s apart), with no rate-limit answer or fault.
+    assert Budget(limit=15, per=10.0).violations(order_grants) > 0
+    assert elapsed <= 200 * 0.1 + 1.0
+    assert venue.faults.history == []
 
 
 def test_limits_without_the_two_pools_are_refused(perp: Instrument, clock: Clock) -> None:

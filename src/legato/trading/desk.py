@@ -640,7 +640,8 @@ class Desk:
                     ),
                 ),
                 latency=venue_settings.latency,
-            ),
+                # The venue lives in the replayed market's time: budgets and latency too.
+            ).at_speed(config.data.speed),
             clock=self._clock,
         )
         if self._persist_venue and (saved := await ledger.paper_venue_state(venue.name)):

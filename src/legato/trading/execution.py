@@ -6,8 +6,11 @@ machine whose state lives in the store (`ExecutionIntent` in the `TradingLedger`
 1. Record the intent with its client order ids (``<prefix><intent>-E``, ``-SL``, ``-TP``,
    ``-X`` for an emergency close) before anything is sent. If that write fails, nothing is
    sent.
-2. ENTRY: place the entry and wait for its fill; a partial fill sizes the protection to
-   what filled (the rest is cancelled at `entry_timeout`).
+2. ENTRY: place the entry and wait for its fill. No filled quantity waits for the rest:
+   once part of the entry has filled, the rest is cancelled at most
+   `partial_protect_after` seconds after that fill (the deadline is journaled with the
+   intent, so a restart keeps it) and the protection is sized to what filled. An entry
+   with no fill at all is cancelled at `entry_timeout`.
 3. PROTECT: record the position with its stop-loss and take-profit orders in one
    transaction, then place the stop-loss (reduce-only), retried with backoff on transient
    errors. If it cannot be placed: CLOSE the position at once with a reduce-only market
@@ -22,6 +25,15 @@ does not find is UNKNOWN too. A store write that fails after something was done 
 venue goes to `PendingWrites` and the trade goes on (protection before bookkeeping).
 Rate-limited calls wait (at least the venue's retry-after) and retry; the result reports
 the wait.
+
+Why a partly filled entry is cut short rather than protected as it grows: growing the
+stop-loss with every fill means replacing a live reduce-only order again and again (a new
+client order id each time, the old one cancelled only once the new one is live), with a
+crash possible between any two of those calls and the reconciler looking at the
+intermediate states. Cancelling the rest leaves one stop-loss, placed once, for a quantity
+that no longer changes: the same PROTECT stage as a full fill, with the same recovery.
+The price is a smaller position when the book is thin; a strategy that wants the size
+places the rest again as a new trade.
 
 The manager keeps no trade state of its own between calls: `recover()` (at startup, and
 as a supervised loop) resumes every unfinished intent from the store, querying in-flight
@@ -163,10 +175,16 @@ class ExecutionConfig:
 
     `client_id_prefix` starts every client order id (the reconciler adopts venue orders by
     it). `stop_loss_retry` governs stop-loss placement; `order_retry` every other venue call.
-    `entry_timeout`: seconds after which an unfilled entry's rest is cancelled.
-    `fill_poll_interval`: seconds between fill polls. `confirm_queries` and
-    `confirm_interval`: how many queries, how far apart, resolve an unknown outcome before
-    the order is left UNKNOWN. `close_timeout`: how long the emergency close is awaited.
+    `entry_timeout`: seconds from the intent's recording after which a working entry is
+    cancelled (one with no fill; a partly filled one goes sooner, see below).
+    `partial_protect_after`: the longest, in seconds, a filled part of the entry may wait
+    for the rest: once part of the entry has filled, the rest is cancelled at most this long
+    after that fill and the filled quantity protected, whatever `entry_timeout` says.
+    `fill_poll_interval`: seconds between fill polls (a working entry is polled at least
+    every `partial_protect_after` seconds, so no fill goes unseen for longer).
+    `confirm_queries` and `confirm_interval`: how many queries, how far apart, resolve an
+    unknown outcome before the order is left UNKNOWN. `close_timeout`: how long the
+    emergency close is awaited.
     `take_profit_attempts`: placement rounds before the take-profit is given up,
     `take_profit_retry_delay` seconds apart.
     `confirm_placements`: query each protective order once after placing it.
@@ -184,6 +202,7 @@ class ExecutionConfig:
         )
     )
     entry_timeout: float = 300.0
+    partial_protect_after: float = 2.0
     fill_poll_interval: float = 1.0
     confirm_queries: int = 3
     confirm_interval: float = 1.0
@@ -200,6 +219,7 @@ class ExecutionConfig:
             raise ValidationError("client_id_prefix", prefix, "letters, digits, '-', '_', '.'")
         for name in (
             "entry_timeout",
+            "partial_protect_after",
             "fill_poll_interval",
             "confirm_interval",
             "close_timeout",
@@ -518,8 +538,11 @@ class OrderExecutionManager:
     async def _stage_entry(self, run: _Run) -> ExecutionResult | None:
         intent = run.intent
         entry = run.orders[intent.entry_order_id]
+        # The last moment the entry is known to have had no fill (None: not known here).
+        unfilled_at: float | None = None
         if run.unsent == entry.client_order_id:
             run.unsent = None
+            unfilled_at = self._clock.timestamp()
             try:
                 entry = await self._send(run, entry, OrderRole.ENTRY, self._config.order_retry)
             except _NotPlaced as refused:
@@ -531,7 +554,7 @@ class OrderExecutionManager:
         if entry.status is OrderStatus.UNKNOWN:
             return self._result(run, ExecutionStatus.UNKNOWN)
         if not entry.is_terminal:
-            entry = await self._await_entry(run, entry)
+            entry = await self._await_entry(run, entry, unfilled_at=unfilled_at)
             if entry.status is OrderStatus.UNKNOWN:
                 return self._result(run, ExecutionStatus.UNKNOWN)
         if entry.filled_quantity == 0:
@@ -934,11 +957,92 @@ class OrderExecutionManager:
         run.retries += result.retry_count
         return result.value
 
-    async def _await_entry(self, run: _Run, entry: Order) -> Order:
-        timeout = self._config.entry_timeout - (
-            self._clock.timestamp() - run.intent.created_at.timestamp()
+    async def _await_entry(self, run: _Run, entry: Order, *, unfilled_at: float | None) -> Order:
+        """Poll the entry until it is final; cancel its rest when it may not wait longer.
+
+        The rest is cancelled `entry_timeout` seconds after the intent was recorded, or
+        `partial_protect_after` seconds after the entry's first fill, whichever comes first.
+        No poll happens more than `partial_protect_after` apart, so the first fill is seen
+        in time; it happened after the last moment the entry was known unfilled
+        (`unfilled_at`, a timestamp, None when not known in this call), so the rest is
+        cancelled at that moment plus `partial_protect_after`. That deadline is journaled
+        with the intent, and a restarted process keeps it; a fill first seen with no such
+        moment known (after a restart) has the rest cancelled at once.
+        """
+        config = self._config
+        give_up_at = run.intent.created_at.timestamp() + config.entry_timeout
+        gap = min(config.fill_poll_interval, config.partial_protect_after)
+        cancelled = False
+        while not entry.is_terminal:
+            polled_at = self._clock.timestamp()
+            try:
+                seen = await self._query(run, entry.client_order_id, OrderRole.ENTRY)
+            except OrderNotFound:
+                unknown = entry.transition(OrderStatus.UNKNOWN, at=self._clock.now())
+                run.orders[entry.client_order_id] = unknown
+                await self._save(
+                    run,
+                    f"mark {entry.client_order_id} unknown",
+                    orders=[(unknown, OrderRole.ENTRY)],
+                )
+                return await self._unknown(
+                    run, unknown, OrderRole.ENTRY, "accepted, then not found"
+                )
+            except (RetryExhausted, TransientError):
+                seen = None
+            entry = await self._update_entry(run, entry, seen, unfilled_at)
+            if seen is not None and entry.filled_quantity == 0:
+                unfilled_at = polled_at
+            if entry.is_terminal:
+                break
+            now = self._clock.timestamp()
+            cancel_at, why = give_up_at, "after the entry timeout"
+            protect_at = run.intent.outcome.get("partial_cancel_at")
+            if protect_at is not None and float(protect_at) < cancel_at:
+                cancel_at = float(protect_at)
+                why = (
+                    f"within {config.partial_protect_after:g}s of the first fill, to protect "
+                    "what filled"
+                )
+            if now >= cancel_at:
+                if cancelled:
+                    # The cancel did not go through: protect what filled now, not later.
+                    break
+                cancelled = True
+                entry = await self._cancel_rest(run, entry, OrderRole.ENTRY, why)
+                continue
+            await self._clock.sleep(min(gap, cancel_at - now))
+        return entry
+
+    async def _update_entry(
+        self, run: _Run, ours: Order, seen: Order | None, unfilled_at: float | None
+    ) -> Order:
+        """`_update` for the entry (`seen` None: the query failed); its first fill seen also
+        journals when its rest is cancelled, in the same write."""
+        merged = ours if seen is None else self._merge(ours, seen)
+        if (
+            merged.filled_quantity == 0
+            or merged.is_terminal
+            or run.intent.outcome.get("partial_cancel_at") is not None
+        ):
+            return ours if seen is None else await self._update(run, ours, seen, OrderRole.ENTRY)
+        # The fill came after `unfilled_at`; not knowing when, the rest goes at once.
+        now = self._clock.timestamp()
+        cancel_at = now if unfilled_at is None else unfilled_at + self._config.partial_protect_after
+        run.orders[merged.client_order_id] = merged
+        run.intent = run.intent.with_outcome(self._clock.now(), partial_cancel_at=cancel_at)
+        _log.info(
+            "execution_entry_partly_filled",
+            intent=run.intent.intent_id,
+            filled=str(merged.filled_quantity),
+            cancel_in=max(cancel_at - now, 0.0),
         )
-        return await self._await_fill(run, entry, OrderRole.ENTRY, max(timeout, 0.0))
+        await self._save(
+            run,
+            f"record {merged.client_order_id} partly filled; its rest goes by {cancel_at:.3f}",
+            orders=[(merged, OrderRole.ENTRY)],
+        )
+        return merged
 
     async def _await_fill(self, run: _Run, order: Order, role: OrderRole, patience: float) -> Order:
         """Poll the order until it is final; after `patience` seconds, cancel what is left."""
@@ -968,7 +1072,9 @@ class OrderExecutionManager:
             await self._clock.sleep(self._config.fill_poll_interval)
         return order
 
-    async def _cancel_rest(self, run: _Run, order: Order, role: OrderRole) -> Order:
+    async def _cancel_rest(
+        self, run: _Run, order: Order, role: OrderRole, why: str = "after the timeout"
+    ) -> Order:
         retrier = Retrier(
             self._config.order_retry, self._clock, self._rng, on_retry=self._on_retry(run, role)
         )
@@ -983,7 +1089,7 @@ class OrderExecutionManager:
         if order.filled_quantity < order.quantity and order.filled_quantity > 0:
             run.warn(
                 f"{role.value} {order.client_order_id}: the unfilled "
-                f"{order.quantity - order.filled_quantity} was cancelled after the timeout"
+                f"{order.quantity - order.filled_quantity} was cancelled {why}"
             )
         return await self._update(run, order, answer.value, role)
 

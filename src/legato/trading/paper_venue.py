@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import math
 from collections import Counter, defaultdict, deque
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -94,6 +95,8 @@ class PaperVenueConfig:
     far above the last price a spot market (or stop) buy's funds are reserved.
     `honor_retry_after` drains the client-side limits for every rate-limit answer's
     retry-after; set it False to play a client that ignores the hints (and gets banned).
+    Every duration is in seconds of the clock the venue runs on; `at_speed(speed)` gives the
+    config of a venue whose market is replayed `speed` times faster than real time.
     """
 
     rules: MatchingRules = field(default_factory=MatchingRules)
@@ -121,6 +124,42 @@ class PaperVenueConfig:
             raise ValidationError(
                 "market_buy_reserve_bps", self.market_buy_reserve_bps, "a Decimal >= 0"
             )
+
+    def at_speed(self, speed: float) -> PaperVenueConfig:
+        """This config for a market replayed `speed` times faster than its bars' spacing.
+
+        The venue models an exchange that lives in the replayed market's time: a budget of
+        15 orders per 10 market seconds is 15 orders per 10/`speed` seconds of the clock, and
+        the latency, the ban window and the ban duration shrink the same way. Counts (budget
+        limits, `ban_threshold`), matching and reserves are unchanged; `speed` 1 returns this
+        config itself. Raises ValidationError for a speed that is not a finite number > 0, or
+        so large that a budget window would shrink to nothing.
+        """
+        if (
+            isinstance(speed, bool)
+            or not isinstance(speed, int | float)
+            or not math.isfinite(speed)
+            or speed <= 0
+        ):
+            raise ValidationError("speed", speed, "a finite number > 0")
+        if speed == 1:
+            return self
+        windows = (self.order_budget.per / speed, self.general_budget.per / speed)
+        durations = (self.latency / speed, self.ban_duration / speed)
+        if not all(0 < window < math.inf for window in (*windows, self.ban_window / speed)) or (
+            not all(math.isfinite(duration) for duration in durations)
+        ):
+            raise ValidationError(
+                "speed", speed, "a speed that leaves every window a finite number of seconds > 0"
+            )
+        return dataclasses.replace(
+            self,
+            latency=self.latency / speed,
+            order_budget=Budget(limit=self.order_budget.limit, per=windows[0]),
+            general_budget=Budget(limit=self.general_budget.limit, per=windows[1]),
+            ban_window=self.ban_window / speed,
+            ban_duration=self.ban_duration / speed,
+        )
 
     def client_limits(self, clock: Clock) -> RateLimitGroup:
         """A client-side rate-limit group matching the server budgets, on `clock`."""

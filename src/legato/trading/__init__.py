@@ -107,6 +107,9 @@ from legato.trading.guards import (
     is_live_stop_loss,
     run_guard_iteration,
 )
+from legato.trading.http_venue import (
+    HttpVenue,
+)
 from legato.trading.instruments import (
     Instrument,
     InstrumentKind,
@@ -261,6 +264,7 @@ __all__ = [
     "GuardInputs",
     "GuardReport",
     "GuardViolation",
+    "HttpVenue",
     "Instrument",
     "InstrumentKind",
     "IntentStage",

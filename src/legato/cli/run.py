@@ -5,6 +5,11 @@ venue fed by the seeded synthetic market, the agents, coordinator, risk engine, 
 manager, reconciler and runtime guards, and the service with the dashboard on
 http://127.0.0.1:8600. Running it again resumes from the store: the desk reconciles and
 finishes unfinished executions before it trades.
+
+SIGHUP (``kill -HUP <pid>``) or ``POST /desk/config/reload`` re-reads the config file (with
+the same command-line overrides) and applies what a running desk can take (risk limits,
+strategy thresholds, loop intervals); a change that needs a restart is refused as a whole,
+each field named with its old and new value and why.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import dataclasses
 import os
 import secrets
 import signal
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -24,8 +30,10 @@ from legato.cli.invoke import invoke
 from legato.cli.options import CliOptions
 from legato.cli.output import Output
 from legato.kernel.clock import RealClock
+from legato.kernel.errors import ConfigError
+from legato.kernel.logs import get_logger
 from legato.kernel.settings import LegatoSettings, redact_url
-from legato.service.routes.desk import desk_router
+from legato.service.routes.desk import mount_desk
 from legato.service.runtime import TOKEN_ENV
 from legato.service.server import Service
 from legato.trading.desk import Desk
@@ -81,7 +89,16 @@ def run(
     async def work(options: CliOptions, output: Output) -> ExitCode | None:
         settings = options.settings()
         config = _desk_config(settings, data=data, symbol=symbol, speed=speed, bars=bars)
-        return await _run_desk(options, settings, config, port=port, progress=progress)
+
+        def reload() -> DeskConfig:
+            # The file as it is now, with this run's command-line overrides on top.
+            return _desk_config(
+                options.settings(), data=data, symbol=symbol, speed=speed, bars=bars
+            )
+
+        return await _run_desk(
+            options, settings, config, port=port, progress=progress, reload_config=reload
+        )
 
     invoke(ctx, work)
 
@@ -122,6 +139,7 @@ async def _run_desk(
     *,
     port: int | None,
     progress: float,
+    reload_config: Callable[[], DeskConfig],
 ) -> ExitCode | None:
     desk = Desk(config, store_url=settings.store.url)
     await desk.start()
@@ -136,7 +154,8 @@ async def _run_desk(
         port=port,
         environ={**os.environ, TOKEN_ENV: token},
     )
-    service.app.include_router(desk_router(desk))
+    mount_desk(service.app, desk, reload_config=reload_config)
+    hangup = asyncio.Event()
 
     def stop() -> None:
         desk.request_stop()
@@ -145,6 +164,7 @@ async def _run_desk(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop)
+    loop.add_signal_handler(signal.SIGHUP, hangup.set)
     _say(f"legato run: paper-trading desk on {', '.join(config.symbols)}")
     _say(f"  store    {redact_url(settings.store.url)}")
     _say(f"  market   {_describe_data(config)}")
@@ -162,14 +182,19 @@ async def _run_desk(
             if generated:
                 _say(f"  token    {token}  (for controls; set service.api_token to choose one)")
             _say("  Ctrl-C stops cleanly; running again resumes from the store.")
+            _say("  kill -HUP the process to reload the config file")
             reporter = group.create_task(_report(desk, progress), name="legato-run-progress")
+            reloader = group.create_task(
+                _reload_on_hangup(desk, reload_config, hangup), name="legato-run-reload"
+            )
             try:
                 fed = await desk.run()
             finally:
                 reporter.cancel()
+                reloader.cancel()
                 service.stop()
     finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             loop.remove_signal_handler(sig)
     _say(f"legato run: stopped after {fed} bars. {_summary(desk)}")
     return None
@@ -184,6 +209,33 @@ async def _wait_listening(service: Service, served: asyncio.Task[None]) -> None:
         listening.cancel()
     if served.done():
         served.result()
+
+
+async def _reload_on_hangup(
+    desk: Desk, reload_config: Callable[[], DeskConfig], hangup: asyncio.Event
+) -> None:
+    log = get_logger("legato.cli.run")
+    while True:
+        await hangup.wait()
+        hangup.clear()
+        try:
+            new = reload_config()
+        except ConfigError as error:
+            log.error("config_reload_invalid", problems=error.problems)
+            _say(
+                f"legato run: config reload refused, the file is invalid; nothing changed\n{error}"
+            )
+            continue
+        change = await desk.apply_config(new)
+        if change.applied:
+            log.info("config_reloaded", changes=[c.describe() for c in change.safe])
+        else:
+            log.warning(
+                "config_reload_refused",
+                refused=[c.describe() for c in change.refused],
+                held_back=[c.describe() for c in change.safe],
+            )
+        _say(f"legato run: config reload {change.summary()}")
 
 
 async def _report(desk: Desk, every: float) -> None:

@@ -73,11 +73,13 @@ from legato.trading.risk import RiskDecision, RiskManagementEngine
 from legato.trading.tracker import PositionTracker
 
 __all__ = [
+    "LATENCY_BUCKETS",
     "CoordinatorAgent",
     "ExecutionOutcome",
     "PipelineOutcome",
     "PositionCloser",
     "RunDisposition",
+    "StageLatency",
     "TradeExecutor",
     "decision_key",
     "intent_id_for",
@@ -87,6 +89,47 @@ __all__ = [
 _log = structlog.get_logger(__name__)
 _SOURCE = "coordinator"
 _ENTRIES = (TradeAction.BUY, TradeAction.SELL)
+LATENCY_BUCKETS: tuple[float, ...] = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0)
+"""Upper bounds (seconds) of the stage latency histograms; a last +Inf bucket is implied."""
+
+
+@dataclass(frozen=True, slots=True)
+class StageLatency:
+    """Every run of one pipeline stage so far: how many, their total and a histogram.
+
+    `buckets[i]` counts the runs that took at most `LATENCY_BUCKETS[i]` seconds (each run
+    counted once, in the first bucket it fits; runs slower than the last bound are only in
+    `count`).
+    """
+
+    count: int
+    total_seconds: float
+    buckets: tuple[int, ...]
+
+    def cumulative(self) -> list[tuple[str, int]]:
+        """Prometheus-style cumulative buckets, ending with ``+Inf`` = `count`."""
+        running = 0
+        result = []
+        for bound, hits in zip(LATENCY_BUCKETS, self.buckets, strict=True):
+            running += hits
+            result.append((f"{bound:g}", running))
+        result.append(("+Inf", self.count))
+        return result
+
+
+@dataclass(slots=True)
+class _StageTimer:
+    count: int = 0
+    total: float = 0.0
+    buckets: list[int] = field(default_factory=lambda: [0] * len(LATENCY_BUCKETS))
+
+    def add(self, seconds: float) -> None:
+        self.count += 1
+        self.total += seconds
+        for index, bound in enumerate(LATENCY_BUCKETS):
+            if seconds <= bound:
+                self.buckets[index] += 1
+                return
 
 
 class ExecutionOutcome(Protocol):
@@ -252,6 +295,9 @@ class CoordinatorAgent:
         self._paused: set[str] = set()
         self._kill_switch = False
         self._latency: dict[str, float] = {}
+        self._timers: dict[str, _StageTimer] = {}
+        self._decided: dict[tuple[str, str], int] = {}
+        self._executed: dict[tuple[str, bool], int] = {}
         for strategy in strategies:
             panel = (models or {}).get(strategy.name)
             for symbol in strategy.symbols:
@@ -332,6 +378,89 @@ class CoordinatorAgent:
         """Seconds the last run of each stage took (`analysis`, `decision`, ...)."""
         return dict(self._latency)
 
+    def stage_latencies(self) -> dict[str, StageLatency]:
+        """Every run of each stage since the coordinator was built, as histograms.
+
+        Stages: ``analysis`` (the technical-analysis and regime agents), ``decision`` (the
+        decision agent polling its panel), ``resolution`` (the conflict resolver, rules or
+        LLM), ``risk`` (sizing and the risk engine) and ``execution`` (the executor).
+        """
+        return {
+            stage: StageLatency(timer.count, timer.total, tuple(timer.buckets))
+            for stage, timer in self._timers.items()
+        }
+
+    def decision_counts(self) -> dict[tuple[str, str], int]:
+        """Decided runs since the coordinator was built, by (symbol, PipelineStatus value)."""
+        return dict(self._decided)
+
+    def execution_counts(self) -> dict[tuple[str, bool], int]:
+        """Trades handed to the executor, by (symbol, whether it reported success)."""
+        return dict(self._executed)
+
+    def _time(self, stage: str, started: float) -> None:
+        elapsed = self._clock.monotonic() - started
+        self._latency[stage] = elapsed
+        timer = self._timers.get(stage)
+        if timer is None:
+            timer = self._timers[stage] = _StageTimer()
+        timer.add(elapsed)
+
+    def reconfigure(
+        self,
+        *,
+        strategies: Sequence[StrategyConfig],
+        risk_engine: RiskManagementEngine,
+        resolvers: Mapping[str, ConflictResolver] | None = None,
+    ) -> None:
+        """Take new strategy settings, risk engine and resolvers for the runs that follow.
+
+        All or nothing: every new part is built and checked before any replaces the old,
+        so a ValidationError (a strategy whose symbols differ from the running ones)
+        changes nothing. The symbols' indicators, locks, decision panels and latest bars
+        carry over; a run in flight finishes on the book it started with. A strategy with
+        no resolver in `resolvers` keeps its resolver.
+        """
+        if not isinstance(risk_engine, RiskManagementEngine):
+            raise ValidationError("risk_engine", risk_engine, "a RiskManagementEngine")
+        books: dict[str, _Book] = {}
+        for strategy in strategies:
+            for symbol in strategy.symbols:
+                book = self._books.get(symbol)
+                if book is None or book.strategy.name != strategy.name:
+                    raise ValidationError(
+                        "strategies",
+                        symbol,
+                        f"the running symbols of strategy {strategy.name!r} (a restart "
+                        "changes which symbols a strategy trades)",
+                    )
+                settings = replace(
+                    book.agent.settings,
+                    min_consensus=strategy.min_consensus,
+                    stop_atr=strategy.stop_atr,
+                    target_atr=strategy.target_atr,
+                )
+                agent = TradingDecisionAgent(book.agent.models, settings)
+                conflict_settings = ConflictSettings(
+                    weak_consensus=strategy.weak_consensus,
+                    high_volatility_size=strategy.high_volatility_size,
+                )
+                books[symbol] = replace(
+                    book,
+                    strategy=strategy,
+                    agent=agent,
+                    levels=TradingDecisionAgent(agent.models, replace(settings, min_consensus=0.0)),
+                    resolver=(resolvers or {}).get(strategy.name) or book.resolver,
+                    conflict_settings=conflict_settings,
+                )
+        if set(books) != set(self._books):
+            raise ValidationError(
+                "strategies", sorted(books), f"strategies over the symbols {sorted(self._books)}"
+            )
+        # Nothing awaits between here and the last assignment: no run sees half of it.
+        self._books = books
+        self._risk = risk_engine
+
     # ------------------------------------------------------------------ the pipeline
 
     def observe(self, bar: Bar) -> IndicatorSnapshot:
@@ -352,6 +481,9 @@ class CoordinatorAgent:
             raise ValidationError("snapshot", snapshot.symbol, f"a snapshot of {symbol}")
         key = decision_key(symbol, snapshot.timestamp)
         async with book.lock:
+            # The book now, not the one found before waiting: `reconfigure` may have swapped
+            # it meanwhile (the lock is shared), and the queued run takes the new settings.
+            book = self._book(symbol)
             if book.latest is not None and snapshot.timestamp < book.latest:
                 return PipelineOutcome(key, symbol, snapshot.timestamp, RunDisposition.SUPERSEDED)
             if await self._log.has(key):
@@ -366,7 +498,7 @@ class CoordinatorAgent:
         regime = book.regime.analyze(snapshot)
         if technical is None or regime is None:
             return PipelineOutcome(run.key, symbol, snapshot.timestamp, RunDisposition.WARMING_UP)
-        self._latency["analysis"] = self._clock.monotonic() - started
+        self._time("analysis", started)
 
         position = await self._tracker.ledger.position(symbol)
         context = DecisionContext(
@@ -379,7 +511,7 @@ class CoordinatorAgent:
         )
         started = self._clock.monotonic()
         decision = await book.agent.decide(context)
-        self._latency["decision"] = self._clock.monotonic() - started
+        self._time("decision", started)
         # The run's messages go out only once it owns its key: a run that loses the claim
         # to another process publishes nothing, so the bus holds one chain per bar.
         signal = self._bus.create_message(
@@ -500,7 +632,7 @@ class CoordinatorAgent:
             resolution = await book.resolver.resolve(
                 ConflictCase(decision, technical, regime, conflicts)
             )
-            self._latency["resolution"] = self._clock.monotonic() - started
+            self._time("resolution", started)
             await self._log.record_conflict(
                 ConflictRecord(run.key, symbol, conflicts, resolution, self._clock.now())
             )
@@ -547,7 +679,7 @@ class CoordinatorAgent:
         outcome = replace(outcome, proposal=proposal)
         await self._publish(run, "proposal", proposal.as_dict())
         risk = self._risk.validate_trade(proposal, state)
-        self._latency["risk"] = self._clock.monotonic() - started
+        self._time("risk", started)
         outcome = replace(outcome, risk=risk)
         await self._publish(run, "risk", risk.as_dict())
         approved = risk.approved_proposal
@@ -571,8 +703,10 @@ class CoordinatorAgent:
             result = await self._executor.execute_trade(approved, intent_id=intent_id)
         except ValidationError as error:
             return await self._end(run, outcome, PipelineStatus.INVALID, str(error))
-        self._latency["execution"] = self._clock.monotonic() - started
+        self._time("execution", started)
         outcome = replace(outcome, execution=result)
+        executed = (symbol, result.success)
+        self._executed[executed] = self._executed.get(executed, 0) + 1
         await self._publish(
             run,
             "execution",
@@ -609,6 +743,8 @@ class CoordinatorAgent:
     ) -> PipelineOutcome:
         if not stored:
             await self._log.finish(run.key, status, self._clock.now(), detail=detail, risk=risk)
+        counted = (run.snapshot.symbol, status.value)
+        self._decided[counted] = self._decided.get(counted, 0) + 1
         await self._publish(
             run, "outcome", {"key": run.key, "status": status.value, "detail": detail}
         )

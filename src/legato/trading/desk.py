@@ -20,7 +20,12 @@ allows; on a `RealClock` it is `legato run`.
 
 Controls: `pause(symbol)` / `resume(symbol)`, `kill_switch()` (no new trades; the guards
 close every position), `close_position(symbol)`. `snapshot()` is what the service and the
-dashboard show.
+dashboard show; `metrics()` what /metrics reports (read-only, at scrape time).
+
+`apply_config(new)` changes a running desk's configuration without a restart where that is
+safe (risk limits, strategy sizing and thresholds, loop intervals), all or nothing; a change
+that needs a restart (instruments, symbols, venue, data, LLM) is refused and changes nothing.
+See `legato.trading.config_change`.
 
 The paper venue's book (balances, positions, working orders, fills) is saved in the store
 after every bar and at stop, and restored at start, so a restarted desk finds the venue as
@@ -31,9 +36,18 @@ always starts from an empty store).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import heapq
 import random
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -48,8 +62,10 @@ from legato.kernel.errors import LegatoError, ValidationError
 from legato.kernel.supervisor import LoopHealth, Supervisor
 from legato.trading.agents.llm import LLMClient
 from legato.trading.agents.snapshot import IndicatorSnapshot
+from legato.trading.alerts import AlertLevel
+from legato.trading.config_change import ConfigChange, diff_desk_configs
 from legato.trading.conflicts import ConflictResolver, ConflictSettings, LLMResolver, RuleResolver
-from legato.trading.coordinator import CoordinatorAgent, PipelineOutcome
+from legato.trading.coordinator import CoordinatorAgent, PipelineOutcome, StageLatency
 from legato.trading.decision_log import DecisionLog, DecisionRecord
 from legato.trading.desk_config import DataSource, DeskConfig, ResolverKind
 from legato.trading.errors import OrderNotFound, OrderRejected
@@ -68,7 +84,15 @@ from legato.trading.risk import RiskManagementEngine, TradingState
 from legato.trading.synthetic import SyntheticMarketConfig, synthetic_bars
 from legato.trading.tracker import PositionTracker
 
-__all__ = ["TELEMETRY_TOPIC", "Desk", "DeskSnapshot", "DeskTelemetry", "desk_bars"]
+__all__ = [
+    "TELEMETRY_TOPIC",
+    "Desk",
+    "DeskMetrics",
+    "DeskSnapshot",
+    "DeskTelemetry",
+    "SymbolMetrics",
+    "desk_bars",
+]
 
 _log = structlog.get_logger(__name__)
 _BPS = Decimal(10_000)
@@ -124,6 +148,63 @@ class DeskSnapshot:
     kill_switch: bool
     bars_processed: int
     loops: Mapping[str, LoopHealth]
+
+
+@dataclass(frozen=True, slots=True)
+class SymbolMetrics:
+    """One traded symbol's figures for /metrics (money in the quote asset).
+
+    The open position (if any) is valued at the last bar's close the desk has seen.
+    `side` is ``long``, ``short`` or None when flat.
+    """
+
+    symbol: str
+    side: str | None
+    quantity: Decimal
+    exposure: Decimal
+    unrealized_pnl: Decimal
+    realized_pnl: Decimal
+    fees_paid: Decimal
+    last_price: Decimal | None
+    paused: bool
+    unknown_orders: int
+    open_orders: int
+    decisions: Mapping[str, int]
+    """Decided runs since start, by `PipelineStatus` value."""
+    trades: Mapping[bool, int]
+    """Trades handed to the execution manager since start, by whether they succeeded."""
+
+
+@dataclass(frozen=True, slots=True)
+class DeskMetrics:
+    """Everything /metrics reports about a running desk, read in one go at scrape time.
+
+    Equity is the quote balance plus the open positions' unrealized PnL at the last prices
+    seen (the telemetry loop's figure may be a few seconds older). Counters count since the
+    desk started; alerts since the store was created.
+    """
+
+    quote_asset: str
+    equity: Decimal
+    balances: Mapping[str, Decimal]
+    symbols: tuple[SymbolMetrics, ...]
+    trading_state: TradingState | None
+    kill_switch: bool
+    bars_processed: int
+    alerts: Mapping[AlertLevel, int]
+    latencies: Mapping[str, StageLatency]
+    pending_writes: int
+    telemetry: DeskTelemetry | None
+
+    @property
+    def exposure(self) -> Decimal:
+        """The open positions' notional, all symbols together."""
+        return sum((s.exposure for s in self.symbols), _ZERO)
+
+    @property
+    def open_positions(self) -> int:
+        """How many symbols hold a position."""
+        return sum(1 for s in self.symbols if s.side is not None)
 
 
 def desk_bars(
@@ -217,7 +298,8 @@ class Desk:
         self._telemetry: DeskTelemetry | None = None
         self._last_price: dict[str, Decimal] = {}
         self._close_sequence = 0
-        self._llm_clients: list[LLMClient] = []
+        self._llm_clients: dict[str, LLMClient] = {}
+        self._reconfiguring = asyncio.Lock()
         self._in_flight: set[asyncio.Task[PipelineOutcome | None]] = set()
         # Built by start(), dropped by stop().
         self._parts: _Parts | None = None
@@ -228,6 +310,11 @@ class Desk:
     def config(self) -> DeskConfig:
         """The configuration the desk runs on."""
         return self._config
+
+    @property
+    def running(self) -> bool:
+        """True between `start` and `stop`: the parts exist and can be read."""
+        return self._parts is not None
 
     @property
     def bus(self) -> MessageBus:
@@ -281,19 +368,8 @@ class Desk:
         await parts.reconciler.reconcile()
         await parts.manager.recover()
         supervisor = parts.supervisor
-        supervisor.add_loop(
-            "reconciler", parts.reconciler.reconcile, interval=config.reconcile_interval
-        )
-        supervisor.add_loop(
-            "execution-recovery", parts.manager.recover, interval=config.reconcile_interval
-        )
-        supervisor.add_loop(
-            "protection-monitor", self._monitor_protection, interval=config.monitor_interval
-        )
-        supervisor.add_loop("runtime-guards", self._guard_pass, interval=config.guard_interval)
-        supervisor.add_loop(
-            "telemetry", self._publish_telemetry, interval=config.telemetry_interval
-        )
+        for name, (function, interval_field) in self._loop_functions(parts).items():
+            supervisor.add_loop(name, function, interval=getattr(config, interval_field))
         await supervisor.start()
         _log.info("desk_started", symbols=list(config.symbols), store=self._store_url)
 
@@ -305,7 +381,7 @@ class Desk:
         try:
             await parts.supervisor.stop(grace=5.0)
         finally:
-            for client in self._llm_clients:
+            for client in self._llm_clients.values():
                 await client.aclose()
             await parts.bus.close(drain=False)
             try:
@@ -429,6 +505,76 @@ class Desk:
             _log.error("desk_pipeline_failed", symbol=symbol, error=str(error))
             return None
 
+    def _loop_functions(
+        self, parts: _Parts
+    ) -> dict[str, tuple[Callable[[], Awaitable[object]], str]]:
+        # Each supervised loop: what it calls, and the DeskConfig field of its interval.
+        return {
+            "reconciler": (parts.reconciler.reconcile, "reconcile_interval"),
+            "execution-recovery": (parts.manager.recover, "reconcile_interval"),
+            "protection-monitor": (self._monitor_protection, "monitor_interval"),
+            "runtime-guards": (self._guard_pass, "guard_interval"),
+            "telemetry": (self._publish_telemetry, "telemetry_interval"),
+        }
+
+    # ------------------------------------------------------------------ configuration
+
+    async def apply_config(self, new: DeskConfig) -> ConfigChange:
+        """Take `new` as the running configuration where that is safe without a restart.
+
+        Diffs the running config against `new` (`diff_desk_configs`). When every change is
+        safe at runtime (risk limits, strategy sizing and thresholds, loop intervals), all
+        are applied together and the result has `applied` True: the risk engine is rebuilt
+        with the new limits, the coordinator swaps in new strategy settings and resolvers
+        (`CoordinatorAgent.reconfigure`), and loops whose interval changed are rescheduled.
+        When any change needs a restart (instruments, symbols, venue, data, LLM endpoint),
+        nothing is applied and the result lists each such field, its old and new value and
+        why. A stopped desk simply takes a safe config for its next start.
+        """
+        if not isinstance(new, DeskConfig):
+            raise ValidationError("config", new, "a DeskConfig")
+        async with self._reconfiguring:
+            old = self._config
+            change = diff_desk_configs(old, new)
+            if change.empty:
+                return dataclasses.replace(change, applied=True)
+            if not change.applicable:
+                _log.warning(
+                    "desk_config_refused",
+                    refused=[c.describe() for c in change.refused],
+                    held_back=[c.describe() for c in change.safe],
+                )
+                return change
+            parts = self._parts
+            if parts is not None:
+                # Every new part is built before any is swapped in; the swaps themselves do
+                # not await, so no decision run sees half a configuration.
+                risk = parts.risk
+                if new.risk != old.risk:
+                    risk = RiskManagementEngine(new.instruments, new.risk)
+                resolvers = self._resolvers(new)
+                parts.coordinator.reconfigure(
+                    strategies=new.strategies, risk_engine=risk, resolvers=resolvers
+                )
+                self._parts = parts = dataclasses.replace(parts, risk=risk)
+            self._config = new
+            if parts is not None:
+                await self._reschedule(parts, old, new)
+            applied = dataclasses.replace(change, applied=True)
+            _log.info("desk_config_applied", changes=[c.describe() for c in applied.safe])
+            return applied
+
+    async def _reschedule(self, parts: _Parts, old: DeskConfig, new: DeskConfig) -> None:
+        supervisor = parts.supervisor
+        for name, (function, interval_field) in self._loop_functions(parts).items():
+            interval = getattr(new, interval_field)
+            if interval == getattr(old, interval_field):
+                continue
+            # The supervisor has no interval setter: the loop is stopped (an iteration in
+            # flight may finish) and added back, its next pass one new interval away.
+            await supervisor.remove_loop(name)
+            supervisor.add_loop(name, function, interval=interval, run_immediately=False)
+
     # ------------------------------------------------------------------ controls
 
     def pause(self, symbol: str) -> None:
@@ -512,6 +658,68 @@ class Desk:
             kill_switch=parts.coordinator.kill_switch,
             bars_processed=self._bars_processed,
             loops=parts.supervisor.health(),
+        )
+
+    async def metrics(self) -> DeskMetrics:
+        """The desk's figures now, for /metrics: read-only (it writes nothing to the store)."""
+        parts = self._running()
+        ledger = parts.ledger
+        coordinator = parts.coordinator
+        quote = self._config.venue.quote_asset
+        balances = {asset: balance.total for asset, balance in (await ledger.balances()).items()}
+        open_positions = {p.symbol: p for p in await ledger.open_positions()}
+        closed = await ledger.closed_positions()
+        orders = await ledger.orders(open_only=True)
+        decided = coordinator.decision_counts()
+        executed = coordinator.execution_counts()
+        paused = coordinator.paused
+        symbols = []
+        for symbol in self._config.symbols:
+            position = open_positions.get(symbol)
+            price = self._last_price.get(symbol)
+            history = [p for p in (*closed, position) if p is not None and p.symbol == symbol]
+            unrealized = _ZERO
+            exposure = _ZERO
+            if position is not None:
+                mark = price if price is not None else position.mark_price or position.entry_price
+                unrealized = (mark - position.entry_price) * position.quantity * position.side.sign
+                exposure = position.quantity * mark
+            working = [r.order for r in orders if r.order.symbol == symbol]
+            symbols.append(
+                SymbolMetrics(
+                    symbol=symbol,
+                    side=None if position is None else position.side.value,
+                    quantity=_ZERO if position is None else position.quantity,
+                    exposure=exposure,
+                    unrealized_pnl=unrealized,
+                    realized_pnl=sum((p.realized_pnl for p in history), _ZERO),
+                    fees_paid=sum((p.fees_paid for p in history), _ZERO),
+                    last_price=price,
+                    paused=symbol in paused,
+                    unknown_orders=sum(1 for o in working if o.status is OrderStatus.UNKNOWN),
+                    open_orders=len(working),
+                    decisions={
+                        status: count for (sym, status), count in decided.items() if sym == symbol
+                    },
+                    trades={ok: count for (sym, ok), count in executed.items() if sym == symbol},
+                )
+            )
+        alerts = dict.fromkeys(AlertLevel, 0)
+        for alert in await ledger.alerts():
+            alerts[alert.level] += 1
+        telemetry = self._telemetry
+        return DeskMetrics(
+            quote_asset=quote,
+            equity=balances.get(quote, _ZERO) + sum((s.unrealized_pnl for s in symbols), _ZERO),
+            balances=balances,
+            symbols=tuple(symbols),
+            trading_state=None if telemetry is None else telemetry.trading_state,
+            kill_switch=coordinator.kill_switch,
+            bars_processed=self._bars_processed,
+            alerts=alerts,
+            latencies=coordinator.stage_latencies(),
+            pending_writes=len(parts.manager.pending),
+            telemetry=telemetry,
         )
 
     # ------------------------------------------------------------------ loops
@@ -682,7 +890,7 @@ class Desk:
             bus=bus,
             quote_asset=quote,
             clock=self._clock,
-            resolvers=self._resolvers(),
+            resolvers=self._resolvers(config),
             closer=_PipelineCloser(self),
         )
         return _Parts(
@@ -698,9 +906,10 @@ class Desk:
             supervisor=Supervisor(clock=self._clock, rng=random.Random(self._rng.getrandbits(32))),
         )
 
-    def _resolvers(self) -> dict[str, ConflictResolver]:
+    def _resolvers(self, config: DeskConfig) -> dict[str, ConflictResolver]:
+        # A strategy's LLM client is built once and reused when its settings are reloaded.
         resolvers: dict[str, ConflictResolver] = {}
-        for strategy in self._config.strategies:
+        for strategy in config.strategies:
             if strategy.name in self._resolver_overrides:
                 resolvers[strategy.name] = self._resolver_overrides[strategy.name]
                 continue
@@ -711,13 +920,15 @@ class Desk:
                 )
             )
             if strategy.resolver is ResolverKind.LLM:
-                llm = self._config.llm
-                client = LLMClient(
-                    llm.client_settings(),
-                    clock=self._clock,
-                    rng=random.Random(self._rng.getrandbits(32)),
-                )
-                self._llm_clients.append(client)
+                llm = config.llm
+                client = self._llm_clients.get(strategy.name)
+                if client is None:
+                    client = LLMClient(
+                        llm.client_settings(),
+                        clock=self._clock,
+                        rng=random.Random(self._rng.getrandbits(32)),
+                    )
+                    self._llm_clients[strategy.name] = client
                 resolvers[strategy.name] = LLMResolver(client, rules, timeout=llm.timeout)
             else:
                 resolvers[strategy.name] = rules

@@ -1,8 +1,8 @@
 """The desk's JSON routes and pages over a real Desk trading a scripted market on simulated time.
 
 Each test starts a real `Desk` (paper venue, agents, coordinator, risk engine, execution
-manager, ledger) on the test's store and clock, mounts `desk_router` on the service app as
-`legato run` does, and reads and acts through HTTP only.
+manager, ledger) on the test's store and clock, mounts it on the service app with
+`mount_desk` as `legato run` does, and reads and acts through HTTP only.
 """
 
 from __future__ import annotations
@@ -19,14 +19,21 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
+from prometheus_client.parser import text_string_to_metric_families
 
 from legato.kernel.clock import Clock
 from legato.kernel.message import Message
 from legato.orchestrator import Orchestrator
 from legato.service import ServiceOptions, create_app
-from legato.service.routes.desk import desk_router
+from legato.service.routes.desk import ConfigLoader, desk_router, mount_desk
 from legato.trading.desk import Desk
-from legato.trading.desk_config import DataSettings, DeskConfig, StrategyConfig, VenueSettings
+from legato.trading.desk_config import (
+    DataSettings,
+    DeskConfig,
+    StrategyConfig,
+    VenueSettings,
+    desk_config_from_mapping,
+)
 from legato.trading.ledger import OrderRole
 from legato.trading.market_data import Bar
 from legato.trading.orders import Order, OrderSide, OrderStatus, OrderType
@@ -67,7 +74,9 @@ def desk_service(
     """`async with desk_service(bars) as (desk, client):` a trading desk behind the service."""
 
     @asynccontextmanager
-    async def run(bars: Iterable[Bar] | None = None) -> AsyncIterator[DeskClient]:
+    async def run(
+        bars: Iterable[Bar] | None = None, *, reload_config: ConfigLoader | None = None
+    ) -> AsyncIterator[DeskClient]:
         desk = Desk(CONFIG, store_url=desk_url, clock=clock, bars=bars if bars is not None else [])
         await desk.start()
         app = create_app(
@@ -78,7 +87,7 @@ def desk_service(
             rng=random.Random(3),
             environ={},
         )
-        app.include_router(desk_router(desk))
+        mount_desk(app, desk, reload_config=reload_config)
         if bars is None:
             # No market: the desk stays started, idle, for the test to read and act on.
             try:
@@ -347,5 +356,187 @@ async def test_the_desk_tab_shows_only_where_a_desk_is_mounted(
 async def test_no_desk_route_or_dependency_runs_in_a_worker_thread(desk_service: Any) -> None:
     async with desk_service() as (desk, _):
         app = FastAPI()
-        app.include_router(desk_router(desk))
+        app.include_router(desk_router(desk, reload_config=lambda: CONFIG))
         assert threaded_callables(app) == []
+
+
+def _families(text: str) -> dict[str, Any]:
+    return {family.name: family for family in text_string_to_metric_families(text)}
+
+
+def _sample(families: dict[str, Any], name: str, **labels: str) -> float:
+    for family in families.values():
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                value: float = sample.value
+                return value
+    raise AssertionError(f"no sample {name}{labels}")
+
+
+async def test_metrics_show_the_position_equity_and_counters_after_a_trade(
+    desk_service: Any,
+) -> None:
+    async with desk_service(trend(85, drift=0.003)) as (desk, client):
+        position = await protected_position(desk, client)
+        scrape = await client.get("/metrics")
+        balances = (await client.get("/desk")).json()
+    assert scrape.status_code == 200
+    families = _families(scrape.text)
+    quantity = float(position["quantity"])
+    assert _sample(families, "legato_desk_position_quantity", symbol=SYMBOL) == quantity
+    assert _sample(families, "legato_desk_open_positions") == 1
+    last = _sample(families, "legato_desk_last_price", symbol=SYMBOL)
+    exposure = _sample(families, "legato_desk_position_exposure_notional", symbol=SYMBOL)
+    assert exposure == pytest.approx(quantity * last)
+    assert _sample(families, "legato_desk_exposure_notional", quote_asset="USDT") == exposure
+    unrealized = _sample(families, "legato_desk_position_unrealized_pnl", symbol=SYMBOL)
+    entry = float(position["entry_price"])
+    assert unrealized == pytest.approx((last - entry) * quantity)
+    cash = _sample(families, "legato_desk_balance", asset="USDT")
+    equity = _sample(families, "legato_desk_equity", quote_asset="USDT")
+    assert equity == pytest.approx(cash + unrealized)
+    # The entry's fee is all that has left the account yet.
+    assert float(START) * 0.99 < equity < float(START) * 1.01
+    assert _sample(families, "legato_desk_trades_total", symbol=SYMBOL, result="executed") == 1
+    assert _sample(families, "legato_desk_trades_total", symbol=SYMBOL, result="failed") == 0
+    assert _sample(families, "legato_desk_decisions_total", symbol=SYMBOL, status="executed") == 1
+    assert _sample(families, "legato_desk_bars_processed_total") >= 70
+    assert _sample(families, "legato_desk_trading_state", state="active") == 1
+    assert _sample(families, "legato_desk_trading_state", state="halted") == 0
+    assert _sample(families, "legato_desk_kill_switch") == 0
+    assert _sample(families, "legato_desk_orders_unknown", symbol=SYMBOL) == 0
+    assert _sample(families, "legato_desk_orders_open", symbol=SYMBOL) == 2  # stop and target
+    assert _sample(families, "legato_desk_pending_writes") == 0
+    assert {s.labels["level"] for s in families["legato_desk_alerts"].samples} == {
+        "info",
+        "warning",
+        "high",
+        "critical",
+    }
+    runs = _sample(families, "legato_desk_agent_latency_seconds_count", stage="execution")
+    assert runs == 1
+    assert (
+        _sample(families, "legato_desk_agent_latency_seconds_bucket", stage="execution", le="+Inf")
+        == 1
+    )
+    assert _sample(families, "legato_desk_agent_latency_seconds_count", stage="analysis") >= 1
+    assert balances["positions"][0]["quantity"] == position["quantity"]
+
+
+async def test_metrics_count_unknown_orders_and_the_overview_shows_the_telemetry(
+    desk_service: Any, clock: Clock
+) -> None:
+    async with desk_service(trend(85, drift=0.003)) as (desk, client):
+        await protected_position(desk, client)
+
+        async def telemetry_sees_the_position() -> bool:
+            telemetry = (await client.get("/desk")).json()["telemetry"]
+            return telemetry is not None and telemetry["open_positions"] == 1
+
+        await until(telemetry_sees_the_position, clock, within=120.0)
+        page = (await client.get("/ui/desk")).text
+        now = clock.now()
+        unknown = Order(
+            client_order_id="lg-z-unknown",
+            symbol=SYMBOL,
+            side=OrderSide.BUY,
+            type=OrderType.LIMIT,
+            quantity=Decimal("0.5"),
+            price=Decimal(99),
+            status=OrderStatus.UNKNOWN,
+            created_at=now,
+            updated_at=now,
+        )
+        await desk.ledger.write(lambda tx: tx.put_order(unknown, OrderRole.ENTRY))
+        families = _families((await client.get("/metrics")).text)
+    assert _sample(families, "legato_desk_orders_unknown", symbol=SYMBOL) == 1
+    assert re.search(r'data-figure="open-positions">1<', page)
+    assert "data-telemetry" in page
+    assert 'data-latency="execution"' in page
+
+
+async def test_metrics_carry_no_desk_families_when_no_desk_is_mounted(
+    service_app: FastAPI, serving: Any
+) -> None:
+    async with serving(service_app) as client:
+        families = _families((await client.get("/metrics")).text)
+    assert "legato_tasks" in families
+    assert not [name for name in families if name.startswith("legato_desk_")]
+
+
+async def test_a_config_reload_needs_the_token_and_applies_a_lower_risk_limit(
+    desk_service: Any, auth: dict[str, str]
+) -> None:
+    lowered = dataclasses.replace(
+        CONFIG, risk=dataclasses.replace(CONFIG.risk, max_open_positions=1)
+    )
+    async with desk_service(reload_config=lambda: lowered) as (desk, client):
+        refused = await client.post("/desk/config/reload")
+        unchanged = desk.config.risk.max_open_positions
+        reloaded = await client.post("/desk/config/reload", headers=auth)
+        page = (await client.get("/ui/desk")).text
+        again = await client.post("/desk/config/reload", headers=auth)
+    assert refused.status_code == 401
+    assert unchanged == 5
+    assert reloaded.status_code == 200
+    body = reloaded.json()
+    assert body["applied"] is True
+    assert body["applied_changes"] == [
+        {
+            "field": "risk.max_open_positions",
+            "old": 5,
+            "new": 1,
+            "safe": True,
+            "effect": body["applied_changes"][0]["effect"],
+            "restart_reason": None,
+        }
+    ]
+    assert desk.config.risk.max_open_positions == 1
+    assert "Limits: 1 open positions at most" in page
+    assert again.status_code == 200
+    assert again.json()["applied_changes"] == []
+    assert "no change" in again.json()["summary"]
+
+
+async def test_a_config_reload_needing_a_restart_is_refused_with_each_field_named(
+    desk_service: Any, auth: dict[str, str]
+) -> None:
+    moved = dataclasses.replace(
+        CONFIG,
+        venue=dataclasses.replace(CONFIG.venue, starting_balance=Decimal(1_000)),
+        risk=dataclasses.replace(CONFIG.risk, max_open_positions=1),
+    )
+    async with desk_service(reload_config=lambda: moved) as (desk, client):
+        answer = await client.post("/desk/config/reload", headers=auth)
+        config_after = desk.config
+    assert answer.status_code == 409
+    error = answer.json()["error"]
+    assert error["code"] == "restart_required"
+    [refused] = error["details"]["refused"]
+    assert refused["field"] == "venue.starting_balance"
+    assert (refused["old"], refused["new"]) == (str(START), "1000")
+    assert refused["restart_reason"]
+    assert [c["field"] for c in error["details"]["held_back"]] == ["risk.max_open_positions"]
+    assert config_after is CONFIG
+
+
+async def test_an_invalid_config_file_is_reported_and_changes_nothing(
+    desk_service: Any, auth: dict[str, str]
+) -> None:
+    def broken() -> DeskConfig:
+        return desk_config_from_mapping({"risk": {"max_open_positions": 0}, "speling": 1})
+
+    async with desk_service(reload_config=broken) as (desk, client):
+        answer = await client.post("/desk/config/reload", headers=auth)
+        config_after = desk.config
+    async with desk_service() as (_, client):
+        without_file = await client.post("/desk/config/reload", headers=auth)
+    assert answer.status_code == 422
+    error = answer.json()["error"]
+    assert error["code"] == "invalid_config"
+    assert {p["field"] for p in error["details"]["problems"]} == {
+        "risk.max_open_positions",
+        "speling",
+    }
+    assert config_after is CONFIG
+    assert without_file.status_code == 404

@@ -11,6 +11,11 @@ closes with its entries and exits. Pages under /ui/desk render the same data as 
 inline SVG charts and refresh themselves by a light poll (static/desk.js); they stay out of
 the OpenAPI schema like the rest of the dashboard.
 
+`mount_desk(app, desk, reload_config=...)` is how `legato run` mounts it: the routes, the
+desk's `legato_desk_*` families on /metrics, and (with a config loader) the
+``POST /desk/config/reload`` control that re-reads the config file and applies what a
+running desk can take (`Desk.apply_config`).
+
 The equity series and the recent closes come from the desk bus's retained history (the
 ``desk.telemetry`` and ``desk.signal.*`` messages), so they reach back as far as that
 bounded history does; entries and exits come from the ledger's fills.
@@ -21,18 +26,20 @@ from __future__ import annotations
 import bisect
 import dataclasses
 import enum
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request
 from fastapi.responses import HTMLResponse
 from pydantic import BaseModel, Field
 from starlette.routing import NoMatchFound
 
+from legato.kernel.errors import ConfigError
 from legato.service.desk_charts import LineChart, MarkerInput, line_chart
 from legato.service.errors import ApiError
+from legato.service.metrics import add_metric_source, desk_metric_source
 from legato.service.models import ErrorEnvelope
 from legato.service.routes.dashboard import templates
 from legato.service.routes.dependencies import runtime_of
@@ -41,11 +48,13 @@ from legato.trading.alerts import Alert, AlertLevel
 from legato.trading.coordinator import topic_token
 from legato.trading.decision_log import ConflictRecord, DecisionRecord, PipelineStatus
 from legato.trading.desk import TELEMETRY_TOPIC, Desk
+from legato.trading.desk_config import DeskConfig
 from legato.trading.ledger import LedgerOrder, OrderRole
 from legato.trading.orders import Order, OrderStatus
 
 __all__ = [
     "AlertView",
+    "ConfigReloadView",
     "ConflictView",
     "DecisionView",
     "DeskControl",
@@ -56,7 +65,11 @@ __all__ = [
     "PriceView",
     "TradeMarker",
     "desk_router",
+    "mount_desk",
 ]
+
+ConfigLoader = Callable[[], DeskConfig]
+"""Re-reads the desk's configuration (the config file, with the command line's overrides)."""
 
 Symbol = Annotated[str, Path(min_length=1, max_length=64)]
 Limit = Annotated[int, Query(ge=1, le=1000)]
@@ -106,6 +119,27 @@ class DeskControl(BaseModel):
     ok: bool
     message: str
     details: dict[str, Any] = Field(default_factory=dict)
+
+
+class ConfigChangeView(BaseModel):
+    """One changed field: old and new value, and how it applies or why it needs a restart."""
+
+    field: str
+    old: Any
+    new: Any
+    safe: bool
+    effect: str | None
+    restart_reason: str | None
+
+
+class ConfigReloadView(BaseModel):
+    """The outcome of a config reload: applied (every change) or not, and each change."""
+
+    applied: bool
+    summary: str
+    applied_changes: list[ConfigChangeView]
+    refused: list[ConfigChangeView]
+    held_back: list[ConfigChangeView]
 
 
 class VoteView(BaseModel):
@@ -508,8 +542,21 @@ def _equity_chart(view: EquityView) -> LineChart:
     return line_chart([(p.at, Decimal(p.equity)) for p in view.points])
 
 
-def desk_router(desk: Desk) -> APIRouter:
-    """Routes over `desk`: the JSON API under /desk and the dashboard pages under /ui/desk."""
+def mount_desk(app: FastAPI, desk: Desk, *, reload_config: ConfigLoader | None = None) -> None:
+    """Mount `desk` on `app`: its routes and pages, and its families on /metrics.
+
+    `reload_config` (re-reading the config file) enables ``POST /desk/config/reload``.
+    """
+    app.include_router(desk_router(desk, reload_config=reload_config))
+    add_metric_source(app, desk_metric_source(desk))
+
+
+def desk_router(desk: Desk, *, reload_config: ConfigLoader | None = None) -> APIRouter:
+    """Routes over `desk`: the JSON API under /desk and the dashboard pages under /ui/desk.
+
+    With `reload_config`, ``POST /desk/config/reload`` re-reads the configuration and
+    applies it to the running desk.
+    """
     router = APIRouter(tags=["desk"])
     reader = _DeskReader(desk)
 
@@ -602,6 +649,42 @@ def desk_router(desk: Desk) -> APIRouter:
             message=f"closing {symbol}",
             details={"client_order_id": order.client_order_id},
         )
+
+    @router.post(
+        "/desk/config/reload",
+        response_model=ConfigReloadView,
+        responses={**_ERRORS, 409: {"model": ErrorEnvelope}},
+    )
+    async def reload_config_file() -> ConfigReloadView:
+        """Re-read the config file and apply what a running desk can take, all or nothing.
+
+        409 (nothing changed) when any change needs a restart: the details list each such
+        field with its old and new value and why. 422 when the file is invalid.
+        """
+        if reload_config is None:
+            raise ApiError(
+                404, "not_found", "this desk was started without a config file to reload"
+            )
+        try:
+            # Reading and validating a small TOML file: quick enough for the event loop.
+            new = reload_config()
+        except ConfigError as error:
+            raise ApiError(
+                422,
+                "invalid_config",
+                "the config file is invalid; nothing changed",
+                {
+                    "problems": [
+                        {"field": field, "value": str(value), "expected": expected}
+                        for field, value, expected in error.problems
+                    ]
+                },
+            ) from None
+        change = await desk.apply_config(new)
+        data = change.as_dict()
+        if not change.applicable:
+            raise ApiError(409, "restart_required", change.summary(), data)
+        return ConfigReloadView(summary=change.summary(), **data)
 
     # ------------------------------------------------------------------ pages
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import asyncio
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Response
+from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 
 import legato
-from legato.service.metrics import CONTENT_TYPE, render_metrics
+from legato.service.metrics import CONTENT_TYPE, collect_metric_sources, render_metrics
 from legato.service.models import (
     BusView,
     DependencyCheck,
@@ -163,10 +163,11 @@ async def bus(runtime: Runtime) -> BusView:
     response_class=Response,
     responses={200: {"content": {CONTENT_TYPE: {}}, "description": "Prometheus text format"}},
 )
-async def metrics(runtime: Runtime) -> Response:
+async def metrics(request: Request, runtime: Runtime) -> Response:
     """Prometheus metrics, read from the store and the registry at scrape time."""
     snapshot = await runtime.snapshot()
-    return Response(render_metrics(snapshot), media_type=CONTENT_TYPE)
+    extra = await collect_metric_sources(request.app)
+    return Response(render_metrics(snapshot, extra), media_type=CONTENT_TYPE)
 
 
 @router.get("/stats", response_model=StatsView)

@@ -174,3 +174,20 @@ async def test_risk_state_carries_equity_lows_and_the_losing_streak(
     assert next_day.exposure_by_asset == {"BTC": Decimal("1950.0")}
     assert next_day.peak_equity == Decimal(10_000)
     assert next_day.worst_drawdown > 0
+
+
+async def test_risk_state_counts_a_negative_balance_as_no_equity(
+    clock: Clock, ledger_url: str
+) -> None:
+    async with ledger_opener(ledger_url, clock)() as (ledger, _):
+        tracker = PositionTracker(ledger, clock=clock, instruments_base={PERP: "BTC"})
+        await tracker.set_balances({"USDT": Decimal(100)})
+        await tracker.risk_state(quote_asset="USDT")  # the day starts at 100
+        # A loss larger than the balance: the recorded total goes below zero.
+        await tracker.apply_fills([fill(1, "a", OrderSide.BUY, "0.100", "20000", clock)])
+        await tracker.apply_fills([fill(2, "b", OrderSide.SELL, "0.100", "18000", clock)])
+        state = await tracker.risk_state(quote_asset="USDT")
+        recorded = (await ledger.balances())["USDT"]
+    assert recorded.total == 0  # as the ledger reports balances
+    assert state.equity == Decimal(0)
+    assert state.consecutive_losses == 1

@@ -41,6 +41,7 @@ __all__ = [
 ]
 
 _BPS = Decimal(10_000)
+_ZERO = Decimal(0)
 
 
 class IntrabarPath(enum.Enum):
@@ -180,20 +181,26 @@ def match_order(
     STOP_LIMIT or TAKE_PROFIT order whose `triggered_at` is None first waits for its trigger.
     Quantities are capped at `rules.participation` × the bar's volume, in whole lots.
     """
-    cap = (rules.participation * bar.volume / lot_size).to_integral_value(ROUND_FLOOR) * lot_size
-    available = min(order.remaining_quantity, cap)
-    start = Decimal(0)
+    start = _ZERO
     start_price: Decimal | None = None
     triggered_now = False
     first_chance = fresh
     if order.type.needs_stop_price and order.triggered_at is None:
-        assert order.stop_price is not None  # guaranteed by Order's own validation
-        hit = _first_reach(path, order.stop_price, _trigger_rises(order))
+        stop = order.stop_price
+        assert stop is not None  # guaranteed by Order's own validation
+        rising = _trigger_rises(order)
+        # The path only visits the bar's prices: a trigger beyond the high (or below the low)
+        # is not reached. Most bars of a working stop-loss or take-profit end here.
+        if (bar.high < stop) if rising else (bar.low > stop):
+            return None
+        hit = _first_reach(path, stop, rising)
         if hit is None:
             return None
         start, start_price = hit
         triggered_now = True
         first_chance = True
+    cap = (rules.participation * bar.volume / lot_size).to_integral_value(ROUND_FLOOR) * lot_size
+    available = min(order.remaining_quantity, cap)
 
     if order.type in (OrderType.MARKET, OrderType.STOP, OrderType.TAKE_PROFIT):
         reference = start_price if start_price is not None else path[0]

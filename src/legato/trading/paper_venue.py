@@ -459,26 +459,27 @@ class PaperVenue:
         Positions are then marked at the bar's close and the bar goes to subscribers.
         """
         instrument = self.instrument(bar.symbol)
-        position = self._positions.get(bar.symbol)
-        path = intrabar_path(
-            bar, self._config.rules.intrabar, position.side if position is not None else None
-        )
-        planned: list[tuple[Decimal, int, str, Execution]] = []
-        for sequence, cid in enumerate(self._open_ids):
-            order = self._orders[cid]
-            if order.symbol != bar.symbol:
-                continue
-            fresh = self._bars_seen[cid] == 0
-            self._bars_seen[cid] += 1
-            execution = match_order(
-                order, bar, path, self._config.rules, instrument.lot_size, fresh=fresh
-            )
-            if execution is not None:
-                planned.append((execution.at, sequence, cid, execution))
-        planned.sort(key=lambda item: (item[0], item[1]))
         fills_before = len(self._fills)
-        for _, _, cid, execution in planned:
-            self._apply(cid, execution, instrument)
+        if self._open_ids:  # no working order: nothing to match, the bar only marks
+            position = self._positions.get(bar.symbol)
+            path = intrabar_path(
+                bar, self._config.rules.intrabar, position.side if position is not None else None
+            )
+            planned: list[tuple[Decimal, int, str, Execution]] = []
+            for sequence, cid in enumerate(self._open_ids):
+                order = self._orders[cid]
+                if order.symbol != bar.symbol:
+                    continue
+                fresh = self._bars_seen[cid] == 0
+                self._bars_seen[cid] += 1
+                execution = match_order(
+                    order, bar, path, self._config.rules, instrument.lot_size, fresh=fresh
+                )
+                if execution is not None:
+                    planned.append((execution.at, sequence, cid, execution))
+            planned.sort(key=lambda item: (item[0], item[1]))
+            for _, _, cid, execution in planned:
+                self._apply(cid, execution, instrument)
         self._last_price[bar.symbol] = bar.close
         marked = self._positions.get(bar.symbol)
         if marked is not None:

@@ -272,7 +272,7 @@ class PositionTracker:
         positions = await self._ledger.open_positions()
         closed = await self._ledger.closed_positions()
 
-        async def write(tx: LedgerTransaction) -> EquityMarks:
+        async def write(tx: LedgerTransaction) -> tuple[EquityMarks, Decimal]:
             balance = await tx.balance(quote_asset)
             if balance is None:
                 raise ValidationError(
@@ -297,13 +297,13 @@ class PositionTracker:
                 trough_equity=min(marks.trough_equity, equity),
             )
             await tx.put_equity_marks(marks, moment)
-            return marks
+            return marks, balance
 
-        marks = await self._ledger.write(write)
-        balance = (await self._ledger.balances()).get(quote_asset)
-        equity = (balance.total if balance is not None else _ZERO) + sum(
-            (p.unrealized_pnl for p in positions), _ZERO
-        )
+        # The equity the engine sees is read in the same transaction as the marks it wrote
+        # (one read less per decision); as `TradingLedger.balances` reports it, a negative
+        # balance counts as zero.
+        marks, balance = await self._ledger.write(write)
+        equity = max(balance, _ZERO) + sum((p.unrealized_pnl for p in positions), _ZERO)
         losses = 0
         last_loss_at: datetime | None = None
         for position in reversed(closed):

@@ -27,6 +27,7 @@ from pathlib import Path
 from legato.kernel.errors import ValidationError
 from legato.kernel.simulation import SimulatedClock, run_simulated
 from legato.trading.backtest.runner import PROGRESS_EVERY, BacktestResult
+from legato.trading.backtest.store import fresh_store
 from legato.trading.backtest.trades import EquityPoint, TradeBook
 from legato.trading.desk import Desk
 from legato.trading.desk_config import DeskConfig
@@ -50,7 +51,8 @@ def desk_backtest(
     """Run the desk `config` describes over `bars` on simulated time; return the result.
 
     `bars` are of one symbol the desk trades, in strictly increasing time. `store` is the
-    SQLite file the desk writes (replaced if it exists, so a run never resumes another).
+    SQLite file the desk writes (replaced by an empty store at the current schema, so a run
+    never resumes another; see `fresh_store`).
     `seed` seeds the desk (default `config.data.seed`). `progress` is called with the
     number of bars done every `PROGRESS_EVERY` bars and at the end.
     """
@@ -73,8 +75,7 @@ def desk_backtest(
         # Nobody watches a backtest's telemetry; the last one is published at the end.
         telemetry_interval=max(config.telemetry_interval, BACKTEST_TELEMETRY_INTERVAL),
     )
-    path = Path(store)
-    path.unlink(missing_ok=True)
+    url = fresh_store(store)
     initial = config.venue.starting_balance
     book = TradeBook(symbol, initial)
     equity: list[EquityPoint] = []
@@ -91,7 +92,7 @@ def desk_backtest(
     clock = SimulatedClock(start=bars[0].timestamp)
     desk = Desk(
         config,
-        store_url=f"sqlite:///{path}",
+        store_url=url,
         clock=clock,
         rng=random.Random(config.data.seed if seed is None else seed),
         bars=bars,

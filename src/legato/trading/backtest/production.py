@@ -13,7 +13,8 @@ venue's new fills into the store and cancels the sibling of a protective order t
 a position. The risk engine therefore decides on an up-to-date state, and the desk's
 one-cancels-other rule holds at every decision point.
 
-`production_backtest` is the one-call form: a fresh SQLite store, venue and simulated clock.
+`production_backtest` is the one-call form: a fresh SQLite store (a copy of an empty,
+migrated one), venue and simulated clock.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from legato.kernel.clock import Clock
 from legato.kernel.errors import ValidationError
 from legato.kernel.simulation import SimulatedClock, run_simulated
 from legato.trading.backtest.runner import BacktestResult, run_backtest
+from legato.trading.backtest.store import fresh_store
 from legato.trading.backtest.strategy import Strategy
 from legato.trading.errors import OrderRejected
 from legato.trading.execution import ExecutionConfig, ExecutionResult, OrderExecutionManager
@@ -187,17 +189,18 @@ def production_backtest(
 ) -> BacktestResult:
     """Run `strategy` over `bars` through the production path; return the result.
 
-    `store` is the SQLite file the run writes (replaced if it exists). `limits` are the risk
-    engine's (default `RiskLimits()`); `seed` seeds intent ids and retry jitter.
+    `store` is the SQLite file the run writes (replaced by an empty store at the current
+    schema, see `fresh_store`: scratch space, not meant to survive a crash). `limits` are the
+    risk engine's (default `RiskLimits()`); `seed` seeds intent ids and retry jitter.
     `fill_poll_interval` defaults to a quarter of the spacing of the first two bars: an entry
     that fills on a bar is protected before the next bar, whichever of the poll and the bar
-    comes first at a shared instant. `progress` is called with the number of bars done (see
-    `run_backtest`).
+    comes first at a shared instant; a part-filled entry has its rest cancelled within the
+    same interval (`partial_protect_after`), also before the next bar. `progress` is called
+    with the number of bars done (see `run_backtest`).
     """
     if not bars:
         raise ValidationError("bars", [], "at least one bar")
-    path = Path(store)
-    path.unlink(missing_ok=True)
+    url = fresh_store(store)
     if fill_poll_interval is None:
         spacing = (bars[1].timestamp - bars[0].timestamp).total_seconds() if len(bars) > 1 else 1
         fill_poll_interval = max(float(spacing) / 4, 0.25)
@@ -211,7 +214,8 @@ def production_backtest(
     engine = RiskManagementEngine([instrument], limits if limits is not None else RiskLimits())
 
     async def run() -> BacktestResult:
-        ledger = await TradingLedger.open(f"sqlite:///{path}", clock=clock)
+        # fresh_store wrote an empty store at the current schema: nothing to migrate.
+        ledger = await TradingLedger.open(url, upgrade=False, clock=clock)
         try:
             executor = ProductionExecutor(
                 venue,
@@ -221,8 +225,12 @@ def production_backtest(
                 clock=clock,
                 rng=random.Random(seed),
                 # A market entry fills on the next bar: give it a few bars before cancelling.
+                # A partly filled entry's rest is cancelled within one poll of the fill,
+                # before the next bar, as the live default's two seconds does on live data;
+                # two seconds here would poll the venue 150 times per five-minute bar.
                 config=ExecutionConfig(
                     fill_poll_interval=fill_poll_interval,
+                    partial_protect_after=fill_poll_interval,
                     entry_timeout=max(300.0, 16 * fill_poll_interval),
                 ),
             )

@@ -1,0 +1,179 @@
+"""The backtest's fast paths decide what the slow paths decided.
+
+- A stop or take-profit that is not triggered yet triggers exactly when the bar reaches its
+  level in the trigger's direction (the matcher now answers "not reached" from the bar's
+  high or low before walking the intrabar path).
+- A bar with no working order still marks the venue's position at its close.
+- A backtest's store is a copy of an empty database at the current schema, replacing any
+  file (and stale write-ahead log) at that path.
+- On the production path, a partly filled entry has its rest cancelled and the filled part
+  protected before the next bar (the execution manager polls four times a bar, not every
+  two seconds).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from decimal import Decimal
+from pathlib import Path
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from legato.kernel.simulation import SimulatedClock, run_simulated
+from legato.store import migrate
+from legato.trading.backtest.production import production_backtest
+from legato.trading.backtest.store import fresh_store
+from legato.trading.instruments import Instrument
+from legato.trading.ledger import OrderRole, TradingLedger
+from legato.trading.market_data import Bar
+from legato.trading.matching import MatchingRules, intrabar_path, match_order
+from legato.trading.orders import Order, OrderSide, OrderStatus, OrderType
+from legato.trading.paper_venue import PaperVenue, PaperVenueConfig
+from legato.trading.positions import PositionSide
+
+from ..conftest import PERP, T0, BarMaker
+from .scripted_strategy import ScriptedStrategy, buy
+
+NO_SLIP = MatchingRules(slippage_bps=Decimal(0), participation=Decimal(1))
+
+prices = st.integers(min_value=90, max_value=110).map(Decimal)
+
+
+@given(
+    corners=st.lists(prices, min_size=4, max_size=4),
+    level=prices,
+    kind=st.sampled_from([OrderType.STOP, OrderType.TAKE_PROFIT]),
+    side=st.sampled_from([OrderSide.BUY, OrderSide.SELL]),
+    held=st.sampled_from([None, PositionSide.LONG, PositionSide.SHORT]),
+)
+def test_a_working_trigger_fires_exactly_when_the_bar_reaches_its_level(
+    corners: list[Decimal],
+    level: Decimal,
+    kind: OrderType,
+    side: OrderSide,
+    held: PositionSide | None,
+) -> None:
+    open_, close, first, second = corners
+    high = max(corners)
+    low = min(corners)
+    del first, second  # they only widen the range
+    bar = Bar(PERP, T0, open_, high, low, close, Decimal(1000))
+    order = Order(
+        "t1",
+        PERP,
+        side,
+        kind,
+        Decimal(1),
+        stop_price=level,
+        status=OrderStatus.ACCEPTED,
+        reduce_only=True,
+    )
+    path = intrabar_path(bar, NO_SLIP.intrabar, held)
+    execution = match_order(order, bar, path, NO_SLIP, Decimal("0.001"), fresh=False)
+    rises = (kind is OrderType.TAKE_PROFIT) == (side is OrderSide.SELL)
+    reached = high >= level if rises else low <= level
+    assert (execution is not None) == reached
+    if execution is not None:
+        assert execution.triggered
+        assert low <= execution.price <= high
+
+
+async def test_a_bar_without_working_orders_still_marks_the_position(
+    perp: Instrument, clock: SimulatedClock, bar: BarMaker
+) -> None:
+    venue = PaperVenue(
+        [perp],
+        balances={"USDT": Decimal(100_000)},
+        config=PaperVenueConfig(rules=NO_SLIP),
+        clock=clock,
+    )
+    venue.process_bar(bar(0, "100", "101", "99", "100"))
+    await venue.place_order(
+        Order("m1", PERP, OrderSide.BUY, OrderType.MARKET, Decimal(1), leverage=Decimal(5))
+    )
+    assert len(venue.process_bar(bar(1, "100", "102", "99", "101"))) == 1
+    assert not await venue.open_orders()
+    assert venue.process_bar(bar(2, "101", "110", "100", "108")) == []
+    (position,) = await venue.positions()
+    assert position.mark_price == Decimal(108)
+    assert position.unrealized_pnl == Decimal(8)
+
+
+def test_a_fresh_store_replaces_the_file_with_an_empty_current_schema(tmp_path: Path) -> None:
+    path = tmp_path / "runs" / "bt.db"
+    path.parent.mkdir()
+    path.write_bytes(b"not a database")
+    stale = path.with_name("bt.db-wal")
+    stale.write_bytes(b"a log from another run")
+    url = fresh_store(path)
+    assert url == f"sqlite:///{path}"
+    assert not stale.exists()
+    assert migrate.current(url) == migrate.head()
+
+    async def rows() -> tuple[int, int, int]:
+        ledger = await TradingLedger.open(url, upgrade=False)
+        try:
+            return (
+                len(await ledger.orders()),
+                len(await ledger.fills()),
+                len(await ledger.closed_positions()),
+            )
+        finally:
+            await ledger.close()
+
+    assert run_simulated(rows()) == (0, 0, 0)
+    # A second run over the same path starts from nothing again.
+    with sqlite3.connect(path) as connection:
+        connection.execute(
+            "INSERT INTO legato_trading_balances (asset, total, updated_at) VALUES ('X', '1', 0)"
+        )
+    connection.close()
+    fresh_store(path)
+    with sqlite3.connect(path) as connection:
+        assert connection.execute("SELECT COUNT(*) FROM legato_trading_balances").fetchone() == (0,)
+    connection.close()
+
+
+def test_a_partly_filled_entry_is_protected_before_the_next_bar(
+    tmp_path: Path, perp: Instrument, bar: BarMaker
+) -> None:
+    # Bar 2 has volume for half the entry (a quarter of 2 BTC); bar 3 could fill the rest.
+    bars = [
+        bar(0, "20000", "20010", "19990", "20000"),
+        bar(1, "20000", "20010", "19990", "20000"),
+        bar(2, "20000", "20010", "19990", "20000", volume="2"),
+        bar(3, "20000", "20010", "19990", "20000"),
+        bar(4, "20000", "20010", "19990", "20000"),
+        bar(5, "20000", "20010", "19990", "20000"),
+    ]
+    store = tmp_path / "bt.db"
+    result = production_backtest(
+        ScriptedStrategy({1: buy("1", stop="0.02", target="0.04")}),
+        bars,
+        perp,
+        rules=MatchingRules(slippage_bps=Decimal(0)),
+        store=store,
+    )
+    (fill,) = result.fills
+    assert (fill.quantity, fill.timestamp) == (Decimal("0.5"), bars[2].timestamp)
+    assert result.final_position == Decimal("0.5")
+
+    async def booked() -> tuple[Decimal, str | None, list[OrderStatus]]:
+        ledger = await TradingLedger.open(f"sqlite:///{store}", upgrade=False)
+        try:
+            position = await ledger.position(PERP)
+            assert position is not None
+            entries = [o for o in await ledger.orders() if o.role is OrderRole.ENTRY]
+            return (
+                position.quantity,
+                position.stop_loss_order_id,
+                [o.order.status for o in entries],
+            )
+        finally:
+            await ledger.close()
+
+    quantity, stop_loss, statuses = run_simulated(booked())
+    assert quantity == Decimal("0.5")
+    assert stop_loss is not None
+    assert statuses == [OrderStatus.CANCELLED]

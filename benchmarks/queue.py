@@ -8,6 +8,10 @@ Prints one JSON object:
   that same run, first submit to last completion (how the peers in issue 3 were measured);
 - ``enqueue_batch_per_s`` / ``e2e_batch_per_s``: the same with ``submit_many`` in batches
   of 1,000;
+- ``enqueue_concurrent_per_s`` / ``e2e_concurrent_per_s``: ``PRODUCERS`` tasks of the
+  client process each submitting its share one at a time, concurrently (a web server's
+  request handlers, say): their submits share commits (group commit), and
+  ``concurrent_submit_transactions`` says how many transactions carried them;
 - ``paced_*``: 1,000 tasks submitted at 200/s; latency is the task's ``finished_at`` minus
   its ``created_at`` (enqueue to completion, both stamped by the store's callers). For
   SQLite the paced worker runs in the submitting process, woken by the in-process
@@ -40,6 +44,7 @@ POSTGRES_DSN = os.environ.get(
     "LEGATO_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test"
 )
 CONCURRENCY = 64
+PRODUCERS = 64
 CONFIG = WorkerConfig(lease_seconds=30.0, poll_interval=0.02, batch_size=256)
 PACED_TASKS = 1_000
 PACED_RATE = 200.0
@@ -88,24 +93,49 @@ async def wait_workers(app: Orchestrator, count: int, within: float = 60.0) -> N
     raise SystemExit(f"workers did not register within {within}s")
 
 
-async def throughput(store_url: str, tasks: int, batch: bool) -> tuple[float, float]:
-    """Submit `tasks` (one at a time or in batches) while workers run: (enqueue/s, e2e/s)."""
+async def throughput(store_url: str, tasks: int, mode: str) -> dict[str, float]:
+    """Submit `tasks` while workers run: enqueue/s and e2e/s for `mode`.
+
+    Modes: "one" (one client, one submit at a time), "batch" (`submit_many` of 1,000),
+    "concurrent" (PRODUCERS tasks, each submitting its share one at a time).
+    """
     app = build_app(store_url)
     async with app:
         done_before = (await app.store.count_by_state()).get(TaskState.SUCCEEDED, 0)
+        group = getattr(app.store, "submit_group", None)
+        transactions_before = group.stats.transactions if group is not None else 0
         started = time.perf_counter()
         last_id = 0
-        if batch:
+        if mode == "batch":
             for offset in range(0, tasks, 1000):
                 count = min(1000, tasks - offset)
                 last_id = (await app.submit_many([app.call("noop") for _ in range(count)]))[-1]
-        else:
+        elif mode == "one":
             for _ in range(tasks):
                 last_id = await app.submit("noop")
+        else:
+
+            async def producer(count: int) -> int:
+                last = 0
+                for _ in range(count):
+                    last = await app.submit("noop")
+                return last
+
+            shares = [tasks // PRODUCERS + (n < tasks % PRODUCERS) for n in range(PRODUCERS)]
+            last_id = max(await asyncio.gather(*(producer(share) for share in shares)))
         enqueued = time.perf_counter()
         await wait_all_done(app, last_id, done_before + tasks)
         finished = time.perf_counter()
-    return tasks / (enqueued - started), tasks / (finished - started)
+        transactions = (group.stats.transactions if group is not None else tasks) - (
+            transactions_before
+        )
+    figures = {
+        f"enqueue_{mode}_per_s": round(tasks / (enqueued - started)),
+        f"e2e_{mode}_per_s": round(tasks / (finished - started)),
+    }
+    if mode == "concurrent":
+        figures |= {"producers": PRODUCERS, "concurrent_submit_transactions": transactions}
+    return figures
 
 
 async def paced(store_url: str, in_process_worker: bool) -> dict[str, float]:
@@ -203,14 +233,8 @@ async def measure(store_url: str, tasks: int, workers: int, backend: str) -> dic
         app = build_app(store_url)
         async with app:
             await wait_workers(app, workers)
-        one_enqueue, one_e2e = await throughput(store_url, tasks, batch=False)
-        batch_enqueue, batch_e2e = await throughput(store_url, tasks, batch=True)
-        result |= {
-            "enqueue_one_per_s": round(one_enqueue),
-            "e2e_one_per_s": round(one_e2e),
-            "enqueue_batch_per_s": round(batch_enqueue),
-            "e2e_batch_per_s": round(batch_e2e),
-        }
+        for mode in ("one", "batch", "concurrent"):
+            result |= await throughput(store_url, tasks, mode)
         if backend == "postgres":
             result |= await paced(store_url, in_process_worker=False)
     finally:

@@ -7,6 +7,10 @@ Prints one JSON object:
   (one transaction each: workflow row, its run task, a history event) while one worker
   process runs them; e2e is workflows succeeded per second, first start to last success
   (as the issue's peers were measured);
+- ``start_concurrent_per_s`` / ``e2e_concurrent_per_s``: the same number of workflows
+  started by ``PRODUCERS`` concurrent tasks of the client process, each starting its share
+  one at a time: their starts share commits (group commit);
+  ``concurrent_start_transactions`` says how many transactions carried them;
 - ``start_one_idle_per_s``: starts one at a time with no worker running;
 - ``drain_per_s``: those workflows, run by one worker process started afterwards: first
   run to last success, from the store's own timestamps (the worker's capacity alone).
@@ -43,6 +47,7 @@ POSTGRES_DSN = os.environ.get(
     "LEGATO_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test"
 )
 CONCURRENCY = 64
+PRODUCERS = 64
 CONFIG = WorkerConfig(lease_seconds=30.0, poll_interval=0.02, batch_size=256)
 
 
@@ -129,6 +134,41 @@ async def one_at_a_time(store_url: str, workflows: int) -> dict[str, float]:
     }
 
 
+async def concurrent(store_url: str, workflows: int, done_before: int) -> dict[str, float]:
+    """Start `workflows` from PRODUCERS concurrent tasks while a worker runs them."""
+    worker = spawn_worker(store_url)
+    try:
+        app, engine = build(store_url)
+        async with app:
+            await wait_registered(app)
+            group = getattr(engine.store, "start_group", None)
+            before = group.stats.transactions if group is not None else 0
+
+            async def producer(count: int) -> int:
+                last = 0
+                for _ in range(count):
+                    last = await engine.start("one-step")
+                return last
+
+            shares = [
+                workflows // PRODUCERS + (n < workflows % PRODUCERS) for n in range(PRODUCERS)
+            ]
+            started = time.perf_counter()
+            last_id = max(await asyncio.gather(*(producer(share) for share in shares)))
+            enqueued = time.perf_counter()
+            await wait_succeeded(engine, last_id, done_before + workflows)
+            finished = time.perf_counter()
+            transactions = (group.stats.transactions if group is not None else workflows) - before
+    finally:
+        stop_worker(worker)
+    return {
+        "start_concurrent_per_s": round(workflows / (enqueued - started)),
+        "e2e_concurrent_per_s": round(workflows / (finished - started)),
+        "producers": PRODUCERS,
+        "concurrent_start_transactions": transactions,
+    }
+
+
 async def drain(store_url: str, workflows: int, done_before: int) -> dict[str, float]:
     """Start `workflows` with no worker, then measure one worker running them all."""
     app, engine = build(store_url)
@@ -174,7 +214,8 @@ async def measure(store_url: str, workflows: int, backend: str) -> dict[str, obj
         },
     }
     result |= await one_at_a_time(store_url, workflows)
-    result |= await drain(store_url, workflows, workflows)
+    result |= await concurrent(store_url, workflows, workflows)
+    result |= await drain(store_url, workflows, 2 * workflows)
     return result
 
 

@@ -93,8 +93,9 @@ class Orchestrator:
         return self
 
     async def close(self) -> None:
-        """Close the store if this object opened it."""
+        """Close the store if this object opened it (after the submits and starts in flight)."""
         if self._store is not None and self._owns_store:
+            await self.workflows.drain()
             await self._store.close()
             self._store = None
 
@@ -269,6 +270,9 @@ class Orchestrator:
 
         Takes the same arguments as `call`. With an `idempotency_key` that already exists,
         nothing is written and the existing task's id is returned, whatever its state.
+        Concurrent submits of this process share transactions (group commit, see
+        `TaskStore.submit`); validation happens first, so a bad call fails alone and
+        writes nothing.
         """
         return (await self.submit_many([self.call(task, *args, **options)]))[0]
 

@@ -213,7 +213,9 @@ class WorkflowEngine:
 
         The workflow row and the task that will run it are written in one transaction.
         With an `idempotency_key` that already exists nothing is written and the existing
-        workflow's id is returned, whatever its state.
+        workflow's id is returned, whatever its state. Concurrent starts of this process
+        share transactions (group commit, see `WorkflowStore.start`); the input is
+        validated first, so a bad call fails alone and writes nothing.
         """
         definition = self.definition(workflow)
         try:
@@ -236,6 +238,11 @@ class WorkflowEngine:
         )
         self.app.wake_local_workers()
         return workflow_id
+
+    async def drain(self) -> None:
+        """Finish the starts already handed over to the store and refuse new ones."""
+        if self._store is not None:
+            await self._store.drain()
 
     async def get_workflow(self, workflow_id: int) -> WorkflowRecord | None:
         """Return a workflow with its journal (steps, sleeps, compensations) and history."""

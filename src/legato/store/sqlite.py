@@ -61,6 +61,7 @@ class SqliteDatabase:
         self._connection.execute("PRAGMA synchronous=NORMAL")
         self._connection.execute("PRAGMA foreign_keys=ON")
         self._lock = asyncio.Lock()
+        self._closed = False
 
     @property
     def dialect(self) -> str:
@@ -82,6 +83,7 @@ class SqliteDatabase:
         survives a process crash, and none waits for an fsync.
         """
         async with self._lock:
+            self._check_open()
             try:
                 self._connection.execute("BEGIN IMMEDIATE" if write else "BEGIN")
             except sqlite3.OperationalError as error:
@@ -101,6 +103,7 @@ class SqliteDatabase:
     async def run(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
         """Run one statement in autocommit mode (a statement is atomic on its own)."""
         async with self._lock:
+            self._check_open()
             try:
                 return self._connection.execute(sql, params).fetchall()
             except sqlite3.OperationalError as error:
@@ -114,6 +117,11 @@ class SqliteDatabase:
     async def notify(self, channel: str, payload: str) -> None:
         """Nothing to do: same-process workers are woken by the orchestrator itself."""
 
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StoreUnavailableError("sqlite: the store is closed", path=self._path)
+
     async def close(self) -> None:
-        """Close the connection."""
+        """Close the connection; later calls raise StoreUnavailableError."""
+        self._closed = True
         self._connection.close()

@@ -18,8 +18,9 @@ from typing import Any
 from legato.kernel.clock import Clock
 from legato.kernel.errors import ValidationError
 from legato.store import migrate
+from legato.store.commit_groups import BatchRejected, CommitGroup
 from legato.store.database import Database, Row, Transaction
-from legato.store.errors import StaleLeaseError
+from legato.store.errors import StaleLeaseError, StoreUnavailableError
 from legato.store.postgres import PostgresDatabase
 from legato.store.records import (
     EndReason,
@@ -41,7 +42,14 @@ from legato.store.sql_batches import chunks, in_list, row_set
 from legato.store.sqlite import SqliteDatabase
 from legato.store.url import DEFAULT_STORE_URL, StoreUrl
 
-__all__ = ["NOTIFY_CHANNEL", "TASK_INSERT_COLUMNS", "TaskStore", "task_row"]
+__all__ = [
+    "NOTIFY_CHANNEL",
+    "SUBMIT_GROUP_LIMIT",
+    "TASK_INSERT_COLUMNS",
+    "TASK_INSERT_TYPES",
+    "TaskStore",
+    "task_row",
+]
 
 NOTIFY_CHANNEL = "legato_tasks"
 """PostgreSQL channel on which a submit announces the queues that have new due work."""
@@ -50,6 +58,11 @@ NOTIFY_CHANNEL = "legato_tasks"
 _CHUNK = 500
 _ARRAY_CHUNK = 10_000  # PostgreSQL: rows per statement when each column is one array
 _SUBMIT_CHUNK = 2_000  # 13 parameters a task on SQLite: 26,000 parameters
+
+SUBMIT_GROUP_LIMIT = 256
+"""Most tasks that concurrent submits of one process share a transaction for (group commit)."""
+
+_SubmitCall = tuple[Sequence[NewTask], float]
 
 _TASK_COLUMNS = (
     "id, name, queue, payload, priority, state, end_reason, idempotency_key, run_at, "
@@ -61,7 +74,7 @@ _TASK_COLUMNS = (
 _CLAIMABLE = "('pending', 'retrying')"
 
 _EVENT_TYPES = ("bigint", "double precision", "text", "text", "text", "text", "bigint", "text")
-_TASK_TYPES = (
+TASK_INSERT_TYPES = (
     "text",
     "text",
     "text",
@@ -76,6 +89,7 @@ _TASK_TYPES = (
     "text",
     "boolean",
 )
+"""PostgreSQL types of the TASK_INSERT_COLUMNS, in order (for typed parameters and arrays)."""
 _OUTCOME_TYPES = (
     "bigint",
     "bigint",
@@ -186,7 +200,8 @@ class TaskStore:
         return cls(PostgresDatabase(store_url.target, clock=clock))
 
     async def close(self) -> None:
-        """Close the database connections."""
+        """Finish the submits already handed over, then close the database connections."""
+        await self.submit_group.drain()
         await self.database.close()
 
     def __init__(self, database: Database) -> None:
@@ -195,6 +210,14 @@ class TaskStore:
         # Row locks only exist on PostgreSQL; SQLite's BEGIN IMMEDIATE already serializes.
         self._skip_locked = " FOR UPDATE SKIP LOCKED" if self._postgres else ""
         self._for_update = " FOR UPDATE" if self._postgres else ""
+        self.submit_group: CommitGroup[_SubmitCall, list[Submitted]] = CommitGroup(
+            self._submit_alone,
+            self._submit_together,
+            limit=SUBMIT_GROUP_LIMIT,
+            size=lambda call: len(call[0]),
+            name="submit",
+        )
+        """Group commit of concurrent submits; its `stats` count the transactions."""
 
     # ----------------------------------------------------------------- helpers
 
@@ -228,17 +251,50 @@ class TaskStore:
         already holds the key, with `created=False`. Up to `_SUBMIT_CHUNK` tasks go in one
         statement, which is its own transaction (one round trip on PostgreSQL, including the
         NOTIFY that wakes workers); larger batches run in one explicit transaction.
+
+        Group commit: submits of this process that arrive while another one is in flight
+        share the next transaction (up to SUBMIT_GROUP_LIMIT tasks; see `submit_group` and
+        `legato.store.commit_groups`). Each call still gets its own ids, or its own error,
+        and its tasks commit whole or not at all.
         """
         if not tasks:
             return []
-        if len(tasks) <= _SUBMIT_CHUNK:
-            sql, params = self._insert_tasks(tasks, now, _due_queues(tasks, now))
+        if len(tasks) > _SUBMIT_CHUNK:
+            async with self.database.transaction() as tx:
+                return await self.submit_in(tx, tasks, now)
+        return await self.submit_group.submit((tasks, now))
+
+    async def _submit_alone(self, call: _SubmitCall) -> list[Submitted]:
+        tasks, now = call
+        sql, params = self._insert_tasks([task_row(t, now) for t in tasks], _due_queues(tasks, now))
+        inserted = await self.database.run(sql, params)
+        if all(t.idempotency_key is None for t in tasks):
+            return _match_keyless(inserted)
+        return await self._match_submitted(self.database.run, tasks, inserted)
+
+    async def _submit_together(self, calls: Sequence[_SubmitCall]) -> list[list[Submitted]]:
+        # One statement for every call (its own transaction): each row keeps its caller's
+        # `now`, and the NOTIFY names every due queue of the batch.
+        rows = [task_row(t, now) for tasks, now in calls for t in tasks]
+        due = sorted({q for tasks, now in calls for q in _due_queues(tasks, now)})
+        sql, params = self._insert_tasks(rows, due)
+        try:
             inserted = await self.database.run(sql, params)
-            if all(t.idempotency_key is None for t in tasks):
-                return _match_keyless(inserted)
-            return await self._match_submitted(self.database.run, tasks, inserted)
-        async with self.database.transaction() as tx:
-            return await self.submit_in(tx, tasks, now)
+        except StoreUnavailableError:
+            raise  # the connection broke: nobody knows whether it committed
+        except Exception as error:
+            raise BatchRejected() from error  # the statement failed: nothing was written
+        flat = [t for tasks, _ in calls for t in tasks]
+        if all(t.idempotency_key is None for t in flat):
+            submitted = _match_keyless(inserted)
+        else:
+            submitted = await self._match_submitted(self.database.run, flat, inserted)
+        results: list[list[Submitted]] = []
+        start = 0
+        for tasks, _ in calls:
+            results.append(submitted[start : start + len(tasks)])
+            start += len(tasks)
+        return results
 
     async def submit_in(
         self, tx: Transaction, tasks: Sequence[NewTask], now: float
@@ -254,14 +310,15 @@ class TaskStore:
         due = _due_queues(tasks, now)
         inserted: list[Row] = []
         for index, chunk in enumerate(_chunks(tasks, _SUBMIT_CHUNK)):
-            sql, params = self._insert_tasks(chunk, now, due if index == 0 else ())
+            rows = [task_row(t, now) for t in chunk]
+            sql, params = self._insert_tasks(rows, due if index == 0 else ())
             inserted += await tx.fetch(sql, params)
         return await self._match_submitted(tx.fetch, tasks, inserted)
 
     def _insert_tasks(
-        self, tasks: Sequence[NewTask], now: float, due: Sequence[str]
+        self, rows: Sequence[Sequence[Any]], due: Sequence[str]
     ) -> tuple[str, list[Any]]:
-        table, params = self._rows(_TASK_TYPES, [task_row(t, now) for t in tasks])
+        table, params = self._rows(TASK_INSERT_TYPES, rows)
         # No event row for the submission: the task row itself (created_at) describes it, and
         # `get_task` puts it first in the history. `WHERE true` tells SQLite's parser that
         # ON CONFLICT belongs to the INSERT, not to the SELECT's join.

@@ -16,10 +16,18 @@ from dataclasses import replace
 from typing import Any, TypeVar
 
 from legato.kernel.errors import ValidationError
+from legato.store.commit_groups import BatchRejected, CommitGroup
 from legato.store.database import Database, Row, Transaction
+from legato.store.errors import StoreUnavailableError
 from legato.store.records import NewTask
 from legato.store.sql_batches import chunks, in_list, placeholders, row_set
-from legato.store.task_store import NOTIFY_CHANNEL, TASK_INSERT_COLUMNS, TaskStore, task_row
+from legato.store.task_store import (
+    NOTIFY_CHANNEL,
+    TASK_INSERT_COLUMNS,
+    TASK_INSERT_TYPES,
+    TaskStore,
+    task_row,
+)
 from legato.store.workflow_records import (
     JournalEntry,
     JournalWrite,
@@ -32,9 +40,14 @@ from legato.store.workflow_records import (
     WorkflowState,
 )
 
-__all__ = ["WorkflowStore"]
+__all__ = ["START_GROUP_LIMIT", "WorkflowStore"]
 
 T = TypeVar("T")
+
+START_GROUP_LIMIT = 128
+"""Most workflow starts of one process that share a transaction (group commit)."""
+
+_StartCall = tuple[NewWorkflow, NewTask, float]
 
 _WORKFLOW_COLUMNS = (
     "id, name, state, payload, task_id, idempotency_key, result, error, created_at, "
@@ -126,6 +139,10 @@ class WorkflowStore:
         self._for_update = " FOR UPDATE" if self._postgres else ""
         # Task rows are only ever written by the task store, here inside our transactions.
         self._tasks = TaskStore(database)
+        self.start_group: CommitGroup[_StartCall, tuple[int, bool]] = CommitGroup(
+            self._start_alone, self._start_together, limit=START_GROUP_LIMIT, name="workflow start"
+        )
+        """Group commit of concurrent starts; its `stats` count the transactions."""
 
     # ----------------------------------------------------------------- helpers
 
@@ -194,11 +211,15 @@ class WorkflowStore:
         # the current one), so the insert always creates a row.
         return (await self._tasks.submit_in(tx, [task], now))[0].task_id
 
-    async def _find_key(self, key: str) -> int | None:
-        rows = await self.database.run(
-            "SELECT id FROM legato_workflows WHERE idempotency_key = ?", (key,)
-        )
-        return rows[0][0] if rows else None
+    async def _find_keys(self, keys: Sequence[str]) -> dict[str, int]:
+        found: dict[str, int] = {}
+        for chunk in chunks(keys, 500):
+            where, params = self._in("idempotency_key", chunk)
+            rows = await self.database.run(
+                f"SELECT idempotency_key, id FROM legato_workflows WHERE {where}", params
+            )
+            found.update({key: workflow_id for key, workflow_id in rows})
+        return found
 
     # ----------------------------------------------------------------- start
 
@@ -207,31 +228,77 @@ class WorkflowStore:
 
         Returns (workflow id, created). A workflow whose idempotency key already exists is
         not started again: its id comes back with `created=False`, whatever its state.
+
+        Group commit: starts of this process that arrive while another one is in flight
+        share the next transaction (up to START_GROUP_LIMIT; see `start_group`). Each call
+        still gets its own workflow id or its own error.
         """
+        return await self.start_group.submit((workflow, task, now))
+
+    async def drain(self) -> None:
+        """Finish the starts already handed over and refuse new ones (before closing)."""
+        await self.start_group.drain()
+
+    async def _start_alone(self, call: _StartCall) -> tuple[int, bool]:
+        if not self._postgres:
+            return (await self._start_sqlite([call]))[0]
+        workflow, task, now = call
+        started = await self._start_postgres(workflow, task, now)
+        if started is not None:
+            return started, True
         key = workflow.idempotency_key
-        if self._postgres:
-            started = await self._start_postgres(workflow, task, now)
-            if started is not None:
-                return started, True
-            assert key is not None  # only a taken key inserts nothing
-            existing = await self._find_key(key)
-            assert existing is not None
-            return existing, False
-        if key is not None:
-            existing = await self._find_key(key)
-            if existing is not None:
-                return existing, False
+        assert key is not None  # only a taken key inserts nothing
+        return (await self._find_keys([key]))[key], False
+
+    async def _start_together(self, calls: Sequence[_StartCall]) -> list[tuple[int, bool]]:
+        try:
+            if not self._postgres:
+                return await self._start_sqlite(calls)
+            created = await self._start_postgres_many(calls)
+        except StoreUnavailableError:
+            raise  # the connection broke: nobody knows whether it committed
+        except Exception as error:
+            raise BatchRejected() from error  # rolled back: nothing was written
+        taken = [w.idempotency_key for i, (w, _, _) in enumerate(calls) if i not in created]
+        if any(key is None for key in taken):
+            raise RuntimeError("a keyless workflow start inserted nothing: the statement is wrong")
+        existing = await self._find_keys(sorted({key for key in taken if key is not None}))
+        results: list[tuple[int, bool]] = []
+        for index, (workflow, _, _) in enumerate(calls):
+            if index in created:
+                results.append((created[index], True))
+            else:
+                assert workflow.idempotency_key is not None
+                results.append((existing[workflow.idempotency_key], False))
+        return results
+
+    async def _start_sqlite(self, calls: Sequence[_StartCall]) -> list[tuple[int, bool]]:
+        # One transaction; the key check runs under its write lock, so no other process
+        # can take the key between the check and the insert.
+        results: list[tuple[int, bool]] = []
         async with self.database.transaction() as tx:
-            task_id = await self._insert_task(tx, task, now)
-            rows = await tx.fetch(
-                "INSERT INTO legato_workflows (name, state, payload, task_id, "
-                "idempotency_key, created_at, updated_at) VALUES (?, 'pending', ?, ?, ?, ?, ?) "
-                "RETURNING id",
-                (workflow.name, workflow.payload, task_id, key, now, now),
-            )
-            workflow_id: int = rows[0][0]
-            await self._event(tx, workflow_id, now, None, WorkflowState.PENDING, "started", task_id)
-        return workflow_id, True
+            for workflow, task, now in calls:
+                key = workflow.idempotency_key
+                if key is not None:
+                    rows = await tx.fetch(
+                        "SELECT id FROM legato_workflows WHERE idempotency_key = ?", (key,)
+                    )
+                    if rows:
+                        results.append((rows[0][0], False))
+                        continue
+                task_id = await self._insert_task(tx, task, now)
+                rows = await tx.fetch(
+                    "INSERT INTO legato_workflows (name, state, payload, task_id, "
+                    "idempotency_key, created_at, updated_at) "
+                    "VALUES (?, 'pending', ?, ?, ?, ?, ?) RETURNING id",
+                    (workflow.name, workflow.payload, task_id, key, now, now),
+                )
+                workflow_id: int = rows[0][0]
+                await self._event(
+                    tx, workflow_id, now, None, WorkflowState.PENDING, "started", task_id
+                )
+                results.append((workflow_id, True))
+        return results
 
     async def _start_postgres(self, workflow: NewWorkflow, task: NewTask, now: float) -> int | None:
         # One statement, so one round trip and one commit: the hot path of every start.
@@ -263,6 +330,41 @@ class WorkflowStore:
             ],
         )
         return rows[0][0] if rows else None
+
+    async def _start_postgres_many(self, calls: Sequence[_StartCall]) -> dict[int, int]:
+        # `_start_postgres` for a batch, still one statement: the inputs travel as one array
+        # per column, each row draws its task id in input order (so the run tasks queue in
+        # start order), and a taken key (in the table, or earlier in this batch) inserts
+        # nothing for that row. Returns {input index: workflow id} for the rows inserted.
+        task_columns = [f"c{index}" for index in range(len(TASK_INSERT_TYPES))]
+        types = ("text", "text", "text", "double precision", *TASK_INSERT_TYPES)
+        columns = ["w_name", "w_payload", "w_key", "at", *task_columns]
+        arrays: list[list[Any]] = [[] for _ in columns]
+        for workflow, task, now in calls:
+            values = (workflow.name, workflow.payload, workflow.idempotency_key, now)
+            for array, value in zip(arrays, (*values, *task_row(task, now)), strict=True):
+                array.append(value)
+        due = sorted({task.queue for _, task, now in calls if task.run_at <= now})
+        notify = ", (SELECT pg_notify(?, ?)) AS notified" if due else ""
+        notify_params = [NOTIFY_CHANNEL, ",".join(due)] if due else []
+        unnest = ", ".join(f"CAST(? AS {sql_type}[])" for sql_type in types)
+        rows = await self.database.run(
+            "WITH v AS (SELECT nextval(pg_get_serial_sequence('legato_tasks', 'id')) AS task_id, "
+            f"u.* FROM unnest({unnest}) WITH ORDINALITY AS u({', '.join(columns)}, ord)), "
+            "w AS (INSERT INTO legato_workflows (name, state, payload, task_id, idempotency_key, "
+            "created_at, updated_at) SELECT w_name, 'pending', w_payload, task_id, w_key, at, at "
+            "FROM v ORDER BY ord ON CONFLICT (idempotency_key) DO NOTHING RETURNING id, task_id), "
+            f"t AS (INSERT INTO legato_tasks (id, {TASK_INSERT_COLUMNS}) "
+            f"SELECT v.task_id, {', '.join(f'v.{c}' for c in task_columns)} FROM v "
+            "JOIN w ON w.task_id = v.task_id ORDER BY v.ord RETURNING id), "
+            "e AS (INSERT INTO legato_workflow_events (workflow_id, at, from_state, to_state, "
+            "reason, task_id) SELECT w.id, v.at, NULL, 'pending', 'started', w.task_id "
+            "FROM w JOIN v ON v.task_id = w.task_id) "
+            f"SELECT v.ord, w.id, (SELECT count(*) FROM t){notify} "
+            "FROM w JOIN v ON v.task_id = w.task_id",
+            [*arrays, *notify_params],
+        )
+        return {int(row[0]) - 1: int(row[1]) for row in rows}
 
     # ----------------------------------------------------------------- run
 

@@ -1,7 +1,8 @@
 """The trading process that test_execution_kill.py kills: a desk's execution, one trade.
 
     python execution_child.py trade   EXCHANGE_URL LEDGER_URL INTENT_ID [--stop-before SUFFIX]
-    python execution_child.py recover EXCHANGE_URL LEDGER_URL INTENT_ID
+                                      [--monitor]
+    python execution_child.py recover EXCHANGE_URL LEDGER_URL INTENT_ID [--pause]
 
 Both modes import everything first, print ``{"event": "ready"}`` and wait for a line on
 stdin before touching the ledger or the exchange, so the parent can start the next process
@@ -12,11 +13,17 @@ ahead of time (a warm restart) without it acting early.
 and waits to be killed. With `--stop-before SUFFIX` the process stops for good just before
 it would send the order whose client id ends with SUFFIX (printing ``{"event": "stopped"}``):
 the point between "recorded in the store" and "sent" that no exchange-side hold can reach.
+With `--monitor` it goes on after the result as a running desk does: the protection monitor
+(`monitor_protection`: book fills, cancel the protection of flat positions) every `CYCLE`
+seconds, so a kill can land in the middle of an OCO cancel.
 
 `recover` is what a restarted desk does (`Desk.start`): one reconciliation cycle, then
 `manager.recover()`; then it runs the desk's loops (protection monitor, reconciler,
 execution recovery) every `CYCLE` seconds until every intent is final and the reconciler
 finds the ledger and the exchange in agreement, and prints ``{"event": "settled", ...}``.
+With `--pause` the first time it is settled it prints ``{"event": "paused"}`` instead and
+waits for another line on stdin, then runs its loops again until settled: the parent lets a
+long-held request land at the exchange in between (the ghost order).
 """
 
 from __future__ import annotations
@@ -61,6 +68,7 @@ CONFIG = ExecutionConfig(
     confirm_interval=0.2,
     close_timeout=10.0,
     take_profit_retry_delay=0.5,
+    partial_protect_after=0.3,
 )
 
 
@@ -154,6 +162,9 @@ async def trade(options: argparse.Namespace) -> None:
         )
         result = await manager.execute_trade(proposal(), intent_id=options.intent_id)
         emit("result", **summary(result))
+        while options.monitor:
+            await manager.monitor_protection()
+            await clock.sleep(CYCLE)
         await asyncio.Event().wait()  # "done": the parent kills us after the result
 
 
@@ -181,6 +192,7 @@ async def recover(options: argparse.Namespace) -> int:
             first = await manager.recover()
             started = clock.monotonic()
             cycles = 0
+            pause = bool(options.pause)
             while True:
                 await manager.monitor_protection()
                 report = await reconciler.reconcile()
@@ -190,6 +202,13 @@ async def recover(options: argparse.Namespace) -> int:
                     intent.intent_id for intent in await ledger.intents(unfinished_only=True)
                 ]
                 settled = not unfinished and report.in_agreement
+                if settled and pause:
+                    pause = False
+                    emit("paused", cycles=cycles)
+                    if not await asyncio.to_thread(sys.stdin.readline):
+                        return 1
+                    started = clock.monotonic()
+                    continue
                 if settled or clock.monotonic() - started > SETTLE_DEADLINE:
                     emit(
                         "settled" if settled else "unsettled",
@@ -211,6 +230,8 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument("ledger")
     parser.add_argument("intent_id")
     parser.add_argument("--stop-before")
+    parser.add_argument("--monitor", action="store_true")
+    parser.add_argument("--pause", action="store_true")
     options = parser.parse_args(argv)
     # Logs go to stderr (the parent keeps them); stdout carries only the events.
     structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))

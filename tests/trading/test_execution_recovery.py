@@ -15,6 +15,7 @@ from decimal import Decimal
 import pytest
 
 from legato.kernel.clock import Clock
+from legato.trading.alerts import AlertLevel
 from legato.trading.execution import ExecutionConfig, ExecutionStatus, OrderExecutionManager
 from legato.trading.faults import Fault
 from legato.trading.instruments import Instrument
@@ -23,11 +24,13 @@ from legato.trading.market_data import Bar
 from legato.trading.matching import MatchingRules
 from legato.trading.orders import Order, OrderSide, OrderStatus, OrderType
 from legato.trading.proposals import EntryType
+from legato.trading.reconciler import Reconciler, ReconcilerConfig
 
 from .conftest import PERP
 from .execution_harness import (
     FEES,
     GENEROUS,
+    BarFeed,
     RecordingVenue,
     bar_at,
     flat_bar,
@@ -192,6 +195,47 @@ async def test_a_take_profit_refused_because_the_venue_is_flat_is_not_retried(
     assert later == []
     assert intent is not None
     assert intent.stage is IntentStage.BRACKETED
+
+
+async def test_an_emergency_close_given_up_as_not_placed_is_sent_again_and_closes(
+    perp: Instrument, clock: Clock, ledger_url: str
+) -> None:
+    venue = RecordingVenue(make_venue(perp, clock))
+    # The stop-loss is refused; the emergency close times out without reaching the venue.
+    venue.paper.faults.add(Fault.reject("place_order", reason="no stops today", on_call=2))
+    venue.paper.faults.add(Fault.timeout_before_place(on_call=3))
+    feed = BarFeed(venue.paper, clock)
+    async with ledger_opener(ledger_url, clock)() as (ledger, _), asyncio.TaskGroup() as tasks:
+        manager = manager_for(venue, ledger, clock)
+        tasks.create_task(feed.run())
+        result = await manager.execute_trade(long_proposal())
+        assert result.status is ExecutionStatus.UNKNOWN, result
+        # The reconciler gives the close up as not placed, then lets the manager resume.
+        reconciler = Reconciler(
+            venue,
+            ledger,
+            clock=clock,
+            config=ReconcilerConfig(grace_seconds=0.0),
+            tracker=manager.tracker,
+            on_resolved=manager.recover,
+        )
+        await reconciler.reconcile()
+        await manager.monitor_protection()
+        feed.stop()
+        intent = await ledger.get_intent(result.intent_id)
+        alerts = await ledger.alerts(AlertLevel.CRITICAL)
+    close_id = f"lg-{result.intent_id}-X"
+    assert intent is not None
+    assert intent.stage is IntentStage.CLOSED
+    assert intent.close_order_id == f"{close_id}2"
+    assert await venue.paper.positions() == []
+    renewed = await venue.paper.get_order(client_order_id=f"{close_id}2")
+    assert renewed.status is OrderStatus.FILLED
+    assert venue.sent_twice() == []
+    assert [(alert.code.value, alert.client_order_id) for alert in alerts] == [
+        ("stop_loss_failed", f"{close_id}2")
+    ]
+    assert "sent again as" in alerts[0].message
 
 
 PROTECT_AFTER = 2.0

@@ -170,6 +170,10 @@ async def test_over_budget_calls_are_answered_429_with_retry_after_then_418_bann
         ("/control/bars", {"bars": [{"symbol": PERP}]}, "Bar"),
         ("/control/holds", {"suffix": "-E", "stage": "during"}, "stage"),
         ("/control/holds", {"suffix": "-E", "method": "get_order"}, "method"),
+        ("/control/faults", {"kind": "meltdown"}, "kind"),
+        ("/control/faults", {"kind": "reject", "times": "twice"}, "times"),
+        ("/control/faults", {"kind": "reject", "method": "get_order"}, "method"),
+        ("/control/faults", {"kind": "reject", "colour": "red"}, "colour"),
     ],
 )
 async def test_bad_requests_are_answered_400_naming_the_field_and_change_nothing(
@@ -182,6 +186,38 @@ async def test_bad_requests_are_answered_400_naming_the_field_and_change_nothing
     assert answer.status_code == 400
     assert answer.json()["error"] == "validation"
     assert answer.json()["field"] == field
+
+
+async def test_a_fault_armed_over_http_rejects_the_next_place_request_then_is_used_up(
+    perp: Instrument, clock: Clock
+) -> None:
+    async with client(perp, clock) as (exchange, http):
+        armed = await http.post(
+            "/control/faults",
+            json={"kind": "reject", "method": "place_order", "reason": "no stops today"},
+        )
+        refused = await http.post("/orders", json=stop_loss("a-SL"))
+        accepted = await http.post("/orders", json=order("a-E"))
+        again = await http.post(
+            "/control/faults", json={"kind": "reject", "method": "place_order", "times": None}
+        )
+        cleared = await http.delete("/control/faults")
+        after = await http.post("/orders", json=order("b-E"))
+        audit = (await http.get("/control/audit")).json()
+    assert armed.status_code == 200
+    assert isinstance(armed.json()["fault_id"], int)
+    assert refused.status_code == 422, refused.text
+    assert "no stops today" in refused.text
+    assert accepted.status_code == 200
+    assert again.status_code == 200
+    assert cleared.json() == {"cleared": True}
+    assert after.status_code == 200
+    assert [(r["client_order_id"], r["outcome"]) for r in audit["placements"]] == [
+        ("a-SL", "rejected"),
+        ("a-E", "accepted"),
+        ("b-E", "accepted"),
+    ]
+    assert exchange.venue.faults.active == ()
 
 
 def test_the_program_refuses_a_bad_option_naming_it(

@@ -276,9 +276,10 @@ def _prices(text: str) -> tuple[Decimal, ...]:
     return tuple(Decimal(part) for part in text.split())
 
 
-async def test_an_order_the_store_knows_is_never_adopted_and_a_given_up_one_is_taken_back(
+async def test_an_order_the_store_knows_is_never_adopted_and_a_given_up_one_is_cancelled(
     perp: Instrument, clock: Clock, ledger_url: str
 ) -> None:
+    # The ghost: given up as not placed (its intent failed), then the request landed late.
     venue = RecordingVenue(make_venue(perp, clock))
     placed = await venue.paper.place_order(limit_buy("lg-late-E"))
     given_up = limit_buy("lg-late-E").transition(
@@ -290,16 +291,78 @@ async def test_an_order_the_store_knows_is_never_adopted_and_a_given_up_one_is_t
     async with ledger_opener(ledger_url, clock)() as (ledger, _):
         await ledger.write(lambda tx: tx.put_order(given_up, OrderRole.ENTRY, "intent-7"))
         report = await reconciler_for(venue, ledger, clock).reconcile()
+        again = await reconciler_for(venue, ledger, clock).reconcile()
         stored = await ledger.get_order("lg-late-E")
         alerts = await ledger.alerts()
+    on_venue = await venue.paper.get_order(client_order_id="lg-late-E")
     assert report.plan.of_kind(ActionKind.ADOPT) == ()
     assert report.written == ("lg-late-E",)
+    # Cancelled on the venue, not taken back as a live order nobody owns.
+    assert on_venue.status is OrderStatus.CANCELLED
+    assert await venue.paper.open_orders() == []
     assert stored is not None
     assert (stored.role, stored.intent_id) == (OrderRole.ENTRY, "intent-7")
-    assert stored.order.status is OrderStatus.ACCEPTED
+    assert stored.order.status is OrderStatus.CANCELLED
     assert stored.order.venue_order_id == placed.venue_order_id
-    assert stored.order.reason is None
-    assert AlertCode.ORDER_ADOPTED not in [alert.code for alert in alerts]
+    assert [(alert.level, alert.code) for alert in alerts] == [
+        (AlertLevel.WARNING, AlertCode.RECONCILIATION_REPORT)
+    ]
+    assert "landed late" in alerts[0].message
+    assert again.in_agreement, again.plan.actions
+
+
+async def test_an_order_given_up_as_gone_that_shows_up_again_is_taken_back_live(
+    perp: Instrument, clock: Clock, ledger_url: str
+) -> None:
+    # Not a ghost: it was known live, then not found; keeping it errs towards protection.
+    venue = RecordingVenue(make_venue(perp, clock))
+    placed = await venue.paper.place_order(limit_buy("lg-back-SL"))
+    gone = dataclasses.replace(placed, created_at=clock.now(), updated_at=clock.now()).transition(
+        OrderStatus.CANCELLED, at=clock.now()
+    )
+    gone = dataclasses.replace(gone, reason="reconciliation: gone: the venue no longer has it")
+    async with ledger_opener(ledger_url, clock)() as (ledger, _):
+        await ledger.write(lambda tx: tx.put_order(gone, OrderRole.STOP_LOSS, "intent-9"))
+        report = await reconciler_for(venue, ledger, clock).reconcile()
+        stored = await ledger.get_order("lg-back-SL")
+    assert report.written == ("lg-back-SL",)
+    assert stored is not None
+    assert (stored.role, stored.intent_id) == (OrderRole.STOP_LOSS, "intent-9")
+    assert stored.order.status is OrderStatus.ACCEPTED
+    assert [order.client_order_id for order in await venue.paper.open_orders()] == ["lg-back-SL"]
+
+
+async def test_a_ghost_whose_cancel_fails_stays_given_up_and_is_cancelled_next_cycle(
+    perp: Instrument, clock: Clock, ledger_url: str
+) -> None:
+    venue = RecordingVenue(make_venue(perp, clock))
+    await venue.paper.place_order(limit_buy("lg-late-SL"))
+    given_up = limit_buy("lg-late-SL").transition(
+        OrderStatus.REJECTED,
+        at=clock.now(),
+        created_at=clock.now(),
+        reason="reconciliation: not placed: the venue did not find it",
+    )
+    fault = venue.paper.faults.add(Fault.transient("cancel_order", times=None))
+    async with ledger_opener(ledger_url, clock)() as (ledger, _):
+        await ledger.write(lambda tx: tx.put_order(given_up, OrderRole.STOP_LOSS, "intent-8"))
+        failed = await reconciler_for(venue, ledger, clock).reconcile()
+        after_failure = await ledger.get_order("lg-late-SL")
+        venue.paper.faults.remove(fault)
+        retried = await reconciler_for(venue, ledger, clock).reconcile()
+        stored = await ledger.get_order("lg-late-SL")
+    # The failed cycle wrote nothing and reported it; the store still shows it given up.
+    assert failed.written == ()
+    assert not failed.in_agreement
+    assert [action.kind for action in failed.plan.actions] == [ActionKind.REPORT]
+    assert after_failure is not None
+    assert after_failure.order == given_up
+    assert retried.written == ("lg-late-SL",)
+    assert stored is not None
+    assert stored.order.status is OrderStatus.CANCELLED
+    assert (await venue.paper.get_order(client_order_id="lg-late-SL")).status is (
+        OrderStatus.CANCELLED
+    )
 
 
 async def test_an_entry_a_live_execution_is_still_sending_is_left_to_the_manager(

@@ -799,6 +799,20 @@ class OrderExecutionManager:
             )
             run.orders[cid] = close
             await self._save(run, "record the closing order", orders=[(close, OrderRole.CLOSE)])
+        if close.status is OrderStatus.REJECTED and (close.reason or "").startswith(
+            "reconciliation"
+        ):
+            # The reconciler found it was never placed: the position is still open, so close
+            # it under a fresh id (the old one is never sent again).
+            fresh_id = _next_attempt_id(cid)
+            run.orders.pop(cid, None)
+            run.error = (
+                f"stop-loss failed; the closing order {cid} was never placed and is sent "
+                f"again as {fresh_id}"
+            )
+            run.intent = dataclasses.replace(run.intent, close_order_id=fresh_id)
+            await self._save(run, "renew the closing order id")
+            return None
         if close.status is OrderStatus.NEW:
             try:
                 close = await self._place(run, close, OrderRole.CLOSE, self._config.order_retry)

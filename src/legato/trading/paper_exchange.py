@@ -33,6 +33,10 @@ Control endpoints, for tests and operators (not part of any real exchange):
     GET  /control/audit?wait_for=&wait=   every place request received, first or repeated
     GET  /control/state             the whole book (`PaperVenueState` JSON), finished orders too
     GET  /control/protection        open positions and whether live stops cover them
+    POST /control/faults            arm a fault of the venue's fault plan (body: kind, method,
+                                    times, on_call, probability, seconds, retry_after, reason;
+                                    see `legato.trading.faults.Fault`); returns its fault_id
+    DELETE /control/faults          disarm every fault
     POST /control/reset             a fresh venue: empty book, starting balances, no holds
 
 A hold point stops the next place (or cancel) request whose client order id ends with
@@ -73,6 +77,7 @@ from legato.kernel.errors import LegatoError, TransientError, UnknownOutcomeErro
 from legato.kernel.ratelimit import Budget, RateLimitGroup
 from legato.trading.desk_config import default_instrument
 from legato.trading.errors import DuplicateClientOrderId
+from legato.trading.faults import Fault, FaultKind
 from legato.trading.fees import FeeSchedule
 from legato.trading.instruments import Instrument
 from legato.trading.market_data import Bar, load_bars, replay
@@ -97,6 +102,16 @@ _WIDE_OPEN = Budget(limit=1_000_000_000, per=1.0)
 # The longest a long-poll control request waits, so a forgotten test cannot pin a worker.
 _MAX_WAIT = 120.0
 _HOLD_METHODS = ("place_order", "cancel_order")
+# What a fault armed over HTTP may say, besides its kind (the `Fault` fields, JSON-typed).
+_FAULT_FIELDS: dict[str, tuple[type, ...]] = {
+    "method": (str,),
+    "times": (int,),
+    "on_call": (int,),
+    "probability": (int, float),
+    "seconds": (int, float),
+    "retry_after": (int, float),
+    "reason": (str,),
+}
 
 
 class HoldStage(enum.Enum):
@@ -341,6 +356,37 @@ class PaperExchange:
             "longest_bare_seconds": self._protection.longest_bare,
         }
 
+    def add_fault(self, fault: Fault) -> int:
+        """Arm `fault` on the venue's fault plan (e.g. reject the next place request)."""
+        return self._venue.faults.add(fault)
+
+    def clear_faults(self) -> None:
+        """Disarm every fault of the venue's fault plan."""
+        self._venue.faults.clear()
+
+    @staticmethod
+    def fault_from_wire(body: object) -> Fault:
+        """The `Fault` a JSON object describes; ValidationError names a bad field."""
+        if not isinstance(body, dict):
+            raise ValidationError("body", body, "a JSON object")
+        try:
+            kind = FaultKind(body.get("kind"))
+        except ValueError:
+            raise ValidationError(
+                "kind", body.get("kind"), f"one of {[kind.value for kind in FaultKind]}"
+            ) from None
+        fields: dict[str, Any] = {}
+        for name, value in body.items():
+            if name == "kind":
+                continue
+            types = _FAULT_FIELDS.get(name)
+            if types is None:
+                raise ValidationError(name, value, f"one of {['kind', *_FAULT_FIELDS]}")
+            if value is not None and (isinstance(value, bool) or not isinstance(value, types)):
+                raise ValidationError(name, value, f"a JSON {types[-1].__name__} or null")
+            fields[name] = value
+        return Fault(kind, **fields)
+
     def _hold(self, hold_id: int) -> _Hold:
         try:
             return self._holds[hold_id]
@@ -518,6 +564,8 @@ class PaperExchange:
             Route("/control/state", self._http_state, methods=["GET"]),
             Route("/control/protection", self._http_protection, methods=["GET"]),
             Route("/control/reset", self._http_reset, methods=["POST"]),
+            Route("/control/faults", self._http_add_fault, methods=["POST"]),
+            Route("/control/faults", self._http_clear_faults, methods=["DELETE"]),
         ]
         return Starlette(routes=routes, lifespan=lifespan)
 
@@ -715,6 +763,19 @@ class PaperExchange:
     async def _http_protection(self, request: Request) -> Response:
         async def handler() -> object:
             return self.protection()
+
+        return await self._guarded(handler)
+
+    async def _http_add_fault(self, request: Request) -> Response:
+        async def handler() -> object:
+            return {"fault_id": self.add_fault(self.fault_from_wire(await self._body(request)))}
+
+        return await self._guarded(handler)
+
+    async def _http_clear_faults(self, request: Request) -> Response:
+        async def handler() -> object:
+            self.clear_faults()
+            return {"cleared": True}
 
         return await self._guarded(handler)
 

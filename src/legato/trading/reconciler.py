@@ -15,7 +15,11 @@ Each cycle:
    the venue's rate limits) and diffs again with their answers, without more venue calls.
 4. Writes the venue's view of every order the plan says to (adopt, resolve UNKNOWN, update
    status, mark not placed or gone after the grace period), with an INFO alert for adoptions
-   and resolutions. Each write is a compare-and-set against the store record the plan was
+   and resolutions. A ghost (an order given up as not placed that turns up working on the
+   venue after all: a request that landed late) is cancelled first and written as
+   the venue's answer to the cancel, with a WARNING alert: its intent has moved on (a
+   renewed stop-loss, a failed entry), so left live it would be a second stop or an entry
+   nobody protects. Each write is a compare-and-set against the store record the plan was
    made from, and orders a live execution call is carrying (`in_progress`) are left alone.
 5. If it wrote any order, lets the execution manager resume the intents that were waiting
    on those orders (`on_resolved`, normally `OrderExecutionManager.recover`), and leaves the
@@ -44,7 +48,7 @@ from legato.kernel.retry import Jitter, Retrier, RetryPolicy
 from legato.kernel.supervisor import Supervisor
 from legato.trading.alerts import Alert, AlertCode, Alerter, AlertLevel
 from legato.trading.balances import Balance
-from legato.trading.errors import OrderNotFound
+from legato.trading.errors import OrderNotFound, OrderRejected
 from legato.trading.instruments import PriceRounding
 from legato.trading.ledger import LedgerTransaction, OrderRole, TradingLedger
 from legato.trading.orders import Order, OrderSide, OrderStatus, OrderType
@@ -248,6 +252,7 @@ class Reconciler:
                     if not (action.writes_order and action.client_order_id in busy)
                 ),
             )
+        plan = await self._cancel_ghosts(plan, store)
         written = await self._write_orders(plan, store)
         deferred: set[str] = set()
         if not read.consistent:
@@ -339,6 +344,80 @@ class Reconciler:
             self._lookups.get(client_order_id), client_order_id, self._clock.now(), order
         )
         return True
+
+    async def _cancel_ghosts(
+        self, plan: ReconciliationPlan, store: LedgerSnapshot
+    ) -> ReconciliationPlan:
+        """Cancel every ghost of the plan on the venue, and write that instead of taking it back.
+
+        A ghost: the store holds the order REJECTED because reconciliation gave it up as not
+        placed (its intent moved on: a renewed order, a failed entry), the venue shows it
+        working. One given up as gone (CANCELLED) is taken back instead: it was a known live
+        order, and keeping it errs on the side of protection. The cancel comes before any
+        write, so a crash in between leaves the store as it was and the next cycle finds the
+        ghost again; a cancel that fails turns the action into a report, and the next cycle
+        tries again.
+        """
+        actions: list[ReconciliationAction] = []
+        for action in plan.actions:
+            cid = action.client_order_id
+            before = None if cid is None else store.orders.get(cid)
+            if (
+                action.kind is not ActionKind.UPDATE_STATUS
+                or action.order is None
+                or action.order.is_terminal
+                or before is None
+                or before.status is not OrderStatus.REJECTED
+            ):
+                actions.append(action)
+                continue
+            final = await self._cancel(action.order)
+            if final is None:
+                actions.append(
+                    dataclasses.replace(
+                        action,
+                        kind=ActionKind.REPORT,
+                        reason=f"{action.reason}; cancelling it failed, retried next cycle",
+                    )
+                )
+                continue
+            reason = (
+                f"{cid} was given up by reconciliation ({before.status.value}) but turned up "
+                f"{action.order.status.value} on the venue (it landed late): its intent has "
+                f"moved on, so it was cancelled ({final.status.value}, "
+                f"{final.filled_quantity} filled)"
+            )
+            actions.append(dataclasses.replace(action, reason=reason, order=final))
+            await self._alert(AlertLevel.WARNING, AlertCode.RECONCILIATION_REPORT, actions[-1])
+        return dataclasses.replace(plan, actions=tuple(actions))
+
+    async def _cancel(self, order: Order) -> Order | None:
+        """Cancel `order` on the venue; its record with the venue's final answer, or None."""
+        cid = order.client_order_id
+        retrier = Retrier(_CALL_RETRY, self._clock)
+        try:
+            final = await retrier.call(self._venue.cancel_order, client_order_id=cid)
+        except (OrderRejected, OrderNotFound):
+            # Final on the venue meanwhile (filled, or expired with its position): ask.
+            try:
+                final = await retrier.call(self._venue.get_order, client_order_id=cid)
+            except LegatoError as error:
+                _log.warning("reconciler_ghost_unresolved", order=cid, error=str(error))
+                return None
+        except LegatoError as error:
+            _log.warning("reconciler_ghost_cancel_failed", order=cid, error=str(error))
+            return None
+        if not final.is_terminal:
+            return None
+        return dataclasses.replace(
+            order,
+            status=final.status,
+            filled_quantity=final.filled_quantity,
+            average_price=final.average_price,
+            venue_order_id=final.venue_order_id or order.venue_order_id,
+            reason="turned up after reconciliation gave it up; cancelled",
+            updated_at=final.updated_at or self._clock.now(),
+        )
 
     async def _write_orders(self, plan: ReconciliationPlan, store: LedgerSnapshot) -> list[str]:
         """Write the plan's orders; return the client ids written.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import psycopg
 from fastapi import FastAPI
 
 from legato.kernel.simulation import SimulatedClock
@@ -14,6 +15,7 @@ from legato.service.registry import WorkerRegistry
 from legato.service.watcher import ChangeWatcher
 from legato.store import NewTask
 from legato.store.records import Outcome, TaskState, WorkerRecord
+from legato.store.task_store import TaskStore
 
 
 async def _collect(subscription: Any, until: Any) -> list[ServiceEvent]:
@@ -190,6 +192,42 @@ async def test_an_event_committed_late_below_the_cursor_is_still_published(
             "pending",
         ]
         assert watcher._event_cursor == 6
+
+
+async def test_a_commit_held_open_past_the_gap_timeout_is_waited_for_on_postgresql(
+    postgres_database: str, clock: SimulatedClock
+) -> None:
+    with psycopg.connect(postgres_database, autocommit=True) as admin:
+        admin.execute("TRUNCATE legato_tasks, legato_task_events RESTART IDENTITY CASCADE")
+    hub = EventHub()
+    store = await TaskStore.open(postgres_database, upgrade=False, clock=clock)
+    try:
+        async with hub.subscribe() as subscription:
+            watcher = ChangeWatcher(
+                lambda: store, clock, hub, WorkerRegistry(), dict, gap_timeout=5.0
+            )
+            await watcher.poll()  # baseline
+            (submitted,) = await store.submit([_task()], clock.timestamp())
+            task_id = submitted.task_id
+            # Another session inserts event 1 and keeps its transaction open.
+            with psycopg.connect(postgres_database) as held:
+                held.execute(
+                    "INSERT INTO legato_task_events (id, task_id, at, from_state, to_state, "
+                    "reason) VALUES (1, %s, 1.0, NULL, 'running', 'test')",
+                    (task_id,),
+                )
+                await _insert_event(store, 2, task_id, "succeeded")
+                await watcher.poll()  # 2 is published; 1 is a gap
+                await clock.sleep(60.0)  # far beyond gap_timeout: the commit is still open
+                await watcher.poll()
+                assert watcher._event_cursor == 0  # the gap is still waited for
+                held.commit()
+            await watcher.poll()
+            states = [(await subscription.next()).data["state"] for _ in range(3)]  # type: ignore[union-attr]
+            assert states == ["pending", "succeeded", "running"]
+            assert watcher._event_cursor == 2
+    finally:
+        await store.close()
 
 
 def _task() -> NewTask:

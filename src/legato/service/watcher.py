@@ -15,8 +15,15 @@ supervised loop, every `interval` seconds):
 
 Event ids are drawn before commit, so on PostgreSQL a later id can become visible before an
 earlier one still committing. The watcher therefore advances its event cursor only over ids
-it has seen, and waits up to `gap_timeout` seconds for a missing id before deciding it was
-rolled back. The first pass only takes a baseline, so a restart does not replay old history.
+it has seen. When it first sees a gap it takes the server's clock (`commit_horizon`); the
+missing id belongs to a transaction begun before then. Once no transaction begun by that
+horizon is still open (`commits_settled`, checked before a pass reads), a gap that pass
+still sees was rolled back, and the cursor moves past it. However long a commit stays open,
+its event is not skipped; only after `max_gap_wait` seconds (a session left idle in a
+transaction) does the watcher give up on a gap, with a warning naming the ids. SQLite has
+no such gaps in practice (writers take turns), so there a gap is given up after
+`gap_timeout` seconds. The first pass only takes a baseline, so a restart does not replay
+old history.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ import asyncio
 from collections.abc import Callable, Mapping
 
 from legato.kernel.clock import Clock
+from legato.kernel.logs import get_logger
 from legato.kernel.supervisor import LoopHealth, LoopState
 from legato.orchestrator.health import WorkerHealth
 from legato.service.events import EventHub
@@ -37,6 +45,9 @@ __all__ = ["ChangeWatcher", "TaskFigures"]
 
 _PAGE = 500
 _GAP_TIMEOUT = 10.0
+_MAX_GAP_WAIT = 600.0
+
+_log = get_logger(__name__)
 
 
 class TaskFigures:
@@ -64,6 +75,7 @@ class ChangeWatcher:
         loops: Callable[[], Mapping[str, LoopHealth]],
         *,
         gap_timeout: float = _GAP_TIMEOUT,
+        max_gap_wait: float = _MAX_GAP_WAIT,
     ) -> None:
         self._store = store
         self._clock = clock
@@ -71,11 +83,14 @@ class ChangeWatcher:
         self._registry = registry
         self._loops = loops
         self._gap_timeout = gap_timeout
+        self._max_gap_wait = max_gap_wait
         self._cursor = 0
         # Every event id <= _event_cursor is handled; ids above it in _handled are too.
         self._event_cursor = 0
         self._handled: set[int] = set()
         self._gap_since: float | None = None
+        # The server's clock when the current gap was first seen (None: SQLite, or no gap).
+        self._gap_horizon: float | None = None
         # task id -> (claim time, owner) of its attempt in flight, for run time and health.
         self._claims: dict[int, tuple[float, str | None]] = {}
         self._loop_states: dict[str, LoopState] = {}
@@ -152,6 +167,13 @@ class ChangeWatcher:
     async def _read_events(self, store: TaskStore) -> None:
         # Each pass starts at the cursor, so ids missing last time (a commit in flight) are
         # looked for again; pages within the pass follow what was read.
+        # Asked before reading: if every transaction open at the horizon has ended, this
+        # read sees whatever they committed, so a gap it still shows was rolled back.
+        settled = (
+            self._gap_horizon is not None
+            and bool(self._handled)
+            and await store.commits_settled(self._gap_horizon)
+        )
         position = self._event_cursor
         while True:
             changes = await store.events_since(position, limit=_PAGE)
@@ -171,9 +193,26 @@ class ChangeWatcher:
             now = self._clock.monotonic()
             if self._gap_since is None:
                 self._gap_since = now
-            elif now - self._gap_since >= self._gap_timeout:
+                self._gap_horizon = await store.commit_horizon()
+                return
+            waited = now - self._gap_since
+            if self._gap_horizon is None:
+                give_up = waited >= self._gap_timeout
+            elif settled:
+                give_up = True
+            else:
+                give_up = waited >= self._max_gap_wait
+                if give_up:
+                    _log.warning(
+                        "event gap given up while a transaction begun before it is still open",
+                        missing_from=self._event_cursor + 1,
+                        missing_to=min(self._handled) - 1,
+                        waited_seconds=round(waited, 1),
+                    )
+            if give_up:
                 self._event_cursor = min(self._handled) - 1
                 self._gap_since = None
+                self._gap_horizon = None
                 self._advance()
 
     def _advance(self) -> None:
@@ -182,6 +221,7 @@ class ChangeWatcher:
             self._handled.discard(self._event_cursor)
         if not self._handled:
             self._gap_since = None
+            self._gap_horizon = None
 
     def _see(self, change: TaskChange) -> None:
         event = change.event

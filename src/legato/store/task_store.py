@@ -996,6 +996,34 @@ class TaskStore:
         )
         return {(queue, TaskState(state)): count for queue, state, count in rows}
 
+    async def commit_horizon(self) -> float | None:
+        """A mark of "now" for `commits_settled`: the server's clock, in epoch seconds.
+
+        None on SQLite, where writers take turns (an event id becomes visible only after
+        every lower id's transaction has committed or rolled back), so there is nothing to
+        wait for.
+        """
+        if not self._postgres:
+            return None
+        rows = await self.database.run("SELECT extract(epoch FROM clock_timestamp())")
+        return float(rows[0][0])
+
+    async def commits_settled(self, horizon: float) -> bool:
+        """True when no transaction that was open at `horizon` (from `commit_horizon`) is.
+
+        A transaction holding an event id that is not visible yet began before a reader saw
+        the higher ids around it; once every transaction begun by `horizon` has ended, a
+        fresh read shows that id, or it was rolled back. PostgreSQL only (see
+        `pg_stat_activity`; sessions of other roles whose start is hidden are not counted).
+        """
+        rows = await self.database.run(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+            "AND pid <> pg_backend_pid() AND xact_start IS NOT NULL "
+            "AND xact_start <= to_timestamp(?) + interval '1 millisecond'",
+            (horizon,),
+        )
+        return int(rows[0][0]) == 0
+
     async def events_since(self, event_id: int, limit: int = 500) -> list[TaskChange]:
         """Return recorded transitions with ids above `event_id`, oldest first, at most `limit`.
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from datetime import timedelta
@@ -88,6 +88,7 @@ class FlakyDatabase:
         self.failed = 0
         self.writes = 0
         self._crash_at: int | None = None
+        self._after_commit: Callable[[], Awaitable[None]] | None = None
 
     @property
     def dialect(self) -> str:
@@ -98,6 +99,14 @@ class FlakyDatabase:
 
     def crash_at_write(self, number: int | None) -> None:
         self._crash_at = None if number is None else self.writes + number
+
+    def after_next_commit(self, hook: Callable[[], Awaitable[None]]) -> None:
+        """Run `hook` once, after the next write commits and before its caller goes on.
+
+        The commit is visible to everyone while the writer still waits for the answer: what
+        another task may do in that moment when the acknowledgement is slow to arrive.
+        """
+        self._after_commit = hook
 
     @asynccontextmanager
     async def transaction(
@@ -111,6 +120,9 @@ class FlakyDatabase:
             yield _FlakyTransaction(tx)
         if write:
             self.writes += 1
+            hook, self._after_commit = self._after_commit, None
+            if hook is not None:
+                await hook()
             if self._crash_at is not None and self.writes >= self._crash_at:
                 self._crash_at = None
                 raise SimulatedCrash(f"process killed after store write {self.writes}")

@@ -315,3 +315,26 @@ async def wait_for_partial_deadline(ledger: TradingLedger, clock: Clock) -> list
             return list(intents)
         await clock.sleep(0.05)
     raise AssertionError("no partly filled entry was journaled in time")
+
+
+async def test_a_recovery_pass_while_a_new_intent_is_written_leaves_it_to_its_caller(
+    perp: Instrument, clock: Clock, ledger_url: str
+) -> None:
+    venue = RecordingVenue(make_venue(perp, clock))
+    async with ledger_opener(ledger_url, clock)() as (ledger, database):
+        manager = manager_for(venue, ledger, clock)
+        recovered: list[list[object]] = []
+
+        async def recover_now() -> None:
+            # The intent is committed; its writer has not heard back yet.
+            recovered.append(list(await manager.recover()))
+
+        database.after_next_commit(recover_now)
+        async with asyncio.TaskGroup() as tasks:
+            call = tasks.create_task(manager.execute_trade(long_proposal()))
+            await wait_for_placements(venue, 1, clock)
+            venue.paper.process_bar(bar_at(1, "20000", "20010", "19990", "20000"))
+        result = call.result()
+    assert recovered == [[]]  # the pass saw the intent being carried and left it
+    assert result.status is ExecutionStatus.BRACKETED
+    assert venue.sent_twice() == []

@@ -416,19 +416,30 @@ class OrderExecutionManager:
             await tx.insert_intent(intent)
             await tx.put_order(sending, OrderRole.ENTRY, intent_id)
 
-        try:
-            await self._ledger.write(record)
-        except TransientError as error:
-            # Rule 1: an intent the store does not hold is never sent.
-            return ExecutionResult(
-                intent_id=intent_id,
-                success=False,
-                status=ExecutionStatus.FAILED,
-                error_message=(f"the store could not record the trade ({error}); nothing was sent"),
-                latency_ms=(self._clock.monotonic() - started) * 1000,
-            )
         run = _Run(intent, {entry_id: sending}, started, unsent=entry_id)
-        return await self._carry(run)
+        if intent_id in self._active:
+            return self._result(self._active[intent_id], ExecutionStatus.IN_PROGRESS)
+        # Claimed before the write: the intent is visible to a recovery pass as soon as it
+        # commits, while this call may still be waiting for the store's answer. The pass must
+        # find it being carried, or it would resume it (query, mark UNKNOWN, even send).
+        self._active[intent_id] = run
+        try:
+            try:
+                await self._ledger.write(record)
+            except TransientError as error:
+                # Rule 1: an intent the store does not hold is never sent.
+                return ExecutionResult(
+                    intent_id=intent_id,
+                    success=False,
+                    status=ExecutionStatus.FAILED,
+                    error_message=(
+                        f"the store could not record the trade ({error}); nothing was sent"
+                    ),
+                    latency_ms=(self._clock.monotonic() - started) * 1000,
+                )
+            return await self._advance(run)
+        finally:
+            self._active.pop(intent_id, None)
 
     async def recover(self) -> list[ExecutionResult]:
         """Resume every unfinished intent from the store; return what became of each.
@@ -506,16 +517,6 @@ class OrderExecutionManager:
             # A recovered intent's latency counts from when it was recorded.
             run.started -= max(0.0, self._clock.timestamp() - current.created_at.timestamp())
             self._active[intent_id] = run
-            return await self._advance(run)
-        finally:
-            self._active.pop(intent_id, None)
-
-    async def _carry(self, run: _Run) -> ExecutionResult:
-        intent_id = run.intent.intent_id
-        if intent_id in self._active:
-            return self._result(run, ExecutionStatus.IN_PROGRESS)
-        self._active[intent_id] = run
-        try:
             return await self._advance(run)
         finally:
             self._active.pop(intent_id, None)

@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
+from datetime import timedelta
 from pathlib import Path
 
+import pytest
+
+from legato.kernel.errors import ValidationError
 from legato.kernel.simulation import run_simulated
-from legato.trading.backtest.desk_backtest import desk_backtest
+from legato.trading.backtest.desk_backtest import (
+    BACKTEST_RECONCILE_INTERVAL,
+    BACKTEST_TELEMETRY_INTERVAL,
+    backtest_desk_config,
+    backtest_execution_config,
+    desk_backtest,
+)
 from legato.trading.backtest.report import BacktestReport
 from legato.trading.backtest.report_files import REPORT_FILES, write_report
+from legato.trading.backtest.runner import BacktestResult
 from legato.trading.decision_log import DecisionLog, DecisionRecord, PipelineStatus
 from legato.trading.desk_config import DeskConfig
 from legato.trading.market_data import Bar, default_market_data_dir, load_bars
@@ -58,3 +70,92 @@ def test_every_decided_bar_is_stored_once_hold_runs_included(tmp_path: Path) -> 
     assert decided_times <= {bar.timestamp for bar in bars}
     assert max(decided_times) == bars[-1].timestamp
     assert result.bars == BARS
+
+
+# ---------------------------------------------------------------- the market's own pace
+
+PACED_BARS = 3_000  # ten days of five-minute bars: dozens of trades, several UTC days
+
+
+@pytest.fixture(scope="module")
+def paced(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[Bar], BacktestResult]:
+    bars = recorded(PACED_BARS)
+    store = tmp_path_factory.mktemp("paced") / "desk.db"
+    return bars, desk_backtest(DeskConfig(), bars, store=store)
+
+
+def test_every_fill_and_trade_carries_the_time_of_a_replayed_bar(
+    paced: tuple[list[Bar], BacktestResult],
+) -> None:
+    bars, result = paced
+    times = {bar.timestamp for bar in bars}
+    assert len(result.trades) >= 20
+    # A fill made when a bar is matched carries that bar's own timestamp, not a clock
+    # time compressed into the first hours of the file.
+    assert {fill.timestamp for fill in result.fills} <= times
+    for trade in result.trades:
+        assert bars[0].timestamp <= trade.entry_time < trade.exit_time <= bars[-1].timestamp
+        assert trade.entry_time in times
+        assert trade.exit_time in times
+
+
+def test_trades_are_spread_over_the_data_as_the_bars_are(
+    paced: tuple[list[Bar], BacktestResult],
+) -> None:
+    bars, result = paced
+    bar = bars[1].timestamp - bars[0].timestamp
+    trades = result.trades
+    for trade in trades:
+        # The stop-loss is placed after the entry's bar was matched: a bracket lasts a bar.
+        assert trade.exit_time - trade.entry_time >= bar
+    for before, after in itertools.pairwise(trades):
+        # A new entry is decided at the earliest on the bar that closed the last position
+        # and fills on the next one.
+        assert after.entry_time - before.exit_time >= bar
+    # Ten days of data, ten days of trading: not a burst at the start of the file.
+    days = {trade.entry_time.date() for trade in trades}
+    assert len(days) >= 5
+    assert trades[-1].entry_time - trades[0].entry_time > timedelta(days=5)
+
+
+def test_the_cooldown_after_a_losing_streak_counts_market_seconds(
+    paced: tuple[list[Bar], BacktestResult],
+) -> None:
+    _, result = paced
+    limits = DeskConfig().risk
+    cooldown = timedelta(seconds=limits.cooldown_seconds)
+    streak = 0
+    checked = 0
+    for before, after in itertools.pairwise(result.trades):
+        streak = streak + 1 if before.net_pnl < 0 else 0
+        if streak >= limits.max_consecutive_losses:
+            # An hour of the recorded market (twelve bars), not 3,600 bars.
+            assert after.entry_time - before.exit_time >= cooldown
+            checked += 1
+    assert checked >= 5
+
+
+def test_the_backtest_pacing_runs_the_loops_once_a_bar_at_market_speed() -> None:
+    config = backtest_desk_config(DeskConfig(), 300.0)
+    assert config.data.speed == 1.0
+    assert config.monitor_interval == 300.0
+    assert config.guard_interval == 300.0
+    assert config.reconcile_interval == BACKTEST_RECONCILE_INTERVAL
+    assert config.telemetry_interval == BACKTEST_TELEMETRY_INTERVAL
+    # A longer configured interval is kept; daily bars get one pass a bar.
+    slow = dataclasses.replace(DeskConfig(), guard_interval=900.0)
+    assert backtest_desk_config(slow, 300.0).guard_interval == 900.0
+    assert backtest_desk_config(DeskConfig(), 86_400.0).reconcile_interval == 86_400.0
+    execution = backtest_execution_config(300.0)
+    assert execution.fill_poll_interval == 75.0
+    assert execution.partial_protect_after == 75.0
+    assert execution.entry_timeout == 1_200.0
+
+
+@pytest.mark.parametrize("spacing", [0.0, -300.0, True, "300"])
+def test_a_bad_bar_spacing_is_refused(spacing: object) -> None:
+    with pytest.raises(ValidationError) as refused:
+        backtest_desk_config(DeskConfig(), spacing)  # type: ignore[arg-type]
+    assert refused.value.field == "spacing"
+    with pytest.raises(ValidationError):
+        backtest_execution_config(spacing)  # type: ignore[arg-type]

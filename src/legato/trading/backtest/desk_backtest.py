@@ -5,15 +5,19 @@
 venue's fills into a `TradeBook` bar by bar (the equity curve is marked at each bar's
 close), so the report is built exactly as for a plain strategy.
 
-Bars are replayed one virtual second apart (`data.speed` is set to the bars' spacing), as
-the desk tests do: the desk's supervised loops (protection monitor, guards, telemetry), whose
-intervals are seconds, then run about once per bar, as they would see each new bar live,
-instead of hundreds of times per five-minute bar that cannot change anything between two
-bars. The trade-off: the desk's clock runs compressed, so rules written in seconds
-(cooldowns, entry timeouts, the unprotected bound, the UTC day of the daily-loss limit)
-count bars as seconds. Replaying at the bars' own pace with loop intervals of one bar was
-tried; it exposed a race between the execution manager's recovery loop and an entry being
-carried (see docs/backtesting.md), so this stays the backtest's pacing until that is fixed.
+Bars are replayed at the market's own pace: the simulated clock starts at the first bar and
+each bar is delivered at its own timestamp, so a fill the venue makes on a bar carries that
+bar's time, the trades in the report carry market times, and every rule written in seconds
+means what it means live: a cooldown of an hour is twelve five-minute bars, the daily-loss
+limit resets at each UTC midnight of the recorded data, an entry times out after minutes.
+
+What a backtest does not copy from the live desk is how often its loops run
+(`backtest_desk_config`): live, the protection monitor and the guards run every second, which
+on recorded bars would be hundreds of passes per bar that cannot see anything new (only a bar
+makes paper fills). In a backtest they run once a bar; the reconciler and the execution
+recovery loop, which have little to repair on the paper venue, every three hours of market
+time; telemetry, which nobody watches, hourly. The execution manager polls an entry every
+quarter of a bar (`backtest_execution_config`), as the production path does.
 """
 
 from __future__ import annotations
@@ -31,13 +35,65 @@ from legato.trading.backtest.store import fresh_store
 from legato.trading.backtest.trades import EquityPoint, TradeBook
 from legato.trading.desk import Desk
 from legato.trading.desk_config import DeskConfig
+from legato.trading.execution import ExecutionConfig
 from legato.trading.fills import Fill
 from legato.trading.market_data import Bar
 
-__all__ = ["BACKTEST_TELEMETRY_INTERVAL", "desk_backtest"]
+__all__ = [
+    "BACKTEST_RECONCILE_INTERVAL",
+    "BACKTEST_TELEMETRY_INTERVAL",
+    "backtest_desk_config",
+    "backtest_execution_config",
+    "desk_backtest",
+]
 
 BACKTEST_TELEMETRY_INTERVAL = 3600.0
-"""Virtual seconds (bars, at one a second) between two telemetry passes in a backtest."""
+"""Seconds of market time between two telemetry passes in a backtest (at least one bar)."""
+BACKTEST_RECONCILE_INTERVAL = 10_800.0
+"""Seconds of market time between two reconciler (and execution recovery) passes in a
+backtest, at least one bar: on the paper venue they have little to repair, and the guards
+still call the reconciler at once when a position needs protecting again."""
+
+
+def backtest_desk_config(config: DeskConfig, spacing: float) -> DeskConfig:
+    """`config` as a backtest over bars `spacing` seconds apart runs it.
+
+    The bars are replayed at their own pace (`data.speed` 1). The protection monitor, the
+    runtime guards, the reconciler and the execution manager's recovery loop run once a bar
+    (or at their configured interval, if that is longer): only a bar makes paper fills, so a
+    pass in between has nothing new to see. Telemetry, which nobody watches in a backtest,
+    runs once an hour of market time (the last pass is published at the end).
+    """
+    if isinstance(spacing, bool) or not isinstance(spacing, int | float) or not spacing > 0:
+        raise ValidationError("spacing", spacing, "seconds > 0")
+    bar = float(spacing)
+    return dataclasses.replace(
+        config,
+        data=dataclasses.replace(config.data, speed=1.0),
+        monitor_interval=max(config.monitor_interval, bar),
+        guard_interval=max(config.guard_interval, bar),
+        reconcile_interval=max(config.reconcile_interval, BACKTEST_RECONCILE_INTERVAL, bar),
+        telemetry_interval=max(config.telemetry_interval, BACKTEST_TELEMETRY_INTERVAL, bar),
+    )
+
+
+def backtest_execution_config(spacing: float) -> ExecutionConfig:
+    """The execution manager's settings for bars `spacing` seconds apart.
+
+    A market entry fills on the bar after the decision: the entry is polled every quarter of
+    a bar, so its fill is seen and the stop-loss placed before the next bar; a partly filled
+    entry's rest is cancelled within a quarter of a bar too (live, within two seconds; on
+    recorded bars that would be 150 polls per five-minute bar that cannot see anything new).
+    An entry with no fill at all is cancelled after four bars (at least five minutes).
+    """
+    if isinstance(spacing, bool) or not isinstance(spacing, int | float) or not spacing > 0:
+        raise ValidationError("spacing", spacing, "seconds > 0")
+    poll = max(float(spacing) / 4, 0.25)
+    return ExecutionConfig(
+        fill_poll_interval=poll,
+        partial_protect_after=poll,
+        entry_timeout=max(300.0, 16 * poll),
+    )
 
 
 def desk_backtest(
@@ -69,12 +125,7 @@ def desk_backtest(
                 f"bars[{index}].timestamp", bars[index].timestamp.isoformat(), "a later time"
             )
     spacing = (bars[1].timestamp - bars[0].timestamp).total_seconds() if len(bars) > 1 else 1.0
-    config = dataclasses.replace(
-        config,
-        data=dataclasses.replace(config.data, speed=max(spacing, 1.0)),
-        # Nobody watches a backtest's telemetry; the last one is published at the end.
-        telemetry_interval=max(config.telemetry_interval, BACKTEST_TELEMETRY_INTERVAL),
-    )
+    config = backtest_desk_config(config, spacing)
     url = fresh_store(store)
     initial = config.venue.starting_balance
     book = TradeBook(symbol, initial)
@@ -99,6 +150,7 @@ def desk_backtest(
         on_bar=on_bar,
         # Every backtest starts from an empty store: saving the venue's book would be waste.
         persist_venue=False,
+        execution=backtest_execution_config(spacing),
     )
     run_simulated(desk.run(), clock=clock)
     if progress is not None:

@@ -11,7 +11,13 @@ manager, store. `desk_backtest` runs the whole desk. docs/backtesting.md explain
 from __future__ import annotations
 
 from legato.trading.backtest.charts import equity_png, report_html
-from legato.trading.backtest.desk_backtest import BACKTEST_TELEMETRY_INTERVAL, desk_backtest
+from legato.trading.backtest.desk_backtest import (
+    BACKTEST_RECONCILE_INTERVAL,
+    BACKTEST_TELEMETRY_INTERVAL,
+    backtest_desk_config,
+    backtest_execution_config,
+    desk_backtest,
+)
 from legato.trading.backtest.ema_crossover import EmaCrossover
 from legato.trading.backtest.executor import BracketOutcome, DirectBracketExecutor
 from legato.trading.backtest.production import (
@@ -39,6 +45,7 @@ from legato.trading.backtest.strategy import (
 from legato.trading.backtest.trades import ClosedTrade, EquityPoint, TradeBook
 
 __all__ = [
+    "BACKTEST_RECONCILE_INTERVAL",
     "BACKTEST_TELEMETRY_INTERVAL",
     "PROGRESS_EVERY",
     "REPORT_FILES",
@@ -58,6 +65,8 @@ __all__ = [
     "TradeExecutor",
     "TradeOutcome",
     "backtest",
+    "backtest_desk_config",
+    "backtest_execution_config",
     "compute_metrics",
     "desk_backtest",
     "equity_csv",

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from datetime import timedelta
 from decimal import Decimal
+from typing import Any
 
 import pytest
 
 from legato.kernel.clock import Clock
 from legato.kernel.errors import ValidationError
+from legato.store.database import Database, Row, Transaction
 from legato.store.errors import StoreUnavailableError
 from legato.trading.alerts import Alert, AlertCode, AlertLevel
 from legato.trading.fills import Fill, Liquidity
@@ -18,6 +22,7 @@ from legato.trading.ledger import (
     LedgerTransaction,
     OrderRole,
     PendingWrites,
+    TradingLedger,
 )
 from legato.trading.orders import Order, OrderSide, OrderStatus, OrderType
 from legato.trading.positions import Position, PositionSide
@@ -161,3 +166,203 @@ async def test_pending_writes_queue_in_order_while_the_store_is_down_and_land_la
     assert landed == 2
     assert stored is not None
     assert stored.order.status is OrderStatus.FILLED  # the later write landed last
+
+
+class _CountingTransaction:
+    def __init__(self, inner: Transaction, statements: list[tuple[str, int]]) -> None:
+        self._inner = inner
+        self._statements = statements
+
+    async def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        rows = await self._inner.fetch(sql, params)
+        self._statements.append((sql, len(rows)))
+        return rows
+
+    async def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
+        await self._inner.execute(sql, params)
+        self._statements.append((sql, 0))
+
+    async def fetch_many(
+        self, statements: Sequence[tuple[str, Sequence[Any]]], *, commit: bool = False
+    ) -> list[list[Row]]:
+        results = await self._inner.fetch_many(statements, commit=commit)
+        for (sql, _), rows in zip(statements, results, strict=True):
+            self._statements.append((sql, len(rows)))
+        return results
+
+
+class CountingDatabase:
+    """The real store, counting the transactions opened and every statement with its rows."""
+
+    def __init__(self, inner: Database) -> None:
+        self._inner = inner
+        self.transactions = 0
+        self.alone = 0  # statements run on their own, outside any transaction
+        self.statements: list[tuple[str, int]] = []  # (sql, rows returned), in or out of one
+
+    @property
+    def dialect(self) -> str:
+        return self._inner.dialect
+
+    @asynccontextmanager
+    async def transaction(
+        self, *, write: bool = True, durable: bool = True
+    ) -> AsyncIterator[Transaction]:
+        self.transactions += 1
+        async with self._inner.transaction(write=write, durable=durable) as tx:
+            yield _CountingTransaction(tx, self.statements)
+
+    async def run(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        rows = await self._inner.run(sql, params)
+        self.statements.append((sql, len(rows)))
+        self.alone += 1
+        return rows
+
+    def notifications(self, channel: str) -> AsyncIterator[str]:
+        return self._inner.notifications(channel)
+
+    async def notify(self, channel: str, payload: str) -> None:
+        await self._inner.notify(channel, payload)
+
+    async def close(self) -> None:
+        await self._inner.close()
+
+
+def closed_position(clock: Clock, number: int, exit_price: str, symbol: str = PERP) -> Position:
+    """A long of 0.010 from 20000, closed at `exit_price` (4 bps fee) `number` minutes in."""
+    at = clock.now() + timedelta(minutes=number)
+    opened = Position.open(symbol, PositionSide.LONG, Decimal("0.010"), Decimal(20000), at=at)
+    price = Decimal(exit_price)
+    return opened.reduce(Decimal("0.010"), price, price * Decimal("0.000004"), at)
+
+
+async def test_single_statement_reads_run_as_one_statement_without_a_transaction(
+    clock: Clock, ledger_url: str
+) -> None:
+    order = stop_order(clock).transition(OrderStatus.ACCEPTED, at=clock.now())
+    intent = ExecutionIntent(
+        intent_id="1",
+        proposal=long_proposal(),
+        stage=IntentStage.ENTRY,
+        entry_order_id="lg-1-E",
+        stop_loss_order_id="lg-1-SL",
+        take_profit_order_id=None,
+        created_at=clock.now(),
+        updated_at=clock.now(),
+    )
+    position = Position.open(PERP, PositionSide.LONG, Decimal("0.010"), Decimal("20000.1"))
+    plain = await TradingLedger.open(ledger_url, upgrade=False, clock=clock)
+    counting = CountingDatabase(plain.database)
+    ledger = TradingLedger(counting)
+    try:
+
+        async def write(tx: LedgerTransaction) -> None:
+            await tx.put_intent(intent)
+            await tx.put_order(order, OrderRole.STOP_LOSS, "1")
+            await tx.put_position(position)
+            await tx.set_balance("USDT", Decimal(1000), clock.now())
+
+        await ledger.write(write)
+        assert (counting.transactions, counting.alone) == (1, 0)
+        read = (
+            await ledger.get_intent("1"),
+            await ledger.get_order("lg-1-SL"),
+            await ledger.position(PERP),
+            await ledger.open_positions(),
+            await ledger.orders(open_only=True),
+            await ledger.intents(unfinished_only=True),
+            await ledger.known_fill_ids(["F-1"]),
+            await ledger.balances(),
+            await ledger.closed_positions(newest_first=True, limit=3),
+            await ledger.alert_counts(),
+        )
+    finally:
+        await ledger.close()
+    assert counting.transactions == 1  # only the write: no read opened one
+    assert counting.alone == len(read)  # one statement each
+    stored_intent, stored_order, stored_position, open_positions, orders, unfinished = read[:6]
+    assert stored_intent == intent
+    assert stored_order is not None
+    assert stored_order.order == order
+    assert stored_position == position
+    assert open_positions == [position]
+    assert [record.order for record in orders] == [order]
+    assert unfinished == [intent]
+    known, balances = read[6], read[7]
+    assert known == set()
+    assert {asset: balance.total for asset, balance in balances.items()} == {"USDT": 1000}
+
+
+async def test_closed_positions_come_newest_first_and_limited_on_request(
+    clock: Clock, ledger_url: str
+) -> None:
+    history = [closed_position(clock, number, f"{20000 + number}") for number in range(1, 6)]
+    other = closed_position(clock, 9, "19000", symbol="ETH-USDT-PERP")
+
+    async def write(tx: LedgerTransaction) -> None:
+        for position in (*history[:3], other, *history[3:]):
+            await tx.put_position(position)
+
+    async with ledger_opener(ledger_url, clock)() as (ledger, _):
+        await ledger.write(write)
+        oldest_first = await ledger.closed_positions(PERP)
+        newest = await ledger.closed_positions(PERP, newest_first=True)
+        latest_two = await ledger.closed_positions(PERP, newest_first=True, limit=2)
+        first_two_of_all = await ledger.closed_positions(limit=2)
+        latest_of_all = await ledger.closed_positions(newest_first=True, limit=1)
+        for bad in (0, -1, True, 1.5, "2"):
+            with pytest.raises(ValidationError) as refused:
+                await ledger.closed_positions(limit=bad)  # type: ignore[arg-type]
+            assert refused.value.field == "limit"
+    assert oldest_first == history
+    assert newest == history[::-1]
+    assert latest_two == [history[4], history[3]]
+    assert first_two_of_all == history[:2]
+    assert latest_of_all == [history[4]]
+
+
+async def test_closed_totals_sum_realized_pnl_and_fees_per_symbol_exactly(
+    clock: Clock, ledger_url: str
+) -> None:
+    history = [
+        closed_position(clock, 1, "20100.1"),
+        closed_position(clock, 2, "19900.7"),
+        closed_position(clock, 3, "1800.3", symbol="ETH-USDT-PERP"),
+    ]
+
+    async def write(tx: LedgerTransaction) -> None:
+        for position in history:
+            await tx.put_position(position)
+
+    async with ledger_opener(ledger_url, clock)() as (ledger, _):
+        empty = await ledger.closed_totals()
+        await ledger.write(write)
+        totals = await ledger.closed_totals()
+    assert empty == {}
+    assert totals == {
+        PERP: (
+            history[0].realized_pnl + history[1].realized_pnl,
+            history[0].fees_paid + history[1].fees_paid,
+        ),
+        "ETH-USDT-PERP": (history[2].realized_pnl, history[2].fees_paid),
+    }
+
+
+async def test_alert_counts_count_every_level_with_zero_for_none(
+    clock: Clock, ledger_url: str
+) -> None:
+    levels = [AlertLevel.HIGH, AlertLevel.INFO, AlertLevel.HIGH, AlertLevel.CRITICAL]
+    async with ledger_opener(ledger_url, clock)() as (ledger, _):
+        before = await ledger.alert_counts()
+        for level in levels:
+            await ledger.record_alert(Alert(level, AlertCode.ORDER_UNKNOWN, "lost", clock.now()))
+        after = await ledger.alert_counts()
+        listed = await ledger.alerts()
+    assert before == dict.fromkeys(AlertLevel, 0)
+    assert after == {
+        AlertLevel.INFO: 1,
+        AlertLevel.WARNING: 0,
+        AlertLevel.HIGH: 2,
+        AlertLevel.CRITICAL: 1,
+    }
+    assert sum(after.values()) == len(listed)

@@ -10,12 +10,14 @@ import pytest
 from legato.kernel.clock import Clock
 from legato.store.errors import StoreUnavailableError
 from legato.trading.fills import Fill, Liquidity
+from legato.trading.ledger import LedgerTransaction, TradingLedger
 from legato.trading.orders import Order, OrderSide, OrderStatus, OrderType
 from legato.trading.positions import PositionSide
 from legato.trading.tracker import PositionTracker
 
 from .conftest import PERP
 from .execution_harness import ledger_opener
+from .test_ledger import CountingDatabase, closed_position
 
 
 def fill(number: int, cid: str, side: OrderSide, quantity: str, price: str, clock: Clock) -> Fill:
@@ -191,3 +193,105 @@ async def test_risk_state_counts_a_negative_balance_as_no_equity(
     assert recorded.total == 0  # as the ledger reports balances
     assert state.equity == Decimal(0)
     assert state.consecutive_losses == 1
+
+
+async def test_risk_state_reads_only_the_latest_closed_positions_for_the_losing_streak(
+    clock: Clock, ledger_url: str
+) -> None:
+    # 40 trades: 36 winners, then 4 losers. The streak needs the last 5 rows, not all 40.
+    history = [closed_position(clock, n, "20100") for n in range(36)] + [
+        closed_position(clock, 36 + n, "19900") for n in range(4)
+    ]
+
+    async def write(tx: LedgerTransaction) -> None:
+        for position in history:
+            await tx.put_position(position)
+
+    plain = await TradingLedger.open(ledger_url, upgrade=False, clock=clock)
+    counting = CountingDatabase(plain.database)
+    ledger = TradingLedger(counting)
+    try:
+        tracker = PositionTracker(ledger, clock=clock)
+        await tracker.set_balances({"USDT": Decimal(10_000)})
+        await ledger.write(write)
+        counting.statements.clear()
+        state = await tracker.risk_state(quote_asset="USDT")
+    finally:
+        await ledger.close()
+    closed_rows = [rows for sql, rows in counting.statements if "status = 'closed'" in sql]
+    assert state.consecutive_losses == 4
+    assert state.last_loss_at == history[-1].closed_at
+    assert sum(closed_rows) < 10  # a few of the 40, whatever the history's length
+
+
+@pytest.mark.parametrize("losers", [0, 1, 7, 8, 9, 40])
+async def test_risk_state_counts_a_losing_streak_of_any_length_exactly(
+    clock: Clock, ledger_url: str, losers: int
+) -> None:
+    # A streak as long as (or longer than) one read of the latest positions is still counted
+    # to its start; a winner before it, or the start of the history, ends it.
+    history = [closed_position(clock, 0, "20100")] + [
+        closed_position(clock, 1 + n, "19900") for n in range(losers)
+    ]
+
+    async def write(tx: LedgerTransaction) -> None:
+        for position in history:
+            await tx.put_position(position)
+
+    async with ledger_opener(ledger_url, clock)() as (ledger, _):
+        tracker = PositionTracker(ledger, clock=clock)
+        await tracker.set_balances({"USDT": Decimal(10_000)})
+        await ledger.write(write)
+        with_winner = await tracker.risk_state(quote_asset="USDT")
+    assert with_winner.consecutive_losses == losers
+    assert with_winner.last_loss_at == (history[-1].closed_at if losers else None)
+
+
+async def test_risk_state_counts_a_history_of_only_losses(clock: Clock, ledger_url: str) -> None:
+    history = [closed_position(clock, n, "19900") for n in range(33)]
+
+    async def write(tx: LedgerTransaction) -> None:
+        for position in history:
+            await tx.put_position(position)
+
+    async with ledger_opener(ledger_url, clock)() as (ledger, _):
+        tracker = PositionTracker(ledger, clock=clock)
+        await tracker.set_balances({"USDT": Decimal(10_000)})
+        await ledger.write(write)
+        state = await tracker.risk_state(quote_asset="USDT")
+    assert state.consecutive_losses == 33
+    assert state.last_loss_at == history[-1].closed_at
+
+
+async def test_fills_seen_booked_are_skipped_without_a_store_read_and_a_new_tracker_asks(
+    clock: Clock, ledger_url: str
+) -> None:
+    opening = fill(1, "a", OrderSide.BUY, "0.010", "20000", clock)
+    closing = fill(2, "b", OrderSide.SELL, "0.010", "20100", clock)
+    plain = await TradingLedger.open(ledger_url, upgrade=False, clock=clock)
+    counting = CountingDatabase(plain.database)
+    ledger = TradingLedger(counting)
+    try:
+        tracker = PositionTracker(ledger, clock=clock)
+        await tracker.set_balances({"USDT": Decimal(1000)})
+        first = await tracker.apply_fills([opening])
+        counting.statements.clear()
+        again = await tracker.apply_fills([opening])
+        reads_for_known = [sql for sql, _ in counting.statements if "legato_trading_fills" in sql]
+        # A restarted process: a new tracker knows nothing and asks the ledger.
+        restarted = PositionTracker(ledger, clock=clock)
+        replayed = await restarted.apply_fills([opening, closing])
+        replayed_again = await restarted.apply_fills([opening, closing])
+        position = await ledger.position(PERP)
+        closed = await ledger.closed_positions(PERP)
+        balance = (await ledger.balances())["USDT"].total
+    finally:
+        await ledger.close()
+    assert first == [opening]
+    assert again == []
+    assert reads_for_known == []
+    assert replayed == [closing]  # the opening fill was not booked twice
+    assert replayed_again == []
+    assert position is None
+    assert [p.realized_pnl for p in closed] == [Decimal(1)]
+    assert balance == Decimal(1000) + Decimal(1) - opening.fee - closing.fee

@@ -669,7 +669,7 @@ class Desk:
         quote = self._config.venue.quote_asset
         balances = {asset: balance.total for asset, balance in (await ledger.balances()).items()}
         open_positions = {p.symbol: p for p in await ledger.open_positions()}
-        closed = await ledger.closed_positions()
+        closed = await ledger.closed_totals()
         orders = await ledger.orders(open_only=True)
         decided = coordinator.decision_counts()
         executed = coordinator.execution_counts()
@@ -678,7 +678,10 @@ class Desk:
         for symbol in self._config.symbols:
             position = open_positions.get(symbol)
             price = self._last_price.get(symbol)
-            history = [p for p in (*closed, position) if p is not None and p.symbol == symbol]
+            realized, fees = closed.get(symbol, (_ZERO, _ZERO))
+            if position is not None:
+                realized += position.realized_pnl
+                fees += position.fees_paid
             unrealized = _ZERO
             exposure = _ZERO
             if position is not None:
@@ -693,8 +696,8 @@ class Desk:
                     quantity=_ZERO if position is None else position.quantity,
                     exposure=exposure,
                     unrealized_pnl=unrealized,
-                    realized_pnl=sum((p.realized_pnl for p in history), _ZERO),
-                    fees_paid=sum((p.fees_paid for p in history), _ZERO),
+                    realized_pnl=realized,
+                    fees_paid=fees,
                     last_price=price,
                     paused=symbol in paused,
                     unknown_orders=sum(1 for o in working if o.status is OrderStatus.UNKNOWN),
@@ -705,9 +708,7 @@ class Desk:
                     trades={ok: count for (sym, ok), count in executed.items() if sym == symbol},
                 )
             )
-        alerts = dict.fromkeys(AlertLevel, 0)
-        for alert in await ledger.alerts():
-            alerts[alert.level] += 1
+        alerts = await ledger.alert_counts()
         telemetry = self._telemetry
         return DeskMetrics(
             quote_asset=quote,

@@ -326,6 +326,9 @@ class OrderExecutionManager:
         # Which intents a call of this object is carrying now: a guard against two calls
         # advancing one intent at once, not trade state (it dies with the object, correctly).
         self._active: dict[str, _Run] = {}
+        # How many of the venue's fills the protection monitor has booked, and the id of the
+        # last of them: an in-memory shortcut only (see `monitor_protection`).
+        self._fills_booked: tuple[int, str | None] = (0, None)
 
     @property
     def config(self) -> ExecutionConfig:
@@ -492,9 +495,27 @@ class OrderExecutionManager:
         new ones (orders, positions, balances), then cancels the live protective orders
         (stop-loss, take-profit, re-protection) of every symbol left without an open
         position, whoever booked the fill that closed it. Returns how many it cancelled.
+
+        Only the fills listed after those an earlier pass booked are handed to the tracker
+        (the venue lists fills oldest first). That cursor lives in memory and starts at
+        zero: after a restart the first pass offers every fill again and the ledger, which
+        holds the booked fill ids durably, skips the ones booked before.
         """
-        await self._tracker.apply_fills(await self._venue.fills())
+        fills = list(await self._venue.fills())
+        await self._tracker.apply_fills(self._fills_after_booked(fills))
+        self._fills_booked = (len(fills), fills[-1].fill_id if fills else None)
         return await self._cancel_orphaned_protection()
+
+    def _fills_after_booked(self, fills: list[Fill]) -> list[Fill]:
+        """The part of the venue's fill list that the last monitor pass had not seen.
+
+        The whole list when it no longer starts as it did then (shorter, or another fill
+        where the last booked one stood: the venue's list was rebuilt or reordered).
+        """
+        count, last_id = self._fills_booked
+        if 0 < count <= len(fills) and fills[count - 1].fill_id == last_id:
+            return fills[count:]
+        return fills
 
     # ------------------------------------------------------------------ the state machine
 

@@ -83,6 +83,7 @@ _FILL_COLUMNS = (
     "fill_id, client_order_id, venue_order_id, symbol, side, quantity, price, fee, fee_asset, "
     "liquidity, timestamp"
 )
+_ZERO = Decimal(0)
 _OPEN_STATUSES = ("new", "unknown", "accepted", "partially_filled")
 # Driver errors that mean "the database is not reachable or busy right now", as opposed to
 # a bug in our SQL; the store backends already wrap most, these are the ones raised mid-statement.
@@ -365,6 +366,11 @@ _UPSERT_ORDER = (
     f"INSERT INTO legato_trading_orders ({_ORDER_COLUMNS}) VALUES ({placeholders(22)}) "
     f"ON CONFLICT (client_order_id) DO UPDATE SET {_updates(_ORDER_COLUMNS, 'client_order_id')}"
 )
+_SELECT_INTENT = f"SELECT {_INTENT_COLUMNS} FROM legato_trading_intents WHERE intent_id = ?"
+_SELECT_ORDER = f"SELECT {_ORDER_COLUMNS} FROM legato_trading_orders WHERE client_order_id = ?"
+_SELECT_OPEN_POSITION = (
+    f"SELECT {_POSITION_COLUMNS} FROM legato_trading_positions WHERE symbol = ? AND status = 'open'"
+)
 _UPSERT_INTENT = (
     f"INSERT INTO legato_trading_intents ({_INTENT_COLUMNS}) VALUES ({placeholders(13)}) "
     f"ON CONFLICT (intent_id) DO UPDATE SET {_updates(_INTENT_COLUMNS, 'intent_id')}"
@@ -413,10 +419,7 @@ class LedgerTransaction:
 
     async def get_intent(self, intent_id: str) -> ExecutionIntent | None:
         """The intent with this id, or None."""
-        rows = await self._tx.fetch(
-            f"SELECT {_INTENT_COLUMNS} FROM legato_trading_intents WHERE intent_id = ?",
-            (intent_id,),
-        )
+        rows = await self._tx.fetch(_SELECT_INTENT, (intent_id,))
         return _intent_row(rows[0]) if rows else None
 
     # -- orders
@@ -435,10 +438,7 @@ class LedgerTransaction:
 
     async def get_order(self, client_order_id: str) -> LedgerOrder | None:
         """The order with this client id, or None."""
-        rows = await self._tx.fetch(
-            f"SELECT {_ORDER_COLUMNS} FROM legato_trading_orders WHERE client_order_id = ?",
-            (client_order_id,),
-        )
+        rows = await self._tx.fetch(_SELECT_ORDER, (client_order_id,))
         return _order_row(rows[0]) if rows else None
 
     # -- fills
@@ -481,11 +481,7 @@ class LedgerTransaction:
 
     async def open_position(self, symbol: str) -> Position | None:
         """The open position on `symbol`, or None."""
-        rows = await self._tx.fetch(
-            f"SELECT {_POSITION_COLUMNS} FROM legato_trading_positions "
-            "WHERE symbol = ? AND status = 'open'",
-            (symbol,),
-        )
+        rows = await self._tx.fetch(_SELECT_OPEN_POSITION, (symbol,))
         return _position_row(rows[0]) if rows else None
 
     async def put_position(self, position: Position) -> None:
@@ -655,12 +651,17 @@ class TradingLedger:
     # -- plain reads
 
     async def _fetch(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
-        async with self._transaction(write=False) as tx:
-            return await tx._tx.fetch(sql, params)
+        # One SELECT is consistent on its own: it runs as a single autocommit statement
+        # (no BEGIN/COMMIT around it), on SQLite and PostgreSQL alike.
+        try:
+            return await self._database.run(sql, params)
+        except _UNAVAILABLE as error:
+            raise StoreUnavailableError(f"trading ledger: {error}") from error
 
     async def get_intent(self, intent_id: str) -> ExecutionIntent | None:
         """The intent with this id, or None."""
-        return await self.read(lambda tx: tx.get_intent(intent_id))
+        rows = await self._fetch(_SELECT_INTENT, (intent_id,))
+        return _intent_row(rows[0]) if rows else None
 
     async def intents(self, *, unfinished_only: bool = False) -> list[ExecutionIntent]:
         """Every intent (or only those not at a final stage), oldest first."""
@@ -675,7 +676,8 @@ class TradingLedger:
 
     async def get_order(self, client_order_id: str) -> LedgerOrder | None:
         """The order with this client id, or None."""
-        return await self.read(lambda tx: tx.get_order(client_order_id))
+        rows = await self._fetch(_SELECT_ORDER, (client_order_id,))
+        return _order_row(rows[0]) if rows else None
 
     async def orders(
         self,
@@ -733,19 +735,53 @@ class TradingLedger:
         )
         return [_position_row(row) for row in rows]
 
-    async def closed_positions(self, symbol: str | None = None) -> list[Position]:
-        """The closed positions (of one symbol, or all), oldest first."""
-        where, params = (" AND symbol = ?", (symbol,)) if symbol is not None else ("", ())
-        rows = await self._fetch(
-            f"SELECT {_POSITION_COLUMNS} FROM legato_trading_positions WHERE status = 'closed'"
-            f"{where} ORDER BY id",
-            params,
+    async def closed_positions(
+        self, symbol: str | None = None, *, newest_first: bool = False, limit: int | None = None
+    ) -> list[Position]:
+        """The closed positions (of one symbol, or all), oldest first or `newest_first`.
+
+        `limit` keeps only the first `limit` of that order (with `newest_first`, the most
+        recent ones): what a rule looking at the latest trades needs, without reading them all.
+        """
+        if limit is not None and (
+            isinstance(limit, bool) or not isinstance(limit, int) or limit < 1
+        ):
+            raise ValidationError("limit", limit, "None or a positive whole number")
+        clauses = ["status = 'closed'"]
+        params: list[Any] = []
+        if symbol is not None:
+            clauses.append("symbol = ?")
+            params.append(symbol)
+        sql = (
+            f"SELECT {_POSITION_COLUMNS} FROM legato_trading_positions "
+            f"WHERE {' AND '.join(clauses)} ORDER BY id{' DESC' if newest_first else ''}"
         )
+        if limit is not None:
+            sql += " LIMIT ?"
+            params.append(limit)
+        rows = await self._fetch(sql, params)
         return [_position_row(row) for row in rows]
+
+    async def closed_totals(self) -> dict[str, tuple[Decimal, Decimal]]:
+        """Realized PnL and fees paid of the closed positions, summed per symbol.
+
+        Exact (the amounts are added as Decimals, as `closed_positions` would give them),
+        without building a `Position` per closed trade.
+        """
+        rows = await self._fetch(
+            "SELECT symbol, realized_pnl, fees_paid FROM legato_trading_positions "
+            "WHERE status = 'closed' ORDER BY id"
+        )
+        totals: dict[str, tuple[Decimal, Decimal]] = {}
+        for symbol, realized, fees in rows:
+            known = totals.get(symbol, (_ZERO, _ZERO))
+            totals[symbol] = (known[0] + Decimal(realized), known[1] + Decimal(fees))
+        return totals
 
     async def position(self, symbol: str) -> Position | None:
         """The open position on `symbol`, or None."""
-        return await self.read(lambda tx: tx.open_position(symbol))
+        rows = await self._fetch(_SELECT_OPEN_POSITION, (symbol,))
+        return _position_row(rows[0]) if rows else None
 
     async def balances(self) -> dict[str, Balance]:
         """The recorded balances by asset (totals, reported as free)."""
@@ -761,6 +797,14 @@ class TradingLedger:
             params,
         )
         return [_alert_row(row) for row in rows]
+
+    async def alert_counts(self) -> dict[AlertLevel, int]:
+        """How many alerts are recorded at each level (every level present, 0 when none)."""
+        rows = await self._fetch("SELECT level, COUNT(*) FROM legato_trading_alerts GROUP BY level")
+        counts = dict.fromkeys(AlertLevel, 0)
+        for level, count in rows:
+            counts[AlertLevel(level)] = int(count)
+        return counts
 
     async def record_alert(self, alert: Alert) -> None:
         """Write one alert (what `Alerter` is given as its `record` function)."""

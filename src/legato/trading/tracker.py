@@ -33,6 +33,8 @@ from legato.trading.risk import RiskState
 __all__ = ["PositionTracker"]
 
 _ZERO = Decimal(0)
+# Closed positions read at first for the losing streak (more only when all of them lost).
+_STREAK_READ = 8
 
 
 async def _book_fill(tx: LedgerTransaction, fill: Fill, at: datetime) -> bool:
@@ -98,7 +100,7 @@ class PositionTracker:
     name).
     """
 
-    __slots__ = ("_base", "_clock", "_ledger")
+    __slots__ = ("_base", "_booked", "_clock", "_ledger")
 
     def __init__(
         self,
@@ -110,6 +112,10 @@ class PositionTracker:
         self._ledger = ledger
         self._clock: Clock = clock if clock is not None else RealClock()
         self._base = dict(instruments_base or {})
+        # Fill ids this tracker has seen in the ledger. A booked fill is never removed, so
+        # a fill found here needs no store read to be skipped; the ledger stays the truth
+        # (a new tracker starts empty and asks it).
+        self._booked: set[str] = set()
 
     @property
     def ledger(self) -> TradingLedger:
@@ -190,10 +196,12 @@ class PositionTracker:
 
     async def apply_fills(self, fills: Iterable[Fill]) -> list[Fill]:
         """Book the fills not booked yet (in the given order); return the ones booked now."""
-        pending = list(fills)
+        booked = self._booked
+        pending = [fill for fill in fills if fill.fill_id not in booked]
         if not pending:
             return []
         known = await self._ledger.known_fill_ids(fill.fill_id for fill in pending)
+        booked.update(known)
         fresh = [fill for fill in pending if fill.fill_id not in known]
         if not fresh:
             return []
@@ -202,7 +210,10 @@ class PositionTracker:
         async def write(tx: LedgerTransaction) -> list[Fill]:
             return [fill for fill in fresh if await _book_fill(tx, fill, now)]
 
-        return await self._ledger.write(write)
+        landed = await self._ledger.write(write)
+        # Committed: every fresh fill is in the ledger now (booked here, or just before us).
+        booked.update(fill.fill_id for fill in fresh)
+        return landed
 
     async def set_protection(
         self, symbol: str, stop_loss_order_id: str | None, take_profit_order_id: str | None
@@ -265,12 +276,12 @@ class PositionTracker:
         Equity is the `quote_asset` balance plus the open positions' unrealized PnL. The
         start-of-day equity is the first equity seen on this UTC day; peak and trough carry
         over from earlier days. The losing streak counts the most recent closed positions
-        whose realized PnL after fees is negative.
+        whose realized PnL after fees is negative (only those are read from the store).
         """
         moment = now if now is not None else self._clock.now()
         day = moment.date().isoformat()
         positions = await self._ledger.open_positions()
-        closed = await self._ledger.closed_positions()
+        losses, last_loss_at = await self._losing_streak(moment)
 
         async def write(tx: LedgerTransaction) -> tuple[EquityMarks, Decimal]:
             balance = await tx.balance(quote_asset)
@@ -304,14 +315,6 @@ class PositionTracker:
         # balance counts as zero.
         marks, balance = await self._ledger.write(write)
         equity = max(balance, _ZERO) + sum((p.unrealized_pnl for p in positions), _ZERO)
-        losses = 0
-        last_loss_at: datetime | None = None
-        for position in reversed(closed):
-            if position.realized_pnl - position.fees_paid >= 0:
-                break
-            losses += 1
-            if last_loss_at is None:
-                last_loss_at = position.closed_at or moment
         exposure: dict[str, Decimal] = {}
         for position in positions:
             asset = self._base.get(position.symbol, position.symbol)
@@ -329,3 +332,24 @@ class PositionTracker:
             day_low_equity=min(marks.low_equity, equity),
             trough_equity=min(marks.trough_equity, equity),
         )
+
+    async def _losing_streak(self, moment: datetime) -> tuple[int, datetime | None]:
+        """How many of the latest closed positions lost (after fees), and when the last closed.
+
+        Reads the newest closed positions only, a few more each time the streak reaches
+        past what was read, so the cost follows the streak, not the whole trade history.
+        """
+        limit = _STREAK_READ
+        while True:
+            latest = await self._ledger.closed_positions(newest_first=True, limit=limit)
+            losses = 0
+            for position in latest:
+                if position.realized_pnl - position.fees_paid >= 0:
+                    break
+                losses += 1
+            if losses < len(latest) or len(latest) < limit:
+                break
+            limit *= 4
+        if not losses:
+            return 0, None
+        return losses, latest[0].closed_at or moment

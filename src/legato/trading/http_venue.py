@@ -63,22 +63,14 @@ from legato.trading.fills import Fill
 from legato.trading.instruments import Instrument
 from legato.trading.market_data import Bar
 from legato.trading.orders import Order
-from legato.trading.paper_venue import GENERAL_POOL, ORDER_POOL
+from legato.trading.paper_venue import CALL_POOLS, GENERAL_POOL, ORDER_POOL
 from legato.trading.positions import Position
 from legato.trading.venue_wire import error_from_wire, from_wire, to_wire
 
 __all__ = ["HttpVenue"]
 
-_POOLS: Mapping[str, tuple[str, ...]] = {
-    "place_order": (ORDER_POOL, GENERAL_POOL),
-    "cancel_order": (ORDER_POOL, GENERAL_POOL),
-    "get_order": (GENERAL_POOL,),
-    "open_orders": (GENERAL_POOL,),
-    "fills": (GENERAL_POOL,),
-    "positions": (GENERAL_POOL,),
-    "balances": (GENERAL_POOL,),
-    "subscribe": (GENERAL_POOL,),
-}
+# The paper venue's pools per call, plus opening the bar stream: an HTTP request here.
+_POOLS: Mapping[str, tuple[str, ...]] = {**CALL_POOLS, "subscribe": (GENERAL_POOL,)}
 # Calls that change something on the venue: after sending, their outcome can be unknown.
 _EFFECTFUL = frozenset({"place_order", "cancel_order"})
 _R = TypeVar("_R", Order, Fill, Position, Balance, Instrument, Bar)

@@ -63,12 +63,13 @@ from legato.trading.orders import Order, OrderSide, OrderStatus, OrderType
 from legato.trading.paper_venue_state import PaperVenueState
 from legato.trading.positions import Position, PositionSide
 
-__all__ = ["GENERAL_POOL", "ORDER_POOL", "PaperVenue", "PaperVenueConfig"]
+__all__ = ["CALL_POOLS", "GENERAL_POOL", "ORDER_POOL", "PaperVenue", "PaperVenueConfig"]
 
 ORDER_POOL = "orders"
 GENERAL_POOL = "general"
 
-_POOLS: Mapping[str, tuple[str, ...]] = {
+# The budget pools each venue call draws on (an order call counts in both).
+CALL_POOLS: Mapping[str, tuple[str, ...]] = {
     "place_order": (ORDER_POOL, GENERAL_POOL),
     "cancel_order": (ORDER_POOL, GENERAL_POOL),
     "get_order": (GENERAL_POOL,),
@@ -540,7 +541,7 @@ class PaperVenue:
 
     async def _enter(self, method: str, key: str | None) -> Fault | None:
         """Wait on the client limits, pass the server budget, apply latency and faults."""
-        pools = _POOLS[method]
+        pools = CALL_POOLS[method]
         await self._limits.acquire(*pools)
         self._admit(pools, key)
         self._calls[method] += 1

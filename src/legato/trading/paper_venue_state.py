@@ -15,76 +15,21 @@ not part of it: they are about this process's calls, not about the account.
 
 from __future__ import annotations
 
-import dataclasses
-import enum
 import json
-import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, TypeVar
 
 from legato.kernel.errors import ValidationError
 from legato.trading.fills import Fill
 from legato.trading.orders import Order
 from legato.trading.positions import Position
+from legato.trading.venue_wire import from_wire, to_wire
 
 __all__ = ["PaperVenueState"]
 
 _FORMAT = 1
-_D = TypeVar("_D", Order, Position, Fill)
-
-
-def _encode_value(value: object) -> object:
-    if isinstance(value, Decimal):
-        return str(value)
-    if isinstance(value, enum.Enum):
-        return value.value
-    if isinstance(value, datetime):
-        return value.isoformat()
-    return value
-
-
-def _decoder(hint: Any) -> Callable[[Any], Any]:
-    arguments = typing.get_args(hint)
-    if arguments and type(None) in arguments:
-        (inner,) = (argument for argument in arguments if argument is not type(None))
-        decode = _decoder(inner)
-        return lambda value: None if value is None else decode(value)
-    if hint is Decimal:
-        return Decimal
-    if hint is datetime:
-        return datetime.fromisoformat
-    if isinstance(hint, type) and issubclass(hint, enum.Enum):
-        return hint
-    return lambda value: value
-
-
-def _decoders(cls: type[Any]) -> dict[str, Callable[[Any], Any]]:
-    hints = typing.get_type_hints(cls)
-    return {field.name: _decoder(hints[field.name]) for field in dataclasses.fields(cls)}
-
-
-# Built once: the field types of the three records the state holds.
-_DECODERS: dict[type[Any], dict[str, Callable[[Any], Any]]] = {
-    cls: _decoders(cls) for cls in (Order, Position, Fill)
-}
-
-
-def _encode(record: Order | Position | Fill) -> dict[str, object]:
-    return {
-        field.name: _encode_value(getattr(record, field.name))
-        for field in dataclasses.fields(record)
-    }
-
-
-def _decode(cls: type[_D], data: Mapping[str, Any]) -> _D:
-    decoders = _DECODERS[cls]
-    unknown = set(data) - set(decoders)
-    if unknown:
-        raise ValidationError(f"{cls.__name__} fields", sorted(unknown), f"{sorted(decoders)}")
-    return cls(**{name: decoders[name](value) for name, value in data.items()})
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,16 +80,16 @@ class PaperVenueState:
                 "name": self.name,
                 "saved_at": self.saved_at.isoformat(),
                 "holdings": {asset: str(amount) for asset, amount in self.holdings.items()},
-                "orders": [_encode(order) for order in self.orders],
+                "orders": [to_wire(order) for order in self.orders],
                 "open_order_ids": list(self.open_order_ids),
                 "reservations": {
                     cid: [asset, str(per_unit)]
                     for cid, (asset, per_unit) in self.reservations.items()
                 },
                 "bars_seen": dict(self.bars_seen),
-                "positions": [_encode(position) for position in self.positions],
-                "closed_positions": [_encode(position) for position in self.closed_positions],
-                "fills": [_encode(fill) for fill in self.fills],
+                "positions": [to_wire(position) for position in self.positions],
+                "closed_positions": [to_wire(position) for position in self.closed_positions],
+                "fills": [to_wire(fill) for fill in self.fills],
                 "last_prices": {symbol: str(price) for symbol, price in self.last_prices.items()},
                 "order_sequence": self.order_sequence,
                 "fill_sequence": self.fill_sequence,
@@ -168,18 +113,18 @@ class PaperVenueState:
                 name=data["name"],
                 saved_at=datetime.fromisoformat(data["saved_at"]),
                 holdings={asset: Decimal(amount) for asset, amount in data["holdings"].items()},
-                orders=tuple(_decode(Order, item) for item in data["orders"]),
+                orders=tuple(from_wire(Order, item) for item in data["orders"]),
                 open_order_ids=tuple(data["open_order_ids"]),
                 reservations={
                     cid: (asset, Decimal(per_unit))
                     for cid, (asset, per_unit) in data["reservations"].items()
                 },
                 bars_seen={cid: int(count) for cid, count in data["bars_seen"].items()},
-                positions=tuple(_decode(Position, item) for item in data["positions"]),
+                positions=tuple(from_wire(Position, item) for item in data["positions"]),
                 closed_positions=tuple(
-                    _decode(Position, item) for item in data["closed_positions"]
+                    from_wire(Position, item) for item in data["closed_positions"]
                 ),
-                fills=tuple(_decode(Fill, item) for item in data["fills"]),
+                fills=tuple(from_wire(Fill, item) for item in data["fills"]),
                 last_prices={
                     symbol: Decimal(price) for symbol, price in data["last_prices"].items()
                 },

@@ -439,11 +439,7 @@ class PaperExchange:
         await self._notify_audit()
         hold = self._take_hold("place_order", cid)
         try:
-            if (
-                hold is not None
-                and hold.stage is HoldStage.BEFORE
-                and await self._wait_release(hold) is HoldAction.DROP
-            ):
+            if await self._dropped_at(hold, HoldStage.BEFORE):
                 record.outcome = "dropped"
                 raise TransientError(
                     "the request was dropped before the exchange accepted it (hold point); "
@@ -453,11 +449,7 @@ class PaperExchange:
             placed = await self._venue.place_order(order)
             record.outcome = "accepted"
             self._observe_protection()
-            if (
-                hold is not None
-                and hold.stage is HoldStage.AFTER
-                and await self._wait_release(hold) is HoldAction.DROP
-            ):
+            if await self._dropped_at(hold, HoldStage.AFTER):
                 raise UnknownOutcomeError(
                     "the order was accepted but the answer was lost (hold point); query it",
                     idempotency_key=cid,
@@ -477,11 +469,7 @@ class PaperExchange:
     async def cancel(self, client_order_id: str | None, venue_order_id: str | None) -> Order:
         """Cancel an order through the venue, honouring a hold point armed for it."""
         hold = None if client_order_id is None else self._take_hold("cancel_order", client_order_id)
-        if (
-            hold is not None
-            and hold.stage is HoldStage.BEFORE
-            and await self._wait_release(hold) is HoldAction.DROP
-        ):
+        if await self._dropped_at(hold, HoldStage.BEFORE):
             raise TransientError(
                 "the cancel was dropped before the exchange saw it (hold point); nothing changed",
                 client_order_id=client_order_id,
@@ -490,11 +478,7 @@ class PaperExchange:
             client_order_id=client_order_id, venue_order_id=venue_order_id
         )
         self._observe_protection()
-        if (
-            hold is not None
-            and hold.stage is HoldStage.AFTER
-            and await self._wait_release(hold) is HoldAction.DROP
-        ):
+        if await self._dropped_at(hold, HoldStage.AFTER):
             raise UnknownOutcomeError(
                 "the order was cancelled but the answer was lost (hold point); query it",
                 idempotency_key=cancelled.client_order_id,
@@ -512,6 +496,12 @@ class PaperExchange:
                 hold.reached.set()
                 return hold
         return None
+
+    async def _dropped_at(self, hold: _Hold | None, stage: HoldStage) -> bool:
+        """Wait at `hold` if it is armed for `stage`; True when the test says to drop it."""
+        if hold is None or hold.stage is not stage:
+            return False
+        return await self._wait_release(hold) is HoldAction.DROP
 
     @staticmethod
     async def _wait_release(hold: _Hold) -> HoldAction:

@@ -4,14 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-from collections.abc import MutableMapping
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
 
 import pytest
-import structlog
-import structlog.testing
 
 from legato.kernel.errors import ValidationError
 from legato.kernel.simulation import run_simulated
@@ -82,31 +78,10 @@ PACED_BARS = 3_000  # ten days of five-minute bars: dozens of trades, several UT
 
 
 @pytest.fixture(scope="module")
-def paced_run(
-    tmp_path_factory: pytest.TempPathFactory,
-) -> tuple[list[Bar], BacktestResult, list[MutableMapping[str, Any]]]:
+def paced(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[Bar], BacktestResult]:
     bars = recorded(PACED_BARS)
     store = tmp_path_factory.mktemp("paced") / "desk.db"
-    with structlog.testing.capture_logs() as logs:
-        result = desk_backtest(DeskConfig(), bars, store=store)
-    return bars, result, logs
-
-
-@pytest.fixture(scope="module")
-def paced(
-    paced_run: tuple[list[Bar], BacktestResult, list[MutableMapping[str, Any]]],
-) -> tuple[list[Bar], BacktestResult]:
-    bars, result, _ = paced_run
-    return bars, result
-
-
-def test_a_bar_that_fills_a_stop_or_target_is_booked_before_its_decision(
-    paced_run: tuple[list[Bar], BacktestResult, list[MutableMapping[str, Any]]],
-) -> None:
-    _, result, logs = paced_run
-    assert len(result.trades) >= 20
-    # No decision tried to close a position its own bar had already closed.
-    assert [log for log in logs if log["event"] == "desk_close_refused"] == []
+    return bars, desk_backtest(DeskConfig(), bars, store=store)
 
 
 def test_every_fill_and_trade_carries_the_time_of_a_replayed_bar(

@@ -462,7 +462,6 @@ class Desk:
                     await parts.ledger.save_paper_venue(parts.venue.state())
                 if fills:
                     self._unbooked_fills = True
-                    await self._book_before_deciding()
                 if self._on_bar is not None:
                     self._on_bar(bar, fills)
                 self._last_price[bar.symbol] = bar.close
@@ -736,18 +735,6 @@ class Desk:
         except BaseException:
             self._unbooked_fills = True  # the next pass books them
             raise
-
-    async def _book_before_deciding(self) -> None:
-        """Book a bar's fills before the bar's decision runs.
-
-        A stop-loss or take-profit that filled on this bar closed the position: the
-        pipeline must decide on the book as the bar left it, not try to close a position
-        that is gone. A store that fails here leaves the fills to the monitor's next pass.
-        """
-        try:
-            await self._monitor_protection()
-        except Exception as error:  # the supervised monitor books them on its next pass
-            _log.warning("desk_fills_not_booked_before_decision", error=str(error))
 
     async def _guard_pass(self) -> object:
         parts = self._running()

@@ -188,6 +188,46 @@ async def test_a_batch_of_completions_accepts_each_current_lease_and_rejects_eac
         assert (await store.count_by_state()) == {TaskState.SUCCEEDED: 1, TaskState.RUNNING: 1}
 
 
+async def test_a_workers_round_lands_each_current_completion_with_its_event_and_refuses_a_stale_one(
+    open_store: OpenStore, clock: Clock
+) -> None:
+    # The worker's group commit: every outcome since its last round plus the next claim,
+    # one transaction. A stale token in the middle fails alone; the others land, each with
+    # its own history row, and the claim still happens.
+    async with open_store(clock) as store:
+        *_, last = await store.submit([new_task(), new_task(), new_task(), new_task()], now=1.0)
+        a, b, c = await store.claim("w", ["default"], 3, now=2.0, lease_seconds=30)
+        outcomes = [
+            success(a.task_id, a.fencing_token),
+            success(b.task_id, b.fencing_token + 1),
+            Outcome(
+                c.task_id, c.fencing_token, TaskState.RETRYING, "failed", error="boom", run_at=9.0
+            ),
+        ]
+        accepted, leases = await store.complete_and_claim(
+            outcomes, "w", ["default"], 3, now=3.0, lease_seconds=30
+        )
+        assert accepted == [True, False, True]
+        assert [lease.task_id for lease in leases] == [last.task_id]
+        expected = {
+            a.task_id: (TaskState.SUCCEEDED, a.fencing_token, None),
+            c.task_id: (TaskState.RETRYING, c.fencing_token, "boom"),
+        }
+        for task_id, (state, token, detail) in expected.items():
+            record = await store.get_task(task_id)
+            assert record is not None
+            assert record.state is state
+            assert [
+                (e.at, e.from_state, e.to_state, e.worker_id, e.fencing_token, e.detail)
+                for e in record.history
+                if e.from_state is TaskState.RUNNING
+            ] == [(3.0, TaskState.RUNNING, state, "w", token, detail)]
+        stale = await store.get_task(b.task_id)
+        assert stale is not None
+        assert (stale.state, stale.lease_owner) == (TaskState.RUNNING, "w")
+        assert [e for e in stale.history if e.from_state is TaskState.RUNNING] == []
+
+
 async def test_heartbeat_extends_held_leases_and_reports_lost_and_cancelled_ones(
     open_store: OpenStore, clock: Clock
 ) -> None:

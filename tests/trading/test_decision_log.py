@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import sqlite3
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
+import psycopg
 import pytest
 
 from legato.kernel.clock import Clock
@@ -79,6 +81,65 @@ async def test_a_claimed_decision_and_its_votes_round_trip_exactly(
     finally:
         await log.close()
     assert stored == record()
+    assert tuple(votes) == VOTES
+
+
+def many_votes(count: int) -> tuple[ModelDecision, ...]:
+    """`count` votes that all differ, so a reordering or a mix-up shows."""
+    actions = (TradeAction.BUY, TradeAction.SELL, TradeAction.HOLD)
+    return tuple(
+        ModelDecision(
+            f"model-{index}",
+            actions[index % 3],
+            (index % 101) / 100,
+            f"reason {index}",
+            fallback_reason=f"fallback {index}" if index % 2 else None,
+            error=f"error {index}" if index % 5 == 0 else None,
+            prompt_tokens=index,
+            completion_tokens=2 * index,
+            cost=Decimal(index) / Decimal(10_000),
+        )
+        for index in range(count)
+    )
+
+
+@pytest.mark.parametrize("count", [0, 1, 7, 1201])
+async def test_a_decision_with_n_votes_reads_them_back_in_order_and_exactly(
+    clock: Clock, desk_url: str, count: int
+) -> None:
+    # 1201 crosses the per-statement chunk of the votes insert twice.
+    votes = many_votes(count)
+    log = await DecisionLog.open(desk_url, upgrade=False, no_trade_batch=2)
+    try:
+        assert await log.claim(record("BTC@1"), votes)
+        # Batched no-trade runs write several decisions' votes in one transaction.
+        assert await log.record_no_trade(record("BTC@2", bar=1, correlation="c2"), votes[::-1])
+        assert await log.record_no_trade(record("BTC@3", bar=2, correlation="c3"), votes[:3])
+        claimed = await log.votes("BTC@1")
+        second = await log.votes("BTC@2")
+        third = await log.votes("BTC@3")
+    finally:
+        await log.close()
+    assert tuple(claimed) == votes
+    assert tuple(second) == votes[::-1]
+    assert tuple(third) == votes[:3]
+
+
+async def test_a_claim_whose_votes_fail_to_insert_stores_nothing(
+    clock: Clock, desk_url: str
+) -> None:
+    # A vote without reasoning breaks the table's NOT NULL: the decision goes with it.
+    broken = (*VOTES, dataclasses.replace(VOTES[0], reasoning=None))  # type: ignore[arg-type]
+    log = await DecisionLog.open(desk_url, upgrade=False)
+    try:
+        with pytest.raises((sqlite3.IntegrityError, psycopg.errors.NotNullViolation)):
+            await log.claim(record(), broken)
+        assert not await log.has("BTC@1")
+        assert await log.votes("BTC@1") == []
+        assert await log.claim(record(), VOTES)
+        votes = await log.votes("BTC@1")
+    finally:
+        await log.close()
     assert tuple(votes) == VOTES
 
 

@@ -91,12 +91,22 @@ async def test_the_kill_switch_stops_new_trades_and_closes_the_position(
             if r.role in (OrderRole.STOP_LOSS, OrderRole.TAKE_PROFIT)
         ]
         executed = await DecisionLog(ledger.database).decisions(status=PipelineStatus.EXECUTED)
+        closed = await ledger.closed_positions()
     finally:
         await ledger.close()
     assert len(executed) == 1
     assert open_positions == []
     assert [r.order.status for r in closes] == [OrderStatus.FILLED]
     assert protective == []
+    # The last telemetry counts the closed trade's realized PnL and fees.
+    telemetry = desk.telemetry
+    assert telemetry is not None
+    assert len(closed) == 1
+    assert closed[0].fees_paid > 0
+    assert (telemetry.realized_pnl, telemetry.fees_paid) == (
+        closed[0].realized_pnl,
+        closed[0].fees_paid,
+    )
 
 
 async def test_a_paused_symbol_decides_and_stores_but_never_trades(

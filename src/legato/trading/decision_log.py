@@ -26,6 +26,7 @@ orders (docs/concepts/decisions.md shows how).
 from __future__ import annotations
 
 import enum
+import functools
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -37,6 +38,7 @@ from legato.kernel.errors import ValidationError
 from legato.store import migrate
 from legato.store.database import Database, Row, Transaction
 from legato.store.postgres import PostgresDatabase
+from legato.store.sql_batches import chunks, placeholders
 from legato.store.sqlite import SqliteDatabase
 from legato.store.url import DEFAULT_STORE_URL, StoreUrl
 from legato.trading.agents.models import ModelDecision, TradeAction
@@ -137,6 +139,17 @@ _CONFLICT_COLUMNS = (
     "decision_key, symbol, conflicts, resolution, size_factor, reasoning, confidence, source, "
     "fallback_reason, prompt_tokens, completion_tokens, cost, created_at"
 )
+
+
+_VOTE_ROW = f"({placeholders(10)})"
+_VOTES_PER_STATEMENT = 500
+
+
+@functools.cache
+def _vote_insert(count: int) -> str:
+    """The INSERT of `count` votes (a desk polls a fixed set of models, so few texts)."""
+    rows = ", ".join(_VOTE_ROW for _ in range(count))
+    return f"INSERT INTO legato_desk_votes (decision_key, {_VOTE_COLUMNS}) VALUES {rows}"
 
 
 def _decision_row(row: Row) -> DecisionRecord:
@@ -328,23 +341,27 @@ class DecisionLog:
         )
         if not inserted:
             return False
-        for vote in votes:
-            await tx.execute(
-                f"INSERT INTO legato_desk_votes (decision_key, {_VOTE_COLUMNS}) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    record.key,
-                    vote.model,
-                    vote.action.value,
-                    vote.confidence,
-                    vote.reasoning,
-                    vote.fallback_reason,
-                    vote.error,
-                    vote.prompt_tokens,
-                    vote.completion_tokens,
-                    str(vote.cost),
-                ),
-            )
+        # One statement for the votes (per `_VOTES_PER_STATEMENT`, which keeps SQLite under
+        # its bound-parameter limit): a multi-row VALUES list inserts its rows in list order
+        # on both backends, so the ids keep the polling order that `votes` reads back.
+        for chunk in chunks(votes, _VOTES_PER_STATEMENT):
+            params: list[Any] = []
+            for vote in chunk:
+                params.extend(
+                    (
+                        record.key,
+                        vote.model,
+                        vote.action.value,
+                        vote.confidence,
+                        vote.reasoning,
+                        vote.fallback_reason,
+                        vote.error,
+                        vote.prompt_tokens,
+                        vote.completion_tokens,
+                        str(vote.cost),
+                    )
+                )
+            await tx.execute(_vote_insert(len(chunk)), params)
         return True
 
     async def record_conflict(self, record: ConflictRecord) -> None:

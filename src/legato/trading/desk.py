@@ -798,7 +798,8 @@ class Desk:
             quote_asset=self._config.venue.quote_asset,
             kill_switch=parts.coordinator.kill_switch,
         )
-        closed = await parts.ledger.closed_positions()
+        # Per-symbol sums of the closed positions: no `Position` built per closed trade.
+        closed = (await parts.ledger.closed_totals()).values()
         open_positions = state.open_positions
         telemetry = DeskTelemetry(
             at=self._clock.now(),
@@ -806,8 +807,13 @@ class Desk:
             exposure=state.total_exposure,
             open_positions=len(open_positions),
             unrealized_pnl=sum((p.unrealized_pnl for p in open_positions), _ZERO),
-            realized_pnl=sum((p.realized_pnl for p in (*closed, *open_positions)), _ZERO),
-            fees_paid=sum((p.fees_paid for p in (*closed, *open_positions)), _ZERO),
+            realized_pnl=sum(
+                (*(realized for realized, _ in closed), *(p.realized_pnl for p in open_positions)),
+                _ZERO,
+            ),
+            fees_paid=sum(
+                (*(fees for _, fees in closed), *(p.fees_paid for p in open_positions)), _ZERO
+            ),
             trading_state=parts.risk.evaluate_state(state).state,
             latencies=parts.coordinator.latencies,
         )

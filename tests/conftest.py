@@ -9,10 +9,11 @@ CI=true, where an unreachable server fails them: CI must never pass by skipping.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import shutil
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 
@@ -123,3 +124,37 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
         report.outcome = "failed"
         report.longrepr = f"skipped under CI=true, where everything must run: {reason}"
+
+
+@pytest.fixture
+def until() -> Callable[[Callable[[], bool]], Awaitable[None]]:
+    """`await until(condition)`: let the loop's other tasks run until `condition` holds.
+
+    No clock time passes: for tests that pile calls up at a known moment (a held connection)
+    and need them all queued before going on.
+    """
+
+    async def wait(condition: Callable[[], bool]) -> None:
+        for _ in range(1_000):
+            if condition():
+                return
+            await asyncio.sleep(0)
+        pytest.fail("the condition never held")
+
+    return wait
+
+
+@pytest.fixture
+def connection_held() -> Callable[[TaskStore], AbstractAsyncContextManager[None]]:
+    """`async with connection_held(store):` keeps the store's connection in a transaction.
+
+    Calls made meanwhile queue up behind it, so a test knows exactly what a batch will hold.
+    """
+
+    @asynccontextmanager
+    async def held(store: TaskStore) -> AsyncIterator[None]:
+        async with store.database.transaction() as tx:
+            await tx.fetch("SELECT 1")
+            yield
+
+    return held

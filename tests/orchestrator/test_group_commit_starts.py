@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import psycopg
@@ -20,28 +20,14 @@ from legato.orchestrator import Orchestrator
 from legato.orchestrator.worker import Worker
 from legato.orchestrator.workflow import WorkflowEngine
 from legato.orchestrator.workflow_context import WorkflowContext
-from legato.store import StoreUnavailableError
+from legato.store import StoreUnavailableError, TaskStore
 from legato.store.workflow_records import WorkflowState
 
 RunWorker = Callable[..., AbstractAsyncContextManager[Worker]]
 WaitUntil = Callable[..., Awaitable[Any]]
 
-
-@asynccontextmanager
-async def connection_held(app: Orchestrator) -> AsyncIterator[None]:
-    """Keep the store's connection busy (an open transaction) until the block ends."""
-    async with app.store.database.transaction() as tx:
-        await tx.fetch("SELECT 1")
-        yield
-
-
-async def until(condition: Callable[[], bool]) -> None:
-    """Let the other tasks of the loop run until `condition` holds (no clock time passes)."""
-    for _ in range(1_000):
-        if condition():
-            return
-        await asyncio.sleep(0)
-    pytest.fail("the condition never held")
+Until = Callable[[Callable[[], bool]], Awaitable[None]]
+ConnectionHeld = Callable[[TaskStore], AbstractAsyncContextManager[None]]
 
 
 @pytest.fixture
@@ -61,13 +47,15 @@ def engine(app: Orchestrator) -> WorkflowEngine:
 
 async def test_concurrent_submits_share_a_commit_and_a_bad_call_fails_alone(
     app: Orchestrator,
+    connection_held: ConnectionHeld,
+    until: Until,
 ) -> None:
     @app.task(name="add")
     async def add(a: int, b: int) -> int:
         return a + b
 
     async with app:
-        async with connection_held(app):
+        async with connection_held(app.store):
             calls = [asyncio.create_task(app.submit("add", n, 1)) for n in range(8)]
             bad = asyncio.create_task(app.submit("add", 1))  # a missing argument
             late = [asyncio.create_task(app.submit("add", n, 2)) for n in range(2)]
@@ -85,10 +73,15 @@ async def test_concurrent_submits_share_a_commit_and_a_bad_call_fails_alone(
 
 
 async def test_concurrent_starts_share_a_commit_and_every_workflow_runs(
-    app: Orchestrator, engine: WorkflowEngine, running_worker: RunWorker, wait_until: WaitUntil
+    app: Orchestrator,
+    engine: WorkflowEngine,
+    running_worker: RunWorker,
+    wait_until: WaitUntil,
+    connection_held: ConnectionHeld,
+    until: Until,
 ) -> None:
     async with app:
-        async with connection_held(app):
+        async with connection_held(app.store):
             starts = [asyncio.create_task(engine.start("one-step", f"v{n}")) for n in range(12)]
             await until(lambda: engine.store.start_group.stats.calls == 12)
         ids = await asyncio.gather(*starts)
@@ -139,13 +132,16 @@ async def _allow_payloads(app: Orchestrator) -> None:
 
 
 async def test_taken_keys_and_a_rejected_start_in_a_batch_affect_only_themselves(
-    app: Orchestrator, engine: WorkflowEngine
+    app: Orchestrator,
+    engine: WorkflowEngine,
+    connection_held: ConnectionHeld,
+    until: Until,
 ) -> None:
     async with app:
         existing = await engine.start("one-step", "old", idempotency_key="wf-1")
         await _forbid_payload(app, '"poison"')
         try:
-            async with connection_held(app):
+            async with connection_held(app.store):
                 calls = [
                     engine.start("one-step", "lead"),
                     engine.start("one-step", "a"),
@@ -176,7 +172,10 @@ async def test_taken_keys_and_a_rejected_start_in_a_batch_affect_only_themselves
 
 
 async def test_closing_the_app_writes_queued_starts_and_submits_first(
-    app: Orchestrator, store_url: str
+    app: Orchestrator,
+    store_url: str,
+    connection_held: ConnectionHeld,
+    until: Until,
 ) -> None:
     @app.task(name="noop")
     async def noop() -> None:
@@ -187,7 +186,7 @@ async def test_closing_the_app_writes_queued_starts_and_submits_first(
         return value
 
     await app.open()
-    async with connection_held(app):
+    async with connection_held(app.store):
         starts = [asyncio.create_task(app.start_workflow("empty", f"v{n}")) for n in range(3)]
         submits = [asyncio.create_task(app.submit("noop")) for _ in range(3)]
         await until(

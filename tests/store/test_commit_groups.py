@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import psycopg
@@ -27,6 +27,9 @@ from legato.store.task_store import SUBMIT_GROUP_LIMIT
 OpenStore = Callable[[Clock], AbstractAsyncContextManager[TaskStore]]
 SubmitCall = tuple[Sequence[NewTask], float]
 
+Until = Callable[[Callable[[], bool]], Awaitable[None]]
+ConnectionHeld = Callable[[TaskStore], AbstractAsyncContextManager[None]]
+
 
 def new_task(name: str, *, key: str | None = None, queue: str = "default") -> NewTask:
     return NewTask(
@@ -40,23 +43,6 @@ def new_task(name: str, *, key: str | None = None, queue: str = "default") -> Ne
     )
 
 
-@asynccontextmanager
-async def connection_held(store: TaskStore) -> AsyncIterator[None]:
-    """Keep the store's connection busy (an open transaction) until the block ends."""
-    async with store.database.transaction() as tx:
-        await tx.fetch("SELECT 1")
-        yield
-
-
-async def until(condition: Callable[[], bool]) -> None:
-    """Let the other tasks of the loop run until `condition` holds (no clock time passes)."""
-    for _ in range(1_000):
-        if condition():
-            return
-        await asyncio.sleep(0)
-    pytest.fail("the condition never held")
-
-
 def submit_each(
     store: TaskStore, batches: Sequence[Sequence[NewTask]]
 ) -> list[asyncio.Task[list[Submitted]]]:
@@ -68,7 +54,10 @@ async def names_by_id(store: TaskStore) -> dict[int, str]:
 
 
 async def test_concurrent_submits_share_one_commit_and_each_caller_gets_its_own_ids(
-    open_store: OpenStore, clock: Clock
+    open_store: OpenStore,
+    clock: Clock,
+    connection_held: ConnectionHeld,
+    until: Until,
 ) -> None:
     async with open_store(clock) as store:
         async with connection_held(store):
@@ -91,7 +80,10 @@ async def test_concurrent_submits_share_one_commit_and_each_caller_gets_its_own_
 
 
 async def test_batch_submits_ride_together_up_to_the_limit(
-    open_store: OpenStore, clock: Clock
+    open_store: OpenStore,
+    clock: Clock,
+    connection_held: ConnectionHeld,
+    until: Until,
 ) -> None:
     size = SUBMIT_GROUP_LIMIT // 2
     batches = [[new_task(f"b{b}-{n}") for n in range(size)] for b in range(5)]
@@ -110,7 +102,10 @@ async def test_batch_submits_ride_together_up_to_the_limit(
 
 
 async def test_a_taken_idempotency_key_in_a_batch_returns_the_existing_task_alone(
-    open_store: OpenStore, clock: Clock
+    open_store: OpenStore,
+    clock: Clock,
+    connection_held: ConnectionHeld,
+    until: Until,
 ) -> None:
     async with open_store(clock) as store:
         existing = (await store.submit([new_task("old", key="order-1")], now=1.0))[0]
@@ -170,7 +165,10 @@ async def _allow_queues(store: TaskStore) -> None:
 
 
 async def test_an_item_the_database_rejects_fails_alone_and_the_others_land(
-    open_store: OpenStore, clock: Clock
+    open_store: OpenStore,
+    clock: Clock,
+    connection_held: ConnectionHeld,
+    until: Until,
 ) -> None:
     async with open_store(clock) as store:
         await _forbid_queue(store, "forbidden")
@@ -206,7 +204,10 @@ async def test_an_item_the_database_rejects_fails_alone_and_the_others_land(
 
 
 async def test_a_caller_cancelled_while_queued_writes_nothing_and_the_others_land(
-    open_store: OpenStore, clock: Clock
+    open_store: OpenStore,
+    clock: Clock,
+    connection_held: ConnectionHeld,
+    until: Until,
 ) -> None:
     async with open_store(clock) as store:
         async with connection_held(store):
@@ -227,7 +228,10 @@ async def test_a_caller_cancelled_while_queued_writes_nothing_and_the_others_lan
 
 
 async def test_a_caller_cancelled_while_its_batch_is_in_flight_does_not_disturb_it(
-    open_store: OpenStore, clock: Clock
+    open_store: OpenStore,
+    clock: Clock,
+    connection_held: ConnectionHeld,
+    until: Until,
 ) -> None:
     async with open_store(clock) as store:
         calls: list[asyncio.Task[list[Submitted]]] = []
@@ -269,7 +273,11 @@ async def _no_slow_insert(store: TaskStore) -> None:
 
 
 async def test_a_connection_lost_mid_batch_leaves_no_batch_half_written(
-    open_store: OpenStore, store_url: str, clock: SimulatedClock
+    open_store: OpenStore,
+    store_url: str,
+    clock: SimulatedClock,
+    connection_held: ConnectionHeld,
+    until: Until,
 ) -> None:
     size = SUBMIT_GROUP_LIMIT // 2
     batches = [[new_task(f"c{b}-{n}") for n in range(size)] for b in range(7)]
@@ -332,7 +340,10 @@ async def test_a_connection_lost_mid_batch_leaves_no_batch_half_written(
 
 
 async def test_close_writes_the_queued_submits_first_then_refuses_new_ones(
-    open_store: OpenStore, clock: Clock
+    open_store: OpenStore,
+    clock: Clock,
+    connection_held: ConnectionHeld,
+    until: Until,
 ) -> None:
     async with open_store(clock) as store:
         async with connection_held(store):
@@ -349,7 +360,10 @@ async def test_close_writes_the_queued_submits_first_then_refuses_new_ones(
 
 
 async def test_close_also_waits_for_a_submit_too_big_to_share(
-    open_store: OpenStore, clock: Clock
+    open_store: OpenStore,
+    clock: Clock,
+    connection_held: ConnectionHeld,
+    until: Until,
 ) -> None:
     big = [new_task(f"big-{n}") for n in range(SUBMIT_GROUP_LIMIT + 1)]
     async with open_store(clock) as store:

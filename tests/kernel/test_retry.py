@@ -302,3 +302,67 @@ def test_retrier_rejects_non_positive_time_limits(field: str, value: float) -> N
         Retrier(no_jitter(), **{field: value})  # type: ignore[arg-type]
 
     assert caught.value.field == field
+
+
+async def test_first_attempt_success_neither_sleeps_nor_reports(clock: Clock) -> None:
+    events: list[RetryEvent] = []
+    flaky = Flaky(clock, [])
+    started = clock.monotonic()
+
+    result = await Retrier(no_jitter(), clock, on_retry=events.append).run(flaky)
+
+    assert (result.value, result.attempts, result.retry_count) == ("ok", 1, 0)
+    assert events == []
+    assert clock.monotonic() == started
+
+
+async def test_kwargs_reach_the_function_on_every_attempt(clock: Clock) -> None:
+    seen: list[str] = []
+
+    async def labelled(*, label: str) -> str:
+        seen.append(label)
+        if len(seen) < 3:
+            raise TransientError("again")
+        return label
+
+    result = await Retrier(no_jitter(), clock).run(labelled, label="k")
+
+    assert (result.value, result.attempts) == ("k", 3)
+    assert seen == ["k", "k", "k"]
+
+
+async def test_overall_deadline_reports_the_attempts_made(clock: Clock) -> None:
+    flaky = Flaky(clock, [TransientError(str(n)) for n in range(100)])
+
+    with pytest.raises(DeadlineExceeded) as caught:
+        await Retrier(no_jitter(max_attempts=100), clock, deadline=5.0).call(flaky)
+
+    # Attempts at 0s, 1s and 3s; the deadline falls during the 4s wait after the third.
+    assert caught.value.context["attempts"] == 3
+
+
+async def test_timeout_raised_by_the_function_itself_is_retried_as_a_timeout(
+    clock: Clock,
+) -> None:
+    events: list[RetryEvent] = []
+    flaky = Flaky(clock, [TimeoutError("fn's own")])
+
+    result = await Retrier(no_jitter(), clock, attempt_timeout=50.0, on_retry=events.append).run(
+        flaky
+    )
+
+    assert result.attempts == 2
+    assert type(events[0].error) is TimeoutError
+    assert events[0].kind is ErrorKind.TIMEOUT
+
+
+async def test_single_attempt_policy_wraps_a_retryable_failure(clock: Clock) -> None:
+    error = TransientError("once")
+    flaky = Flaky(clock, [error])
+
+    with pytest.raises(RetryExhausted) as caught:
+        await Retrier(no_jitter(max_attempts=1), clock).call(flaky)
+
+    assert caught.value.attempts == 1
+    assert caught.value.last_error is error
+    assert len(flaky.attempted_at) == 1

@@ -9,8 +9,8 @@ A `Retrier` (or the one-shot `retry_call`) runs an async function under a policy
 `Clock`, deciding from the error taxonomy (`legato.kernel.errors`) what earns another attempt:
 transient errors and timeouts are retried with backoff, rate-limited errors wait at least the
 server's `retry_after`, and permanent, validation and unknown-outcome errors reach the caller
-at once. The attempt loop itself is tenacity's `AsyncRetrying`, fed with our sleep, wait, stop
-and retry decisions.
+at once. The attempt loop is a small loop of our own: a first attempt that succeeds costs one
+await, which matters on hot paths such as every venue and ledger call of a backtest.
 """
 
 from __future__ import annotations
@@ -21,8 +21,6 @@ import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Generic, ParamSpec, TypeVar
-
-import tenacity
 
 from legato.kernel.clock import Clock, RealClock
 from legato.kernel.errors import (
@@ -213,83 +211,84 @@ class Retrier:
         self, fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs
     ) -> RetryResult[T]:
         """Like `call`, but return the value together with the number of attempts made."""
-        attempts = 0
-
-        async def attempt() -> T:
-            nonlocal attempts
-            attempts += 1
-            limit = asyncio.timeout(self._attempt_timeout)
-            try:
-                async with limit:
-                    return await fn(*args, **kwargs)
-            except TimeoutError as error:
-                if not limit.expired():
-                    raise  # fn's own timeout: classified (and retried) like any other
-                raise DeadlineExceeded(
-                    f"attempt {attempts} timed out", timeout=self._attempt_timeout
-                ) from error
-
-        retrying: tenacity.AsyncRetrying = tenacity.AsyncRetrying(
-            sleep=self._clock.sleep,
-            stop=tenacity.stop_after_attempt(self._policy.max_attempts),
-            wait=self._wait,
-            retry=tenacity.retry_if_exception(_is_retryable),
-            before_sleep=self._before_sleep,
-            retry_error_callback=_raise_exhausted,
-        )
+        if self._deadline is None:
+            return await self._attempts(fn, args, kwargs, [0])
+        counter = [0]
         deadline = asyncio.timeout(self._deadline)
         try:
             async with deadline:
-                value: T = await retrying(attempt)
+                return await self._attempts(fn, args, kwargs, counter)
         except TimeoutError as error:
             if not deadline.expired():
                 raise
             raise DeadlineExceeded(
-                f"retry deadline ran out during attempt {attempts} or the wait after it",
+                f"retry deadline ran out during attempt {counter[0]} or the wait after it",
                 timeout=self._deadline,
-                attempts=attempts,
+                attempts=counter[0],
             ) from error
-        return RetryResult(value, attempts)
 
-    def _wait(self, state: tenacity.RetryCallState) -> float:
+    async def _attempts(
+        self,
+        fn: Callable[..., Awaitable[T]],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        counter: list[int],
+    ) -> RetryResult[T]:
+        # The attempt loop. `counter[0]` is the number of attempts started, kept where `run`
+        # can read it when the overall deadline cancels us mid-attempt or mid-sleep.
+        # A first attempt that succeeds costs one await and one RetryResult.
+        attempt_timeout = self._attempt_timeout
+        attempt = 0
+        while True:
+            attempt += 1
+            counter[0] = attempt
+            try:
+                if attempt_timeout is None:
+                    value = await fn(*args, **kwargs)
+                else:
+                    value = await self._timed_attempt(fn, args, kwargs, attempt)
+            except Exception as error:  # BaseExceptions (cancellation) are never retried
+                kind = classify(error)
+                if not kind.retryable:
+                    raise
+                if attempt >= self._policy.max_attempts:
+                    raise RetryExhausted(error, attempt) from error
+                delay = self._wait(attempt, error)
+                if self._on_retry is not None:
+                    self._on_retry(RetryEvent(attempt=attempt, error=error, kind=kind, delay=delay))
+                await self._clock.sleep(delay)
+                continue
+            return RetryResult(value, attempt)
+
+    async def _timed_attempt(
+        self,
+        fn: Callable[..., Awaitable[T]],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        attempt: int,
+    ) -> T:
+        limit = asyncio.timeout(self._attempt_timeout)
+        try:
+            async with limit:
+                return await fn(*args, **kwargs)
+        except TimeoutError as error:
+            if not limit.expired():
+                raise  # fn's own timeout: classified (and retried) like any other
+            raise DeadlineExceeded(
+                f"attempt {attempt} timed out", timeout=self._attempt_timeout
+            ) from error
+
+    def _wait(self, attempt: int, error: BaseException) -> float:
         if self._rng is None:  # only allowed when the policy has no jitter
-            delay = self._policy.backoff(state.attempt_number)
+            delay = self._policy.backoff(attempt)
         else:
-            delay = self._policy.delay(state.attempt_number, self._rng)
-        error = state.outcome.exception() if state.outcome is not None else None
+            delay = self._policy.delay(attempt, self._rng)
         if isinstance(error, RateLimitedError | CircuitOpenError) and error.retry_after:
             # The hint is a floor, not a replacement: many clients told "1s" would otherwise
             # all come back in the same instant. An attempt before an open circuit's
             # retry_after would only be refused again.
             delay = max(delay, error.retry_after)
         return delay
-
-    def _before_sleep(self, state: tenacity.RetryCallState) -> None:
-        if self._on_retry is None or state.outcome is None:
-            return
-        error = state.outcome.exception()
-        if error is None:  # pragma: no cover - tenacity only sleeps after a failure here
-            return
-        self._on_retry(
-            RetryEvent(
-                attempt=state.attempt_number,
-                error=error,
-                kind=classify(error),
-                delay=state.upcoming_sleep,
-            )
-        )
-
-
-def _is_retryable(error: BaseException) -> bool:
-    # Cancellation and other BaseExceptions are never retried: they are not failures of the call.
-    return isinstance(error, Exception) and classify(error).retryable
-
-
-def _raise_exhausted(state: tenacity.RetryCallState) -> Any:
-    error = state.outcome.exception() if state.outcome is not None else None
-    if error is None:  # pragma: no cover - stop is only consulted after a failed attempt
-        raise RuntimeError("retry stopped without an error")
-    raise RetryExhausted(error, state.attempt_number) from error
 
 
 async def retry_call(

@@ -478,3 +478,72 @@ async def test_a_drain_written_to_the_store_stops_claiming_lets_work_finish_and_
 
 async def _is_draining(worker: Worker) -> bool:
     return worker.draining
+
+
+async def test_an_async_task_that_ignores_a_cancel_is_abandoned_after_the_grace_period(
+    app: Orchestrator, running_worker: RunWorker, wait_until: WaitUntil, clock: Clock
+) -> None:
+    # A plain async task (no time limit) runs without a watcher of its own; the cancel must
+    # still give it the grace period, then abandon it, report it cancelled, free its slot.
+    started = asyncio.Event()
+    outlived: list[float] = []
+
+    @app.task(name="stubborn")
+    async def stubborn() -> str:
+        started.set()
+        try:
+            await clock.sleep(1000)
+        except asyncio.CancelledError:
+            await clock.sleep(50)  # ignores the cancel: keeps going past the grace period
+            outlived.append(clock.monotonic())
+        return "late"
+
+    @app.task(name="next")
+    async def next_task() -> str:
+        return "ran"
+
+    async with app, running_worker(concurrency=1):
+        task_id = await app.submit("stubborn")
+        await started.wait()
+        asked_at = clock.monotonic()
+        assert await app.cancel(task_id) is TaskState.RUNNING
+        record: TaskRecord = await wait_until(finished(app, task_id), within=30)
+        ended_at = clock.monotonic()
+        follower = await app.submit("next")
+        after: TaskRecord = await wait_until(finished(app, follower), within=10)
+    assert (record.state, record.end_reason, record.result) == (
+        TaskState.CANCELLED,
+        EndReason.CANCELLED,
+        None,
+    )
+    assert FAST.grace <= ended_at - asked_at < 50
+    assert outlived == []  # reported while the function was still running
+    assert (after.state, after.result) == (TaskState.SUCCEEDED, '"ran"')
+
+
+async def test_a_stop_returns_once_the_last_running_task_is_reported_not_after_the_grace(
+    app: Orchestrator, running_worker: RunWorker, clock: Clock
+) -> None:
+    # The task ends a second after the stop: the worker reports it and deregisters then,
+    # instead of waiting out the rest of its (long) grace period with nothing left to do.
+    started = asyncio.Event()
+
+    @app.task(name="short")
+    async def short() -> str:
+        started.set()
+        await clock.sleep(5)
+        return "done"
+
+    patient = WorkerConfig(lease_seconds=6.0, poll_interval=0.5, grace=600.0, reaper_interval=1.0)
+    async with app:
+        async with running_worker(config=patient):
+            task_id = await app.submit("short")
+            await started.wait()
+            stopped_at = clock.monotonic()
+        ended_at = clock.monotonic()
+        record = await app.get_task(task_id)
+        workers = await app.store.list_workers(include_stopped=True)
+    assert record is not None
+    assert (record.state, record.result) == (TaskState.SUCCEEDED, '"done"')
+    assert [w.state for w in workers] == ["stopped"]
+    assert ended_at - stopped_at < 60  # the task's 5 s and a report, not the 600 s grace

@@ -546,3 +546,105 @@ async def test_a_task_inserted_in_a_callers_transaction_commits_or_rolls_back_wi
         assert not again.created
         assert again.task_id == made.task_id
         assert await store.count_by_state() == {TaskState.PENDING: 1}
+
+
+async def test_a_round_of_every_kind_of_outcome_sets_each_tasks_fields_and_history(
+    open_store: OpenStore, clock: Clock
+) -> None:
+    # Several outcomes of each shape in one round: on PostgreSQL plain successes take their
+    # own narrower statement and the rest go as typed binary arrays; both must write what
+    # the general statement always wrote.
+    async with open_store(clock) as store:
+        await store.submit([new_task() for _ in range(6)], now=1.0)
+        a, b, c, d, e, f = await store.claim("w", ["default"], 6, now=2.0, lease_seconds=30)
+        outcomes = [
+            success(a.task_id, a.fencing_token),
+            Outcome(
+                b.task_id,
+                b.fencing_token,
+                TaskState.RETRYING,
+                "failed",
+                end_reason=EndReason.ERROR,
+                error="boom",
+                error_kind="transient",
+                traceback="tb",
+                run_at=9.5,
+            ),
+            Outcome(c.task_id, c.fencing_token, TaskState.SUCCEEDED, "succeeded", result='"x"'),
+            Outcome(
+                d.task_id,
+                d.fencing_token,
+                TaskState.DEAD,
+                "failed",
+                end_reason=EndReason.TIMEOUT,
+                error="slow",
+                error_kind="timeout",
+            ),
+            Outcome(
+                e.task_id,
+                e.fencing_token,
+                TaskState.CANCELLED,
+                "cancelled",
+                end_reason=EndReason.CANCELLED,
+            ),
+            Outcome(f.task_id, f.fencing_token, TaskState.PENDING, "released"),
+        ]
+        assert await store.complete(outcomes, "w", 3.0) == [True] * 6
+        expected = {
+            a.task_id: (TaskState.SUCCEEDED, None, "1", None, None, 0.0, 3.0, 1, "succeeded"),
+            b.task_id: (
+                TaskState.RETRYING,
+                EndReason.ERROR,
+                None,
+                "boom",
+                "transient",
+                9.5,
+                None,
+                1,
+                "failed",
+            ),
+            c.task_id: (TaskState.SUCCEEDED, None, '"x"', None, None, 0.0, 3.0, 1, "succeeded"),
+            d.task_id: (
+                TaskState.DEAD,
+                EndReason.TIMEOUT,
+                None,
+                "slow",
+                "timeout",
+                0.0,
+                3.0,
+                1,
+                "failed",
+            ),
+            e.task_id: (
+                TaskState.CANCELLED,
+                EndReason.CANCELLED,
+                None,
+                None,
+                None,
+                0.0,
+                3.0,
+                1,
+                "cancelled",
+            ),
+            f.task_id: (TaskState.PENDING, None, None, None, None, 0.0, None, 0, "released"),
+        }
+        for task_id, fields in expected.items():
+            record = await store.get_task(task_id)
+            assert record is not None
+            assert (
+                record.state,
+                record.end_reason,
+                record.result,
+                record.error,
+                record.error_kind,
+                record.run_at,
+                record.finished_at,
+                record.attempts,
+                record.history[-1].reason,
+            ) == fields
+            assert record.lease_owner is None
+            assert record.history[-1].fencing_token == record.fencing_token
+            assert record.history[-1].worker_id == "w"
+        retrying = await store.get_task(b.task_id)
+        assert retrying is not None
+        assert (retrying.traceback, retrying.history[-1].detail) == ("tb", "boom")

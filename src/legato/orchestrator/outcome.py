@@ -20,6 +20,10 @@ __all__ = ["cancelled", "expired", "failed", "released", "succeeded"]
 
 def succeeded(lease: Lease, result: Any) -> Outcome:
     """The attempt returned `result`; a result that is not JSON fails the attempt instead."""
+    if result is None:  # most tasks return nothing: skip the encoder
+        return Outcome(
+            lease.task_id, lease.fencing_token, TaskState.SUCCEEDED, "succeeded", result="null"
+        )
     try:
         encoded = json.dumps(result, allow_nan=False, separators=(",", ":"))
     except (TypeError, ValueError) as error:

@@ -6,8 +6,11 @@ One `Worker` is one process incarnation's consumer (its id is new every start). 
   as many due tasks as there are free slots (group commit), then waits until a task ends,
   a submit wakes it (in-process event; LISTEN/NOTIFY on PostgreSQL) or the poll interval
   passes (how SQLite workers in other processes see new work);
-- attempts: each claimed task runs as a task of the worker's TaskGroup. Async functions run
-  on the loop; sync ones in the worker's thread pool, so a CPU-bound or blocking function
+- attempts: async functions run on the loop; sync ones in the worker's thread pool. An
+  async function without a time limit (the common case) runs as its own asyncio task,
+  reported by a done callback; the others, and any attempt the worker interrupts (cancel,
+  lost lease, shutdown), are watched by a coroutine in the worker's TaskGroup that applies
+  time limits and the grace period. The thread pool means a CPU-bound or blocking function
   cannot delay heartbeats (threads, not processes: arguments and results need no pickling,
   the task context is shared, and the GIL is released by the I/O most tasks do; put
   CPU-heavy work in a process pool inside the task);
@@ -24,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import functools
 import json
 import os
 import signal
@@ -49,6 +53,8 @@ if TYPE_CHECKING:
     from legato.orchestrator.app import Orchestrator
 
 __all__ = ["STORE_BACKOFF", "Worker", "WorkerConfig"]
+
+_NO_ARGUMENTS = '{"args":[],"kwargs":{}}'
 
 _log = structlog.get_logger(__name__)
 
@@ -107,11 +113,13 @@ class _Attempt:
     __slots__ = (
         "context",
         "definition",
+        "direct",
         "future",
         "gate",
         "lease",
         "releasing",
         "request",
+        "settled",
         "stop_reason",
     )
 
@@ -123,12 +131,22 @@ class _Attempt:
         self.future: asyncio.Future[Any] | None = None
         self.stop_reason: EndReason | None = None
         self.releasing = False
-        self.gate: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        # The gate (see _attempt_outcome) exists only for attempts watched by a coroutine;
+        # a direct attempt (an async function without a time limit) is settled by a done
+        # callback on its future and gets a watcher only if it is interrupted.
+        self.gate: asyncio.Future[None] | None = None
+        self.direct = False
+        self.settled = False
 
     def open_gate(self) -> None:
         """Wake whoever waits for this attempt to end or to be interrupted."""
-        if not self.gate.done():
+        if self.gate is not None and not self.gate.done():
             self.gate.set_result(None)
+
+    @property
+    def interrupted(self) -> bool:
+        """True once the worker asked the attempt to stop (any reason)."""
+        return self.releasing or self.stop_reason is not None or self.context.stop_requested
 
 
 class Worker:
@@ -167,6 +185,7 @@ class Worker:
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._abandoned: set[asyncio.Future[Any]] = set()
         self._failures = 0
+        self._group: asyncio.TaskGroup | None = None
         self.supervisor = Supervisor(clock=app.clock, rng=app.rng)
         self.ready = asyncio.Event()
         """Set once the worker is registered and about to claim."""
@@ -240,6 +259,7 @@ class Worker:
         )
         try:
             async with self.supervisor, asyncio.TaskGroup() as group:
+                self._group = group
                 if store.database.dialect == "postgresql":
                     listener = group.create_task(self._listen(), name=f"{self.worker_id}:listen")
                 else:
@@ -344,6 +364,8 @@ class Worker:
                 self._start(group, lease)
             if free > 0 and len(leases) == free:
                 continue  # more work may be waiting
+            if self._stopping.is_set() and not self._attempts:
+                continue  # drained and reported: the loop's top returns (or reports the rest)
             if not self._outcomes:
                 await self._wait(self.config.poll_interval if wait_limit is None else wait_limit)
 
@@ -391,22 +413,66 @@ class Worker:
         )
         attempt = _Attempt(lease, definition, context)
         self._attempts[lease.task_id] = attempt
+        if definition is not None and definition.is_async and lease.timeout is None:
+            # The common case, made cheap: the function's own task is the attempt, and a
+            # done callback reports it (no watcher coroutine, gate or shield). Nothing can
+            # end such an attempt but itself or an interrupt, which adds a watcher then.
+            try:
+                future = self._call_arguments(attempt)
+            except Exception as error:  # undecodable arguments: the attempt fails
+                self._settle(
+                    attempt, outcome.failed(lease, error, self.app.clock.timestamp(), self.app.rng)
+                )
+                return
+            attempt.direct = True
+            attempt.future = future
+            future.add_done_callback(functools.partial(self._direct_done, attempt))
+            return
         group.create_task(self._run_attempt(attempt), name=f"legato-task-{lease.task_id}")
+
+    def _direct_done(self, attempt: _Attempt, future: asyncio.Future[Any]) -> None:
+        if attempt.interrupted or attempt.settled:
+            return  # the watcher started by _interrupt reports it
+        try:
+            report = self._finished_outcome(attempt, future)
+        except Exception as error:  # a bug in the worker itself must not kill the worker
+            _log.exception("attempt crashed", task_id=attempt.lease.task_id)
+            report = outcome.failed(attempt.lease, error, self.app.clock.timestamp(), self.app.rng)
+        self._settle(attempt, report)
+
+    async def _watch_interrupted(self, attempt: _Attempt) -> None:
+        """Finish a direct attempt that was interrupted: its grace period, then report."""
+        lease = attempt.lease
+        try:
+            assert attempt.future is not None
+            report = await self._after_gate(attempt, attempt.future)
+        except Exception as error:  # a bug in the worker itself must not kill the worker
+            _log.exception("attempt crashed", task_id=lease.task_id)
+            report = outcome.failed(lease, error, self.app.clock.timestamp(), self.app.rng)
+        self._settle(attempt, report)
+
+    def _settle(self, attempt: _Attempt, report: Outcome | None) -> None:
+        """The attempt is over: free its slot and resources, queue its report, wake the pump."""
+        if attempt.settled:
+            return
+        attempt.settled = True
+        self._attempts.pop(attempt.lease.task_id, None)
+        self._capacity.give_back(attempt.request)
+        if report is not None:
+            self._outcomes.append(report)
+        self._wake.set()
 
     async def _run_attempt(self, attempt: _Attempt) -> None:
         lease = attempt.lease
         clock = self.app.clock
+        report: Outcome | None = None
         try:
             report = await self._attempt_outcome(attempt)
         except Exception as error:  # a bug in the worker itself must not kill the worker
             _log.exception("attempt crashed", task_id=lease.task_id)
             report = outcome.failed(lease, error, clock.timestamp(), self.app.rng)
         finally:
-            self._attempts.pop(lease.task_id, None)
-            self._capacity.give_back(attempt.request)
-        if report is not None:
-            self._outcomes.append(report)
-        self._wake.set()
+            self._settle(attempt, report)
 
     async def _attempt_outcome(self, attempt: _Attempt) -> Outcome | None:
         lease = attempt.lease
@@ -415,40 +481,66 @@ class Worker:
         if definition is None:
             unknown = ValidationError("task", lease.name, "a task registered in this worker's app")
             return outcome.failed(lease, unknown, clock.timestamp(), self.app.rng)
-        arguments = json.loads(lease.payload)
-        args, kwargs = arguments.get("args", []), arguments.get("kwargs", {})
-        if definition.wants_context:
-            kwargs = {**kwargs, "ctx": attempt.context}
-        future = self._call(definition, attempt.context, args, kwargs)
+        future = self._call_arguments(attempt)
         attempt.future = future
         # The gate opens when the attempt ends or is interrupted; shield keeps a time limit
         # from cancelling the gate itself.
+        gate = attempt.gate = asyncio.get_running_loop().create_future()
+        if attempt.interrupted:
+            gate.set_result(None)
         future.add_done_callback(lambda _: attempt.open_gate())
         soft = lease.timeout
         if soft is None:
-            await asyncio.shield(attempt.gate)
+            await asyncio.shield(gate)
         else:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(soft):
-                    await asyncio.shield(attempt.gate)
-            if not attempt.gate.done():
+                    await asyncio.shield(gate)
+            if not gate.done():
                 if lease.protected:
                     # Protected work is never killed by a time limit: report and let it run.
                     await self._note(lease, "time_limit_exceeded", f"soft limit {soft}s passed")
-                    await asyncio.shield(attempt.gate)
+                    await asyncio.shield(gate)
                 else:
                     self._interrupt(attempt, EndReason.TIMEOUT)
+        return await self._after_gate(attempt, future)
+
+    def _call_arguments(self, attempt: _Attempt) -> asyncio.Future[Any]:
+        """Decode the attempt's arguments and start its function."""
+        definition = attempt.definition
+        assert definition is not None
+        payload = attempt.lease.payload
+        if payload == _NO_ARGUMENTS:
+            args: list[Any] = []
+            kwargs: dict[str, Any] = {}
+        else:
+            arguments = json.loads(payload)
+            args, kwargs = arguments.get("args", []), arguments.get("kwargs", {})
+        if definition.wants_context:
+            kwargs = {**kwargs, "ctx": attempt.context}
+        return self._call(definition, attempt.context, args, kwargs)
+
+    async def _after_gate(self, attempt: _Attempt, future: asyncio.Future[Any]) -> Outcome | None:
+        """The attempt ended or was interrupted: give a stopped one its grace, then decide."""
+        lease = attempt.lease
         if not future.done():
             # Stopped (time limit, cancel, lost lease): the grace period, then abandon. A
             # release at shutdown already had its grace while the worker drained.
             grace = 0.0 if attempt.releasing else self.config.grace
             await asyncio.wait({future}, timeout=grace)
         reason = attempt.stop_reason
-        stopped = attempt.releasing or reason is not None
         if not future.done():
             self._abandon(future)
             _log.warning("attempt abandoned", task_id=lease.task_id, reason=str(reason))
             return self._stopped_outcome(attempt, reason)
+        return self._finished_outcome(attempt, future)
+
+    def _finished_outcome(self, attempt: _Attempt, future: asyncio.Future[Any]) -> Outcome | None:
+        """The report of an attempt whose future is done."""
+        lease = attempt.lease
+        clock = self.app.clock
+        reason = attempt.stop_reason
+        stopped = attempt.releasing or reason is not None
         if stopped and (future.cancelled() or reason is EndReason.LEASE_LOST):
             return self._stopped_outcome(attempt, reason)
         if future.cancelled():
@@ -500,9 +592,12 @@ class Worker:
         self, attempt: _Attempt, reason: EndReason | None, release: bool = False
     ) -> None:
         """Ask a running attempt to stop: cancellation for async, the context flag for both."""
+        if attempt.settled:
+            return
         if attempt.stop_reason is None and not attempt.releasing:
             attempt.stop_reason = reason
             attempt.releasing = release
+        watch = attempt.direct and not attempt.context.stop_requested
         attempt.context.request_stop()
         if (
             attempt.future is not None
@@ -511,6 +606,11 @@ class Worker:
         ):
             attempt.future.cancel()
         attempt.open_gate()
+        if watch and self._group is not None:
+            # A direct attempt has no watcher yet: one now gives it its grace and reports.
+            self._group.create_task(
+                self._watch_interrupted(attempt), name=f"legato-task-{attempt.lease.task_id}"
+            )
 
     def _abandon(self, future: asyncio.Future[Any]) -> None:
         # A thread cannot be killed and a coroutine may refuse cancellation: keep a reference

@@ -146,11 +146,15 @@ class WorkflowStore:
 
     # ----------------------------------------------------------------- helpers
 
-    def _in(self, column: str, values: Sequence[Any]) -> tuple[str, list[Any]]:
-        return in_list(column, values, postgres=self._postgres)
+    def _in(
+        self, column: str, values: Sequence[Any], sql_type: str | None = None
+    ) -> tuple[str, list[Any]]:
+        return in_list(column, values, postgres=self._postgres, sql_type=sql_type)
 
-    def _values(self, types: Sequence[str], rows: Sequence[Sequence[Any]]) -> tuple[str, list[Any]]:
-        return row_set(types, rows, postgres=self._postgres)
+    def _values(
+        self, types: Sequence[str], rows: Sequence[Sequence[Any]], *, binary: bool = False
+    ) -> tuple[str, list[Any]]:
+        return row_set(types, rows, postgres=self._postgres, binary=binary)
 
     async def _events(
         self,
@@ -159,13 +163,23 @@ class WorkflowStore:
             tuple[int, float, WorkflowState | None, WorkflowState, str, int | None, str | None]
         ],
     ) -> None:
+        await tx.fetch_many(self._event_statements(events))
+
+    def _event_statements(
+        self,
+        events: Sequence[
+            tuple[int, float, WorkflowState | None, WorkflowState, str, int | None, str | None]
+        ],
+    ) -> list[tuple[str, Sequence[Any]]]:
+        """The INSERTs of these history events, to send with other statements."""
+        statements: list[tuple[str, Sequence[Any]]] = []
         for chunk in chunks(events, 500):
             values, params = self._values(
                 ("bigint", "double precision", "text", "text", "text", "bigint", "text"),
                 [
                     (
                         workflow_id,
-                        at,
+                        float(at),
                         from_state.value if from_state else None,
                         to_state.value,
                         reason[:32],
@@ -174,12 +188,16 @@ class WorkflowStore:
                     )
                     for workflow_id, at, from_state, to_state, reason, task_id, detail in chunk
                 ],
+                binary=True,
             )
-            await tx.execute(
-                "INSERT INTO legato_workflow_events (workflow_id, at, from_state, to_state, "
-                f"reason, task_id, detail) SELECT * FROM {values}",
-                params,
+            statements.append(
+                (
+                    "INSERT INTO legato_workflow_events (workflow_id, at, from_state, to_state, "
+                    f"reason, task_id, detail) SELECT * FROM {values}",
+                    params,
+                )
             )
+        return statements
 
     async def _event(
         self,
@@ -388,7 +406,7 @@ class WorkflowStore:
         if not task_ids:
             return {}
         async with self.database.transaction(durable=durable) as tx:
-            where, in_params = self._in("task_id", task_ids)
+            where, in_params = self._in("task_id", task_ids, "bigint")
             rows = await tx.fetch(
                 f"SELECT {_WORKFLOW_COLUMNS} FROM legato_workflows WHERE {where} ORDER BY id"
                 + self._for_update,
@@ -400,15 +418,19 @@ class WorkflowStore:
             waking = [
                 r for r in records if r.state in (WorkflowState.PENDING, WorkflowState.SLEEPING)
             ]
+            # The wake-up, its events, the journals' read and the COMMIT: one round trip on
+            # PostgreSQL (the read does not depend on the update).
+            statements: list[tuple[str, Sequence[Any]]] = []
             if waking:
-                where, in_params = self._in("id", [r.workflow_id for r in waking])
-                await tx.execute(
-                    "UPDATE legato_workflows SET state = 'running', wake_at = NULL, "
-                    f"updated_at = ? WHERE {where}",
-                    [now, *in_params],
+                where, in_params = self._in("id", [r.workflow_id for r in waking], "bigint")
+                statements.append(
+                    (
+                        "UPDATE legato_workflows SET state = 'running', wake_at = NULL, "
+                        f"updated_at = ? WHERE {where}",
+                        [now, *in_params],
+                    )
                 )
-                await self._events(
-                    tx,
+                statements += self._event_statements(
                     [
                         (
                             r.workflow_id,
@@ -420,7 +442,7 @@ class WorkflowStore:
                             None,
                         )
                         for r in waking
-                    ],
+                    ]
                 )
                 woken = {r.workflow_id for r in waking}
                 records = [
@@ -429,12 +451,15 @@ class WorkflowStore:
                     else r
                     for r in records
                 ]
-            where, in_params = self._in("workflow_id", [r.workflow_id for r in records])
-            steps = await tx.fetch(
-                f"SELECT workflow_id, {_STEP_COLUMNS} FROM legato_workflow_steps "
-                f"WHERE {where} ORDER BY workflow_id, step_index",
-                in_params,
+            where, in_params = self._in("workflow_id", [r.workflow_id for r in records], "bigint")
+            statements.append(
+                (
+                    f"SELECT workflow_id, {_STEP_COLUMNS} FROM legato_workflow_steps "
+                    f"WHERE {where} ORDER BY workflow_id, step_index",
+                    in_params,
+                )
             )
+            steps = (await tx.fetch_many(statements, commit=True))[-1]
         journals: dict[int, list[JournalEntry]] = {}
         for row in steps:
             journals.setdefault(row[0], []).append(_entry(row[1:]))
@@ -444,9 +469,13 @@ class WorkflowStore:
             if r.task_id is not None
         }
 
-    async def _append_many(self, tx: Transaction, writes: Sequence[JournalWrite]) -> list[bool]:
+    async def _append_many(
+        self, tx: Transaction, writes: Sequence[JournalWrite], *, commit: bool = False
+    ) -> list[bool]:
+        """Journal `writes` in `tx`; with `commit`, the last INSERT carries the COMMIT."""
         written: set[tuple[int, int]] = set()
-        for chunk in chunks(writes, 200):
+        batches = list(chunks(writes, 200))
+        for number, chunk in enumerate(batches, start=1):
             values, params = self._values(
                 _ENTRY_TYPES,
                 [
@@ -461,15 +490,16 @@ class WorkflowStore:
                         w.entry.function,
                         w.entry.compensation,
                         w.entry.attempts,
-                        w.entry.started_at,
-                        w.entry.finished_at,
+                        float(w.entry.started_at),
+                        None if w.entry.finished_at is None else float(w.entry.finished_at),
                         w.task_id,
                         w.fencing_token,
                     )
                     for w in chunk
                 ],
+                binary=True,
             )
-            rows = await tx.fetch(
+            insert = (
                 "INSERT INTO legato_workflow_steps (workflow_id, step_index, step_name, kind, "
                 "state, result, error, function, compensation, attempts, started_at, "
                 "finished_at) SELECT v.column1, v.column2, v.column3, v.column4, v.column5, "
@@ -479,6 +509,8 @@ class WorkflowStore:
                 "RETURNING workflow_id, step_index",
                 params,
             )
+            last = commit and number == len(batches)
+            rows = (await tx.fetch_many([insert], commit=last))[0]
             written.update((row[0], row[1]) for row in rows)
         return [(w.workflow_id, w.entry.index) in written for w in writes]
 
@@ -499,7 +531,8 @@ class WorkflowStore:
         if not writes:
             return []
         async with self.database.transaction() as tx:
-            return await self._append_many(tx, writes)
+            # BEGIN, the INSERT and the COMMIT in one round trip on PostgreSQL.
+            return await self._append_many(tx, writes, commit=True)
 
     async def sleep(
         self,
@@ -566,7 +599,7 @@ class WorkflowStore:
             return []
         async with self.database.transaction(durable=durable) as tx:
             ids = sorted({c.workflow_id for c in changes})
-            where, in_params = self._in("id", ids)
+            where, in_params = self._in("id", ids, "bigint")
             rows = await tx.fetch(
                 f"SELECT id, state, task_id FROM legato_workflows WHERE {where} "
                 f"AND state IN {_ACTIVE} ORDER BY id" + self._for_update,
@@ -588,8 +621,9 @@ class WorkflowStore:
             values, params = self._values(
                 ("bigint", "text", "text", "text"),
                 [(c.workflow_id, c.to_state.value, c.result, c.error) for c in chosen],
+                binary=True,
             )
-            await tx.execute(
+            update = (
                 "UPDATE legato_workflows SET state = v.column2, "
                 "result = COALESCE(v.column3, legato_workflows.result), "
                 "error = COALESCE(v.column4, legato_workflows.error), updated_at = ? "
@@ -597,8 +631,8 @@ class WorkflowStore:
                 [now, *params],
             )
             states = {row[0]: WorkflowState(row[1]) for row in rows}
-            await self._events(
-                tx,
+            # The update, its events and the COMMIT: one round trip on PostgreSQL.
+            events = self._event_statements(
                 [
                     (
                         c.workflow_id,
@@ -610,8 +644,9 @@ class WorkflowStore:
                         c.error,
                     )
                     for c in chosen
-                ],
+                ]
             )
+            await tx.fetch_many([update, *events], commit=True)
             return applied
 
     async def record_compensation(

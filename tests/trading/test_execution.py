@@ -32,7 +32,7 @@ from legato.trading.faults import Fault
 from legato.trading.instruments import Instrument
 from legato.trading.ledger import IntentStage, TradingLedger
 from legato.trading.matching import MatchingRules
-from legato.trading.orders import OrderStatus
+from legato.trading.orders import Order, OrderSide, OrderStatus, OrderType
 from legato.trading.paper_venue import ORDER_POOL
 from legato.trading.reconciler import Reconciler, ReconcilerConfig
 
@@ -408,6 +408,44 @@ async def test_a_failed_take_profit_is_a_warning_and_is_retried_later_under_a_fr
     assert take.client_order_id.endswith("-TP2")
     assert take.status is OrderStatus.ACCEPTED
     assert venue.sent_twice() == []
+
+
+async def test_a_position_closed_by_hand_has_both_protective_orders_cancelled_in_one_write(
+    perp: Instrument, clock: Clock, ledger_url: str
+) -> None:
+    venue = RecordingVenue(make_venue(perp, clock))
+    feed = BarFeed(venue.paper, clock)
+    async with (
+        ledger_opener(ledger_url, clock)() as (ledger, database),
+        asyncio.TaskGroup() as tasks,
+    ):
+        tasks.create_task(feed.run())
+        manager = manager_for(venue, ledger, clock)
+        result = await manager.execute_trade(long_proposal())
+        await venue.paper.place_order(
+            Order(
+                client_order_id="by-hand",
+                symbol=PERP,
+                side=OrderSide.SELL,
+                type=OrderType.MARKET,
+                quantity=Decimal("0.010"),
+                reduce_only=True,
+            )
+        )
+        venue.paper.process_bar(bar_at(500, "20000", "20010", "19990", "20000"))
+        writes_before = database.writes
+        cancelled = await manager.monitor_protection()
+        writes = database.writes - writes_before
+        feed.stop()
+        _, stop_id, take_id, _ = bracket_order_ids("lg-", result.intent_id)
+        stop = await ledger.get_order(stop_id)
+        take = await ledger.get_order(take_id)
+    assert cancelled == 2
+    assert stop is not None
+    assert take is not None
+    assert (stop.order.status, take.order.status) == (OrderStatus.CANCELLED,) * 2
+    # One write books the closing fill, one records both cancellations.
+    assert writes == 2
 
 
 async def test_when_the_take_profit_fills_the_monitor_cancels_the_stop_loss(

@@ -366,3 +366,108 @@ async def test_alert_counts_count_every_level_with_zero_for_none(
         AlertLevel.CRITICAL: 1,
     }
     assert sum(after.values()) == len(listed)
+
+
+async def test_the_positions_watermark_moves_whenever_a_position_opens_or_closes(
+    clock: Clock, ledger_url: str
+) -> None:
+    async with ledger_opener(ledger_url, clock)() as (ledger, _):
+        empty = await ledger.positions_watermark()
+        opened = Position.open(PERP, PositionSide.LONG, Decimal("0.010"), Decimal(20000))
+        await ledger.write(lambda tx: tx.put_position(opened))
+        after_open = await ledger.positions_watermark()
+        await ledger.write(lambda tx: tx.put_position(opened.mark(Decimal(20100))))
+        after_mark = await ledger.positions_watermark()
+        closed = opened.reduce(Decimal("0.010"), Decimal(20100), Decimal(0), clock.now())
+        await ledger.write(lambda tx: tx.put_position(closed))
+        after_close = await ledger.positions_watermark()
+
+        async def close_one_open_another(tx: LedgerTransaction) -> None:
+            # A close and an open in one write: the open count is back where it was.
+            await tx.put_position(Position.open(PERP, PositionSide.SHORT, Decimal(1), Decimal(1)))
+            reopened = await tx.open_position(PERP)
+            assert reopened is not None
+            await tx.put_position(reopened.reduce(Decimal(1), Decimal(1), Decimal(0), None))
+            await tx.put_position(Position.open(PERP, PositionSide.LONG, Decimal(1), Decimal(1)))
+
+        await ledger.write(close_one_open_another)
+        after_flip = await ledger.positions_watermark()
+        history_only = closed_position(clock, 1, "19900", symbol="ETH-USDT-PERP")
+        await ledger.write(lambda tx: tx.put_position(history_only))
+        after_history = await ledger.positions_watermark()
+    assert empty == (0, 0)
+    assert after_open[1] == 1
+    assert after_open != empty
+    assert after_mark == after_open  # a mark closes nothing
+    assert after_close != after_mark
+    assert after_close[1] == 0
+    assert after_flip != after_close
+    assert after_flip[1] == 1
+    assert after_history != after_flip  # a closed position recorded as such moves it too
+
+
+async def test_has_open_positions_or_orders_answers_what_both_lists_would(
+    clock: Clock, ledger_url: str
+) -> None:
+    async with ledger_opener(ledger_url, clock)() as (ledger, _):
+        nothing = await ledger.has_open_positions_or_orders()
+        order = stop_order(clock).transition(OrderStatus.ACCEPTED, at=clock.now())
+        await ledger.write(lambda tx: tx.put_order(order, OrderRole.STOP_LOSS))
+        working_order = await ledger.has_open_positions_or_orders()
+        cancelled = order.transition(OrderStatus.CANCELLED, at=clock.now())
+        await ledger.write(lambda tx: tx.update_order(cancelled))
+        order_done = await ledger.has_open_positions_or_orders()
+        opened = Position.open(PERP, PositionSide.LONG, Decimal("0.010"), Decimal(20000))
+        await ledger.write(lambda tx: tx.put_position(opened))
+        open_position = await ledger.has_open_positions_or_orders()
+        closed = opened.reduce(Decimal("0.010"), Decimal(20100), Decimal(0), clock.now())
+        await ledger.write(lambda tx: tx.put_position(closed))
+        all_closed = await ledger.has_open_positions_or_orders()
+        lists_empty = not await ledger.open_positions() and not await ledger.orders(open_only=True)
+    assert (nothing, working_order, order_done, open_position, all_closed) == (
+        False,
+        True,
+        False,
+        True,
+        False,
+    )
+    assert lists_empty
+
+
+def test_an_intent_advances_and_merges_outcomes_as_a_checked_copy(clock: Clock) -> None:
+    now = clock.now()
+    intent = ExecutionIntent(
+        intent_id="abc",
+        proposal=long_proposal(),
+        stage=IntentStage.ENTRY,
+        entry_order_id="lg-abc-E",
+        stop_loss_order_id="lg-abc-SL",
+        take_profit_order_id=None,
+        created_at=now,
+        updated_at=now,
+        outcome={"warnings": ["one"]},
+    )
+    later = now + timedelta(seconds=5)
+
+    moved = intent.advance(IntentStage.PROTECT, later, filled_quantity=Decimal(1))
+    noted = moved.with_outcome(later, error="e")
+
+    assert moved == ExecutionIntent(
+        intent_id="abc",
+        proposal=intent.proposal,
+        stage=IntentStage.PROTECT,
+        entry_order_id="lg-abc-E",
+        stop_loss_order_id="lg-abc-SL",
+        take_profit_order_id=None,
+        created_at=now,
+        updated_at=later,
+        filled_quantity=Decimal(1),
+        outcome={"warnings": ["one"]},
+    )
+    assert noted.outcome == {"warnings": ["one"], "error": "e"}
+    assert intent.stage is IntentStage.ENTRY  # the original is untouched
+    with pytest.raises(ValidationError) as caught:
+        intent.advance(IntentStage.PROTECT, later.replace(tzinfo=None))
+    assert caught.value.field == "updated_at"
+    with pytest.raises(TypeError, match="no field"):
+        intent.advance(IntentStage.PROTECT, later, colour="red")

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
-from datetime import UTC, datetime
+import dataclasses
+from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 
 import pytest
@@ -16,6 +17,7 @@ from legato.trading.orders import (
 )
 
 NOW = datetime(2024, 1, 1, tzinfo=UTC)
+NAIVE = NOW.replace(tzinfo=None)
 TERMINAL = {OrderStatus.FILLED, OrderStatus.CANCELLED, OrderStatus.REJECTED, OrderStatus.EXPIRED}
 
 
@@ -138,3 +140,71 @@ def test_each_order_type_carries_the_prices_it_needs() -> None:
 def test_side_helpers() -> None:
     assert OrderSide.BUY.opposite is OrderSide.SELL
     assert OrderSide.SELL.sign == -1
+
+
+# -- Order.replace: dataclasses.replace, cheaper, with the same checks --------------------
+
+REPLACE_CASES: list[dict[str, object]] = [
+    {"status": OrderStatus.ACCEPTED, "venue_order_id": "V-1", "updated_at": NOW},
+    {"filled_quantity": Decimal(1), "average_price": Decimal(99), "leverage": Decimal(3)},
+    {"triggered_at": NOW, "reason": "why", "parent_order_id": "p", "bracket_id": "b"},
+    {"client_order_id": "c-2", "type": OrderType.STOP_LIMIT, "stop_price": Decimal(90)},
+    {"quantity": Decimal(5), "price": Decimal(101), "side": OrderSide.SELL},
+]
+
+
+@pytest.mark.parametrize("changes", REPLACE_CASES)
+def test_replace_gives_what_dataclasses_replace_gives(changes: dict[str, object]) -> None:
+    order = limit(created_at=NOW)
+
+    copy = order.replace(**changes)
+
+    assert copy == dataclasses.replace(order, **changes)  # type: ignore[arg-type]
+    assert type(copy) is Order
+    assert order == limit(created_at=NOW)  # the original is untouched
+
+
+BAD_STATE_CHANGES: list[tuple[dict[str, object], str]] = [
+    ({"status": "accepted"}, "status"),
+    ({"filled_quantity": Decimal(-1)}, "filled_quantity"),
+    ({"filled_quantity": Decimal(3), "average_price": Decimal(100)}, "filled_quantity"),
+    ({"filled_quantity": Decimal(1)}, "average_price"),
+    ({"average_price": Decimal(100)}, "average_price"),
+    ({"average_price": Decimal("NaN")}, "average_price"),
+    ({"leverage": Decimal("0.5")}, "leverage"),
+    ({"updated_at": NAIVE}, "updated_at"),
+    ({"created_at": "2024-01-01"}, "created_at"),
+    ({"triggered_at": NAIVE}, "triggered_at"),
+    # A request field: the whole order is checked again.
+    ({"quantity": Decimal(0)}, "quantity"),
+    ({"type": OrderType.MARKET}, "price"),
+]
+
+
+@pytest.mark.parametrize(("changes", "field"), BAD_STATE_CHANGES)
+def test_replace_refuses_what_the_constructor_refuses(
+    changes: dict[str, object], field: str
+) -> None:
+    order = limit()
+
+    with pytest.raises(ValidationError) as caught:
+        order.replace(**changes)
+    with pytest.raises(ValidationError) as expected:
+        dataclasses.replace(order, **changes)  # type: ignore[arg-type]
+
+    assert caught.value.field == expected.value.field == field
+
+
+def test_replace_refuses_a_name_that_is_not_a_field() -> None:
+    with pytest.raises(TypeError, match="no field"):
+        limit().replace(colour="red")
+
+
+def test_transition_keeps_other_offsets_aware_and_checks_the_time() -> None:
+    moved = limit().transition(
+        OrderStatus.ACCEPTED, at=NOW.astimezone(timezone(timedelta(hours=2)))
+    )
+    assert moved.updated_at == NOW
+    with pytest.raises(ValidationError) as caught:
+        limit().transition(OrderStatus.ACCEPTED, at=NAIVE)
+    assert caught.value.field == "updated_at"

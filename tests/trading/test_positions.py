@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import dataclasses
+from datetime import UTC, datetime
 from decimal import Decimal
 
 import pytest
@@ -76,3 +78,38 @@ def test_protection_references_are_kept() -> None:
 def test_side_helpers() -> None:
     assert PositionSide.opened_by(OrderSide.SELL) is PositionSide.SHORT
     assert PositionSide.LONG.closing_side is OrderSide.SELL
+
+
+def test_marking_changes_only_the_mark_price() -> None:
+    opened = datetime(2024, 1, 1, tzinfo=UTC)
+    position = Position.open(
+        "P", PositionSide.LONG, Decimal(2), Decimal(100), Decimal(5), at=opened, fee=Decimal(1)
+    ).with_protection("sl", "tp")
+
+    marked = position.mark(Decimal(120))
+
+    assert marked == dataclasses.replace(position, mark_price=Decimal(120))
+    assert marked.unrealized_pnl == Decimal(40)
+    assert position.mark_price == Decimal(100)
+
+
+@pytest.mark.parametrize("price", [Decimal(-1), Decimal("NaN"), 120])
+def test_marking_refuses_a_price_that_is_not_a_finite_non_negative_decimal(
+    price: object,
+) -> None:
+    with pytest.raises(ValidationError) as caught:
+        long().mark(price)  # type: ignore[arg-type]
+    assert caught.value.field == "mark_price"
+
+
+def test_replace_checks_the_copy_as_the_constructor_would() -> None:
+    position = long()
+
+    assert position.replace(leverage=Decimal(2)) == dataclasses.replace(
+        position, leverage=Decimal(2)
+    )
+    with pytest.raises(ValidationError) as caught:
+        position.replace(quantity=Decimal(0))  # still OPEN with nothing held
+    assert caught.value.field == "status"
+    with pytest.raises(TypeError, match="no field"):
+        position.replace(colour="red")

@@ -257,6 +257,9 @@ class _Run:
     # The client id recorded as "being sent" by this very call and not sent yet; after a
     # restart nothing is known to be unsent, so every UNKNOWN order is queried instead.
     unsent: str | None = None
+    # The intent moved on in memory without a journal write of its own: the next write
+    # (made before any venue call) carries it. See `_move(defer=True)`.
+    unsaved: bool = False
 
     @classmethod
     def of(cls, intent: ExecutionIntent, orders: dict[str, Order], started: float) -> _Run:
@@ -554,6 +557,8 @@ class OrderExecutionManager:
         while not run.intent.stage.is_final:
             result = await stages[run.intent.stage](run)
             if result is not None:
+                if run.unsaved:  # pragma: no cover - every stage writes before it returns
+                    await self._save(run, f"journal {run.intent.intent_id}")
                 return result
         return self._final_result(run)
 
@@ -619,8 +624,7 @@ class OrderExecutionManager:
         )
         take_profit: Order | None = None
         if intent.take_profit_order_id is not None and proposal.take_profit is not None:
-            take_profit = dataclasses.replace(
-                stop_loss,
+            take_profit = stop_loss.replace(
                 client_order_id=intent.take_profit_order_id,
                 type=OrderType.TAKE_PROFIT,
                 stop_price=proposal.take_profit,
@@ -712,13 +716,19 @@ class OrderExecutionManager:
             # the protection monitor cancels the rest of the bracket.
             await self._move(run, IntentStage.BRACKETED)
             return None
-        await self._move(run, IntentStage.TAKE_PROFIT)
+        # Journaled with the take-profit's "being sent" mark (or the move to BRACKETED),
+        # the next write, which comes before any venue call: one transaction instead of two.
+        # A crash before it leaves PROTECT with a live stop-loss, which resumes here.
+        await self._move(run, IntentStage.TAKE_PROFIT, defer=True)
         return None
 
     async def _stage_take_profit(self, run: _Run) -> ExecutionResult | None:
         intent = run.intent
         cid = intent.take_profit_order_id
         take = run.orders.get(cid) if cid is not None else None
+        if run.unsaved and take is not None and take.status is not OrderStatus.NEW:
+            # Only a NEW take-profit is sure to be journaled before its next venue call.
+            await self._save(run, f"move {intent.intent_id} to {intent.stage.value}")
         if take is None:
             await self._move(run, IntentStage.BRACKETED)
             return None
@@ -1144,17 +1154,21 @@ class OrderExecutionManager:
         """The venue's status and fills on our record (which keeps our links and times)."""
         if ours.is_terminal:
             return ours
-        return dataclasses.replace(
-            ours,
-            status=seen.status,
-            venue_order_id=seen.venue_order_id or ours.venue_order_id,
-            filled_quantity=seen.filled_quantity,
-            average_price=seen.average_price,
-            leverage=seen.leverage or ours.leverage,
-            triggered_at=seen.triggered_at or ours.triggered_at,
-            reason=seen.reason or ours.reason,
-            updated_at=seen.updated_at or self._clock.now(),
-        )
+        changes = {
+            "status": seen.status,
+            "venue_order_id": seen.venue_order_id or ours.venue_order_id,
+            "filled_quantity": seen.filled_quantity,
+            "average_price": seen.average_price,
+            "leverage": seen.leverage or ours.leverage,
+            "triggered_at": seen.triggered_at or ours.triggered_at,
+            "reason": seen.reason or ours.reason,
+            "updated_at": seen.updated_at or self._clock.now(),
+        }
+        if all(value is getattr(ours, name) for name, value in changes.items()):
+            # The very values we hold (a poll of an order that has not moved): the copy
+            # would be field for field this record.
+            return ours
+        return ours.replace(**changes)
 
     async def _entry_fills(self, entry: Order) -> list[Fill]:
         fills = await self._order_fills(entry)
@@ -1215,9 +1229,14 @@ class OrderExecutionManager:
             )
         return fresh
 
-    async def _move(self, run: _Run, stage: IntentStage) -> None:
+    async def _move(self, run: _Run, stage: IntentStage, *, defer: bool = False) -> None:
+        """Move the intent to `stage` and journal it; `defer`: leave the write to the next
+        journal write of this run, which the caller makes before any venue call."""
         now = self._clock.now()
         run.intent = run.intent.advance(stage, now)
+        if defer:
+            run.unsaved = True
+            return
         await self._save(run, f"move {run.intent.intent_id} to {stage.value}")
 
     async def _save(
@@ -1242,6 +1261,8 @@ class OrderExecutionManager:
     async def _journal(
         self, run: _Run, description: str, write: Callable[[LedgerTransaction], Awaitable[None]]
     ) -> None:
+        # Every journal write puts the run's current intent: it carries a deferred move too.
+        run.unsaved = False
         if await self._pending.write(description, write):
             return
         text = (
@@ -1365,20 +1386,45 @@ class OrderExecutionManager:
         # its position is recorded, so one listed here with its symbol flat below really is
         # left over, not the protection of a position being opened right now.
         flat: dict[str, bool] = {}
-        cancelled = 0
-        for record in live:
-            symbol = record.order.symbol
-            if symbol not in flat:
-                flat[symbol] = await self._ledger.position(symbol) is None
-            if not flat[symbol]:
-                continue
-            if await self._cancel_protective(record.order, record.role, record.intent_id):
-                cancelled += 1
-        return cancelled
+        # The venue's answers are journaled together, after the last cancel: they record what
+        # already happened on the venue (no venue call waits on them), and a crash before the
+        # write leaves orders that the next pass cancels again (already final: it asks) and
+        # records then.
+        answers: list[tuple[Order, OrderRole, str | None]] = []
+        try:
+            for record in live:
+                symbol = record.order.symbol
+                if symbol not in flat:
+                    flat[symbol] = await self._ledger.position(symbol) is None
+                if not flat[symbol]:
+                    continue
+                final = await self._cancel_protective(record.order, record.role, record.intent_id)
+                if final is not None:
+                    answers.append((final, record.role, record.intent_id))
+        except Exception:
+            # A failure later in the pass does not lose the answers already in hand.
+            if answers:
+                await self._record_answers(answers)
+            raise
+        if answers:
+            await self._record_answers(answers)
+        return sum(1 for final, _, _ in answers if final.status is OrderStatus.CANCELLED)
+
+    async def _record_answers(self, answers: Sequence[tuple[Order, OrderRole, str | None]]) -> None:
+        async def write(tx: LedgerTransaction) -> None:
+            for order, role, intent_id in answers:
+                await tx.put_order(order, role, intent_id)
+
+        description = ", ".join(
+            f"record {order.client_order_id} {order.status.value}" for order, _, _ in answers
+        )
+        await self._pending.write(description, write)
 
     async def _cancel_protective(
         self, order: Order, role: OrderRole, intent_id: str | None
-    ) -> bool:
+    ) -> Order | None:
+        """Cancel one protective order; return the venue's answer merged on our record, or
+        None when it is not known (the caller journals the answers)."""
         retrier = Retrier(self._config.order_retry, self._clock, self._rng)
         try:
             final = await retrier.call(
@@ -1392,7 +1438,7 @@ class OrderExecutionManager:
                 )
             except LegatoError as error:
                 _log.warning("oco_cancel_unresolved", order=order.client_order_id, error=str(error))
-                return False
+                return None
         except LegatoError as error:
             await self._alerter.send(
                 Alert(
@@ -1408,11 +1454,5 @@ class OrderExecutionManager:
                     intent_id=intent_id,
                 )
             )
-            return False
-        merged = self._merge(order, final)
-
-        async def write(tx: LedgerTransaction) -> None:
-            await tx.put_order(merged, role, intent_id)
-
-        await self._pending.write(f"record {order.client_order_id} {merged.status.value}", write)
-        return merged.status is OrderStatus.CANCELLED
+            return None
+        return self._merge(order, final)

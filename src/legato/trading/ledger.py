@@ -170,11 +170,29 @@ class ExecutionIntent:
 
     def advance(self, stage: IntentStage, at: datetime, **changes: Any) -> ExecutionIntent:
         """Return the intent moved to `stage` at `at`, with `changes` applied."""
-        return dataclasses.replace(self, stage=stage, updated_at=at, **changes)
+        return self._with(stage=stage, updated_at=at, **changes)
 
     def with_outcome(self, at: datetime, **fields: Any) -> ExecutionIntent:
         """Return the intent with `fields` merged into its outcome."""
-        return dataclasses.replace(self, outcome={**self.outcome, **fields}, updated_at=at)
+        return self._with(outcome={**self.outcome, **fields}, updated_at=at)
+
+    def _with(self, **changes: Any) -> ExecutionIntent:
+        # dataclasses.replace, without its per-call introspection (an intent is copied at
+        # every journal write): copy the fields, apply `changes`, check the result.
+        if not _INTENT_FIELD_SET.issuperset(changes):
+            unknown = sorted(set(changes) - _INTENT_FIELD_SET)
+            raise TypeError(f"ExecutionIntent has no field(s) {', '.join(unknown)}")
+        copy = object.__new__(type(self))
+        for name in _INTENT_FIELDS:
+            object.__setattr__(copy, name, getattr(self, name))
+        for name, value in changes.items():
+            object.__setattr__(copy, name, value)
+        copy.__post_init__()
+        return copy
+
+
+_INTENT_FIELDS: tuple[str, ...] = tuple(field.name for field in dataclasses.fields(ExecutionIntent))
+_INTENT_FIELD_SET = frozenset(_INTENT_FIELDS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -368,13 +386,39 @@ _UPSERT_ORDER = (
 )
 _SELECT_INTENT = f"SELECT {_INTENT_COLUMNS} FROM legato_trading_intents WHERE intent_id = ?"
 _SELECT_ORDER = f"SELECT {_ORDER_COLUMNS} FROM legato_trading_orders WHERE client_order_id = ?"
+_SELECT_ORDER_LINKS = "SELECT role, intent_id FROM legato_trading_orders WHERE client_order_id = ?"
 _SELECT_OPEN_POSITION = (
     f"SELECT {_POSITION_COLUMNS} FROM legato_trading_positions WHERE symbol = ? AND status = 'open'"
+)
+_OPEN_ANYTHING = (
+    "SELECT EXISTS (SELECT 1 FROM legato_trading_positions WHERE status = 'open') "
+    "OR EXISTS (SELECT 1 FROM legato_trading_orders "
+    f"WHERE status IN ({placeholders(len(_OPEN_STATUSES))}))"
+)
+_POSITIONS_WATERMARK = (
+    "SELECT (SELECT MAX(id) FROM legato_trading_positions), "
+    "(SELECT COUNT(*) FROM legato_trading_positions WHERE status = 'open')"
 )
 _UPSERT_INTENT = (
     f"INSERT INTO legato_trading_intents ({_INTENT_COLUMNS}) VALUES ({placeholders(13)}) "
     f"ON CONFLICT (intent_id) DO UPDATE SET {_updates(_INTENT_COLUMNS, 'intent_id')}"
 )
+
+
+# The last proposal serialised, and its JSON: an intent is journaled at every stage with
+# the same (immutable) proposal object, so the text is computed once per trade. Keyed by
+# identity, not equality: equal Decimals may print differently ("1" and "1.0").
+_proposal_memo: tuple[TradeProposal | None, str] = (None, "")
+
+
+def _proposal_json(proposal: TradeProposal) -> str:
+    global _proposal_memo
+    memo_proposal, memo_text = _proposal_memo
+    if memo_proposal is proposal:
+        return memo_text
+    text = json.dumps(proposal.as_dict(), sort_keys=True)
+    _proposal_memo = (proposal, text)
+    return text
 
 
 # ---------------------------------------------------------------- the transaction
@@ -397,7 +441,7 @@ class LedgerTransaction:
             (
                 intent.intent_id,
                 intent.symbol,
-                json.dumps(intent.proposal.as_dict(), sort_keys=True),
+                _proposal_json(intent.proposal),
                 intent.stage.value,
                 intent.stage.is_final,
                 intent.entry_order_id,
@@ -430,11 +474,12 @@ class LedgerTransaction:
 
     async def update_order(self, order: Order) -> None:
         """Replace the order's record, keeping its role and intent; insert it as ADOPTED if new."""
-        known = await self.get_order(order.client_order_id)
-        if known is None:
+        # Only the role and intent are kept: read those, not a whole order to rebuild.
+        rows = await self._tx.fetch(_SELECT_ORDER_LINKS, (order.client_order_id,))
+        if not rows:
             await self.put_order(order, OrderRole.ADOPTED)
         else:
-            await self.put_order(order, known.role, known.intent_id)
+            await self.put_order(order, OrderRole(rows[0][0]), rows[0][1])
 
     async def get_order(self, client_order_id: str) -> LedgerOrder | None:
         """The order with this client id, or None."""
@@ -761,6 +806,27 @@ class TradingLedger:
             params.append(limit)
         rows = await self._fetch(sql, params)
         return [_position_row(row) for row in rows]
+
+    async def has_open_positions_or_orders(self) -> bool:
+        """True when a position is open or an order is working, from one cheap read.
+
+        What `open_positions()` and `orders(open_only=True)` would both have to show empty
+        for, without building either list.
+        """
+        rows = await self._fetch(_OPEN_ANYTHING, _OPEN_STATUSES)
+        return bool(rows[0][0])
+
+    async def positions_watermark(self) -> tuple[int, int]:
+        """A pair that changes whenever a position opens or closes, from one cheap read.
+
+        It is (the newest position row's id, the number of open positions). Position rows are
+        never deleted and a closed row never changes, so between two reads with equal pairs no
+        position closed: closing one either lowers the open count or, when a position opened
+        too, raises the newest id. What a cache of the closed history keys on.
+        """
+        rows = await self._fetch(_POSITIONS_WATERMARK)
+        newest, open_count = rows[0]
+        return int(newest or 0), int(open_count)
 
     async def closed_totals(self) -> dict[str, tuple[Decimal, Decimal]]:
         """Realized PnL and fees paid of the closed positions, summed per symbol.

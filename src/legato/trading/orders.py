@@ -71,12 +71,16 @@ class OrderType(enum.Enum):
     @property
     def needs_price(self) -> bool:
         """True when the order carries a limit `price`."""
-        return self in (OrderType.LIMIT, OrderType.STOP_LIMIT)
+        return self in _NEEDS_PRICE
 
     @property
     def needs_stop_price(self) -> bool:
         """True when the order waits for a trigger at `stop_price`."""
-        return self in (OrderType.STOP, OrderType.STOP_LIMIT, OrderType.TAKE_PROFIT)
+        return self in _NEEDS_STOP_PRICE
+
+
+_NEEDS_PRICE = frozenset({OrderType.LIMIT, OrderType.STOP_LIMIT})
+_NEEDS_STOP_PRICE = frozenset({OrderType.STOP, OrderType.STOP_LIMIT, OrderType.TAKE_PROFIT})
 
 
 class TimeInForce(enum.Enum):
@@ -208,15 +212,17 @@ class Order:
         _check_decimal("stop_price", self.stop_price, positive=True, optional=True)
         _check_decimal("filled_quantity", self.filled_quantity, positive=False, optional=False)
         _check_decimal("average_price", self.average_price, positive=True, optional=True)
-        if self.type.needs_price and self.price is None:
+        needs_price = self.type in _NEEDS_PRICE
+        if needs_price and self.price is None:
             raise ValidationError("price", None, f"a limit price for a {self.type.value} order")
-        if not self.type.needs_price and self.price is not None:
+        if not needs_price and self.price is not None:
             raise ValidationError("price", self.price, f"None for a {self.type.value} order")
-        if self.type.needs_stop_price and self.stop_price is None:
+        needs_stop_price = self.type in _NEEDS_STOP_PRICE
+        if needs_stop_price and self.stop_price is None:
             raise ValidationError(
                 "stop_price", None, f"a trigger price for a {self.type.value} order"
             )
-        if not self.type.needs_stop_price and self.stop_price is not None:
+        if not needs_stop_price and self.stop_price is not None:
             raise ValidationError(
                 "stop_price", self.stop_price, f"None for a {self.type.value} order"
             )
@@ -232,8 +238,64 @@ class Order:
             raise ValidationError(
                 "average_price", self.average_price, "set exactly when filled_quantity > 0"
             )
-        for field in ("created_at", "updated_at", "triggered_at"):
-            _check_aware(field, getattr(self, field))
+        _check_aware("created_at", self.created_at)
+        _check_aware("updated_at", self.updated_at)
+        _check_aware("triggered_at", self.triggered_at)
+
+    def replace(self, **changes: Any) -> Order:
+        """Return a copy with `changes` applied, checked as a new order is.
+
+        What `dataclasses.replace` does, at a fraction of its cost (orders are copied on
+        every status change and fill): the fields are copied slot by slot and the result
+        validated once. Raises TypeError for a name that is not a field, ValidationError
+        (and builds nothing) for a value the order does not accept.
+        """
+        if not _ORDER_FIELD_SET.issuperset(changes):
+            unknown = sorted(set(changes) - _ORDER_FIELD_SET)
+            raise TypeError(f"Order has no field(s) {', '.join(unknown)}")
+        copy = object.__new__(type(self))
+        for name in _ORDER_FIELDS:
+            object.__setattr__(copy, name, getattr(self, name))
+        for name, value in changes.items():
+            object.__setattr__(copy, name, value)
+        if _STATE_FIELDS.issuperset(changes):
+            # The request (ids, side, type, quantity, prices) is this order's, already
+            # checked: only the checks that involve the changed state are left.
+            copy._check_state(changes)
+        else:
+            copy.__post_init__()
+        return copy
+
+    def _check_state(self, changed: Mapping[str, object]) -> None:
+        # __post_init__'s checks that read a state field, in its order, for a copy whose
+        # request fields come from a valid order.
+        if "status" in changed and not isinstance(self.status, OrderStatus):
+            raise ValidationError("status", self.status, "an OrderStatus")
+        fills = "filled_quantity" in changed or "average_price" in changed
+        if fills:
+            _check_decimal("filled_quantity", self.filled_quantity, positive=False, optional=False)
+            _check_decimal("average_price", self.average_price, positive=True, optional=True)
+        if "leverage" in changed and self.leverage is not None:
+            _check_decimal("leverage", self.leverage, positive=True, optional=False)
+            if self.leverage < 1:
+                raise ValidationError("leverage", self.leverage, "a Decimal >= 1 or None")
+        if fills:
+            if self.filled_quantity > self.quantity:
+                raise ValidationError(
+                    "filled_quantity", self.filled_quantity, f"<= quantity {self.quantity}"
+                )
+            if (self.filled_quantity > 0) != (self.average_price is not None):
+                raise ValidationError(
+                    "average_price", self.average_price, "set exactly when filled_quantity > 0"
+                )
+        if "created_at" in changed:
+            _check_aware("created_at", self.created_at)
+        if "updated_at" in changed:
+            _check_aware("updated_at", self.updated_at)
+        if "triggered_at" in changed:
+            _check_aware("triggered_at", self.triggered_at)
+
+    __replace__ = replace  # copy.replace (Python 3.13+)
 
     @property
     def remaining_quantity(self) -> Decimal:
@@ -270,7 +332,8 @@ class Order:
             )
         if at is not None:
             changes["updated_at"] = at
-        return dataclasses.replace(self, status=status, **changes)
+        changes["status"] = status
+        return self.replace(**changes)
 
     def with_fill(self, quantity: Decimal, price: Decimal, at: datetime | None = None) -> Order:
         """Return a copy with one more fill of `quantity` at `price` (status follows)."""
@@ -285,3 +348,25 @@ class Order:
         average = (previous_cost + price * quantity) / filled
         status = OrderStatus.FILLED if filled == self.quantity else OrderStatus.PARTIALLY_FILLED
         return self.transition(status, at=at, filled_quantity=filled, average_price=average)
+
+
+_ORDER_FIELDS: tuple[str, ...] = tuple(field.name for field in dataclasses.fields(Order))
+_ORDER_FIELD_SET = frozenset(_ORDER_FIELDS)
+# What changes as an order lives (status, venue id, fills, leverage as the venue reports it,
+# times, reason); `Order.replace`
+# of these only re-checks what they take part in.
+_STATE_FIELDS = frozenset(
+    {
+        "status",
+        "venue_order_id",
+        "filled_quantity",
+        "average_price",
+        "leverage",
+        "parent_order_id",
+        "bracket_id",
+        "created_at",
+        "updated_at",
+        "triggered_at",
+        "reason",
+    }
+)

@@ -427,7 +427,10 @@ class PaperVenue:
         if symbol is not None:
             self.instrument(symbol)
         fault = await self._enter("fills", None)
-        fills = [fill for fill in self._fills if symbol is None or fill.symbol == symbol]
+        if symbol is None:
+            fills = list(self._fills)  # a copy at C speed: monitors list every fill each pass
+        else:
+            fills = [fill for fill in self._fills if fill.symbol == symbol]
         return await self._leave("fills", None, fault, fills)
 
     async def positions(self) -> Sequence[Position]:
@@ -459,36 +462,50 @@ class PaperVenue:
         Orders are applied in the order the intrabar path reaches them (ties: oldest first).
         Positions are then marked at the bar's close and the bar goes to subscribers.
         """
-        instrument = self.instrument(bar.symbol)
+        symbol = bar.symbol
+        instrument = self._instruments.get(symbol)
+        if instrument is None:
+            instrument = self.instrument(symbol)  # raises ValidationError
+        if not self._open_ids:
+            # No working order: nothing to match, the bar only marks (the common case).
+            self._last_price[symbol] = bar.close
+            marked = self._positions.get(symbol)
+            if marked is not None:
+                self._positions[symbol] = marked.mark(bar.close)
+            if self._subscriptions:
+                self._publish(bar)
+            return []
         fills_before = len(self._fills)
-        if self._open_ids:  # no working order: nothing to match, the bar only marks
-            position = self._positions.get(bar.symbol)
-            path = intrabar_path(
-                bar, self._config.rules.intrabar, position.side if position is not None else None
-            )
-            planned: list[tuple[Decimal, int, str, Execution]] = []
-            for sequence, cid in enumerate(self._open_ids):
-                order = self._orders[cid]
-                if order.symbol != bar.symbol:
-                    continue
-                fresh = self._bars_seen[cid] == 0
-                self._bars_seen[cid] += 1
-                execution = match_order(
-                    order, bar, path, self._config.rules, instrument.lot_size, fresh=fresh
-                )
-                if execution is not None:
-                    planned.append((execution.at, sequence, cid, execution))
+        position = self._positions.get(symbol)
+        rules = self._config.rules
+        path = intrabar_path(bar, rules.intrabar, position.side if position is not None else None)
+        planned: list[tuple[Decimal, int, str, Execution]] = []
+        bars_seen = self._bars_seen
+        for sequence, cid in enumerate(self._open_ids):
+            order = self._orders[cid]
+            if order.symbol != symbol:
+                continue
+            seen = bars_seen[cid]
+            bars_seen[cid] = seen + 1
+            execution = match_order(order, bar, path, rules, instrument.lot_size, fresh=seen == 0)
+            if execution is not None:
+                planned.append((execution.at, sequence, cid, execution))
+        if planned:
             planned.sort(key=lambda item: (item[0], item[1]))
             for _, _, cid, execution in planned:
                 self._apply(cid, execution, instrument)
-        self._last_price[bar.symbol] = bar.close
-        marked = self._positions.get(bar.symbol)
+        self._last_price[symbol] = bar.close
+        marked = self._positions.get(symbol)
         if marked is not None:
-            self._positions[bar.symbol] = marked.mark(bar.close)
+            self._positions[symbol] = marked.mark(bar.close)
+        if self._subscriptions:
+            self._publish(bar)
+        return self._fills[fills_before:]
+
+    def _publish(self, bar: Bar) -> None:
         for subscription in list(self._subscriptions):
             if subscription.symbol is None or subscription.symbol == bar.symbol:
                 subscription.push(bar)
-        return self._fills[fills_before:]
 
     async def run_feed(self, bars: Iterable[Bar] | AsyncIterable[Bar], *, pace: bool = True) -> int:
         """Process a whole stream of bars; return how many. Ends subscriptions when done.
@@ -776,7 +793,7 @@ class PaperVenue:
             return
         now = self._clock.now()
         if execution.triggered and order.triggered_at is None:
-            order = dataclasses.replace(order, triggered_at=now, updated_at=now)
+            order = order.replace(triggered_at=now, updated_at=now)
         quantity = execution.quantity
         if order.reduce_only:
             position = self._positions.get(order.symbol)

@@ -5,7 +5,8 @@
   high or low before walking the intrabar path).
 - A bar with no working order still marks the venue's position at its close.
 - A backtest's store is a copy of an empty database at the current schema, replacing any
-  file (and stale write-ahead log) at that path.
+  file (and stale write-ahead log) at that path; while a run writes it, it is scratch space
+  (no fsync, one exclusive connection) and still holds every row after the run.
 - On the production path, a partly filled entry has its rest cancelled and the filled part
   protected before the next bar (the execution manager polls four times a bar, not every
   two seconds).
@@ -23,7 +24,7 @@ from hypothesis import strategies as st
 from legato.kernel.simulation import SimulatedClock, run_simulated
 from legato.store import migrate
 from legato.trading.backtest.production import production_backtest
-from legato.trading.backtest.store import fresh_store
+from legato.trading.backtest.store import fresh_store, use_as_scratch
 from legato.trading.instruments import Instrument
 from legato.trading.ledger import OrderRole, TradingLedger
 from legato.trading.market_data import Bar
@@ -133,6 +134,41 @@ def test_a_fresh_store_replaces_the_file_with_an_empty_current_schema(tmp_path: 
     with sqlite3.connect(path) as connection:
         assert connection.execute("SELECT COUNT(*) FROM legato_trading_balances").fetchone() == (0,)
     connection.close()
+
+
+def test_a_scratch_store_skips_fsyncs_and_holds_the_file_for_its_one_connection(
+    tmp_path: Path,
+) -> None:
+    url = fresh_store(tmp_path / "bt.db")
+
+    async def settings() -> tuple[list[tuple[object, ...]], list[tuple[object, ...]]]:
+        ledger = await TradingLedger.open(url, upgrade=False)
+        try:
+            await use_as_scratch(ledger.database)
+            return (
+                await ledger.database.run("PRAGMA synchronous"),
+                await ledger.database.run("PRAGMA locking_mode"),
+            )
+        finally:
+            await ledger.close()
+
+    assert run_simulated(settings()) == ([(0,)], [("exclusive",)])
+
+
+def test_a_production_run_leaves_its_rows_readable_after_it_ends(
+    tmp_path: Path, perp: Instrument, bar: BarMaker
+) -> None:
+    path = tmp_path / "bt.db"
+    bars = [bar(i, 100, 101, 99, 100) for i in range(6)]
+    result = production_backtest(
+        ScriptedStrategy({1: buy("1")}), bars, perp, store=path, rules=NO_SLIP
+    )
+    with sqlite3.connect(path) as connection:
+        (orders,) = connection.execute("SELECT COUNT(*) FROM legato_trading_orders").fetchone()
+        (fills,) = connection.execute("SELECT COUNT(*) FROM legato_trading_fills").fetchone()
+    connection.close()
+    assert fills == len(result.fills) >= 1
+    assert orders >= 3  # the entry, its stop-loss and take-profit
 
 
 def test_a_partly_filled_entry_is_protected_before_the_next_bar(

@@ -29,7 +29,7 @@ from legato.kernel.clock import Clock
 from legato.kernel.errors import ValidationError
 from legato.kernel.simulation import SimulatedClock, run_simulated
 from legato.trading.backtest.runner import BacktestResult, run_backtest
-from legato.trading.backtest.store import fresh_store
+from legato.trading.backtest.store import fresh_store, use_as_scratch
 from legato.trading.backtest.strategy import Strategy
 from legato.trading.errors import OrderRejected
 from legato.trading.execution import ExecutionConfig, ExecutionResult, OrderExecutionManager
@@ -190,7 +190,8 @@ def production_backtest(
     """Run `strategy` over `bars` through the production path; return the result.
 
     `store` is the SQLite file the run writes (replaced by an empty store at the current
-    schema, see `fresh_store`: scratch space, not meant to survive a crash). `limits` are the
+    schema, see `fresh_store`: scratch space, written without fsyncs and locked by the run
+    while it lasts, see `use_as_scratch`; not meant to survive a crash). `limits` are the
     risk engine's (default `RiskLimits()`); `seed` seeds intent ids and retry jitter.
     `fill_poll_interval` defaults to a quarter of the spacing of the first two bars: an entry
     that fills on a bar is protected before the next bar, whichever of the poll and the bar
@@ -217,6 +218,9 @@ def production_backtest(
         # fresh_store wrote an empty store at the current schema: nothing to migrate.
         ledger = await TradingLedger.open(url, upgrade=False, clock=clock)
         try:
+            # Scratch space: commits skip the fsyncs a store that must survive an OS crash
+            # pays for (see `use_as_scratch`).
+            await use_as_scratch(ledger.database)
             executor = ProductionExecutor(
                 venue,
                 ledger,

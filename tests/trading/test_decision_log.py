@@ -274,3 +274,51 @@ async def test_queries_and_close_write_the_batch_first(clock: Clock, desk_url: s
 def test_a_batch_size_below_one_is_refused() -> None:
     with pytest.raises(ValidationError, match="no_trade_batch"):
         DecisionLog(database=None, no_trade_batch=0)  # type: ignore[arg-type]
+
+
+async def test_buffered_claims_wait_in_the_batch_and_store_what_a_live_claim_stores(
+    clock: Clock, desk_url: str
+) -> None:
+    # The same runs through a live log (each claim written at once) and a buffered one (a
+    # backtest's): the buffered one writes nothing before its batch, then the same rows.
+    async def runs(log: DecisionLog, prefix: str) -> tuple[bool, bool]:
+        claimed = await log.claim(record(f"{prefix}@1", 0), VOTES)
+        at = T0 + timedelta(minutes=1)
+        await log.finish(
+            f"{prefix}@1",
+            PipelineStatus.CLAIMED,
+            at,
+            intent_id="intent-1",
+            proposal={"quantity": "0.010"},
+            risk={"approved": True},
+        )
+        await log.finish(f"{prefix}@1", PipelineStatus.EXECUTED, at + timedelta(minutes=1))
+        await log.record_no_trade(no_trade(f"{prefix}@2", 1), VOTES)
+        again = await log.claim(record(f"{prefix}@1", 0), VOTES)
+        return claimed, again
+
+    live = await DecisionLog.open(desk_url, upgrade=False)
+    buffered = await DecisionLog.open(desk_url, upgrade=False, buffer_claims=True)
+    reader = await DecisionLog.open(desk_url, upgrade=False)
+    try:
+        live_claims = await runs(live, "L")
+        await live.flush()
+        buffered_claims = await runs(buffered, "B")
+        before_flush = [r.key for r in await reader.decisions()]
+        seen = await buffered.has("B@1")
+        written = await buffered.flush()
+        stored = {r.key: r for r in await reader.decisions()}
+        votes = (await reader.votes("L@1"), await reader.votes("B@1"))
+    finally:
+        await reader.close()
+        await buffered.close()
+        await live.close()
+    assert live_claims == buffered_claims == (True, False)
+    assert before_flush == ["L@2", "L@1"]
+    assert seen
+    assert written == 2
+    assert stored["B@1"].status is PipelineStatus.EXECUTED
+    assert stored["B@1"].intent_id == "intent-1"
+    assert dataclasses.replace(stored["B@1"], key="L@1") == stored["L@1"]
+    assert dataclasses.replace(stored["B@2"], key="L@2", correlation_id="c-L@2") == stored["L@2"]
+    assert votes[0] == votes[1] == list(VOTES)

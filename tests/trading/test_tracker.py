@@ -12,7 +12,7 @@ from legato.store.errors import StoreUnavailableError
 from legato.trading.fills import Fill, Liquidity
 from legato.trading.ledger import LedgerTransaction, TradingLedger
 from legato.trading.orders import Order, OrderSide, OrderStatus, OrderType
-from legato.trading.positions import PositionSide
+from legato.trading.positions import Position, PositionSide
 from legato.trading.tracker import PositionTracker
 
 from .conftest import PERP
@@ -295,3 +295,46 @@ async def test_fills_seen_booked_are_skipped_without_a_store_read_and_a_new_trac
     assert position is None
     assert [p.realized_pnl for p in closed] == [Decimal(1)]
     assert balance == Decimal(1000) + Decimal(1) - opening.fee - closing.fee
+
+
+async def test_the_losing_streak_is_read_once_until_a_position_closes_by_anyone(
+    clock: Clock, ledger_url: str
+) -> None:
+    # One winner then two losers; the tracker keeps the streak until the positions move,
+    # whoever closes them (here another writer of the same store), and a new tracker asks
+    # the store.
+    async def put(*positions: Position) -> None:
+        async def write(tx: LedgerTransaction) -> None:
+            for position in positions:
+                await tx.put_position(position)
+
+        await ledger.write(write)
+
+    plain = await TradingLedger.open(ledger_url, upgrade=False, clock=clock)
+    counting = CountingDatabase(plain.database)
+    ledger = TradingLedger(counting)
+    try:
+        tracker = PositionTracker(ledger, clock=clock)
+        await tracker.set_balances({"USDT": Decimal(10_000)})
+        await put(closed_position(clock, 0, "20100"), closed_position(clock, 1, "19900"))
+        first = await tracker.risk_state(quote_asset="USDT")
+        counting.statements.clear()
+        again = await tracker.risk_state(quote_asset="USDT")
+        reads_again = [sql for sql, _ in counting.statements if "status = 'closed'" in sql]
+        await put(closed_position(clock, 2, "19900"))
+        after_close = await tracker.risk_state(quote_asset="USDT")
+        opened = Position.open(PERP, PositionSide.LONG, Decimal("0.010"), Decimal(20000))
+        await put(opened)
+        after_open = await tracker.risk_state(quote_asset="USDT")
+        await put(opened.reduce(Decimal("0.010"), Decimal(20500), Decimal(0), clock.now()))
+        after_win = await tracker.risk_state(quote_asset="USDT")
+        restarted = await PositionTracker(ledger, clock=clock).risk_state(quote_asset="USDT")
+    finally:
+        await ledger.close()
+    assert first.consecutive_losses == again.consecutive_losses == 1
+    assert reads_again == []  # nothing closed: the streak came from the tracker
+    assert after_close.consecutive_losses == 2
+    assert after_close.last_loss_at == clock.now() + timedelta(minutes=2)
+    assert after_open.consecutive_losses == 2
+    assert after_win.consecutive_losses == restarted.consecutive_losses == 0
+    assert after_win.last_loss_at is None

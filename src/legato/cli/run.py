@@ -10,6 +10,10 @@ SIGHUP (``kill -HUP <pid>``) or ``POST /desk/config/reload`` re-reads the config
 the same command-line overrides) and applies what a running desk can take (risk limits,
 strategy thresholds, loop intervals); a change that needs a restart is refused as a whole,
 each field named with its old and new value and why.
+
+Every bar's decision runs as a durable ``legato.desk.decide`` task on the store, by a worker
+inside this process (see `legato.trading.desk_tasks`): ``legato tasks`` and the dashboard's
+task pages list them while the desk runs.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ from legato.trading.desk_config import (
     DeskConfig,
     desk_config_from_mapping,
 )
+from legato.trading.desk_tasks import Scheduling
 
 __all__ = ["run"]
 
@@ -141,7 +146,9 @@ async def _run_desk(
     progress: float,
     reload_config: Callable[[], DeskConfig],
 ) -> ExitCode | None:
-    desk = Desk(config, store_url=settings.store.url)
+    # Each bar's decision is a durable `legato.desk.decide` task: `legato tasks` and the
+    # dashboard's task pages show every one, with its history.
+    desk = Desk(config, store_url=settings.store.url, scheduling=Scheduling.ORCHESTRATOR)
     await desk.start()
     token = options.api_token(settings)
     generated = token is None

@@ -67,6 +67,11 @@ from legato.trading.desk_config import (
     desk_config_from_mapping,
     load_desk_config,
 )
+from legato.trading.desk_tasks import (
+    DECIDE_TASK,
+    DeskTasks,
+    Scheduling,
+)
 from legato.trading.errors import (
     DuplicateClientOrderId,
     InvalidOrderTransition,
@@ -212,6 +217,7 @@ from legato.trading.venue import (
 __all__ = [
     "ALERT_TOPIC_PREFIX",
     "BAR_COLUMNS",
+    "DECIDE_TASK",
     "GENERAL_POOL",
     "MAX_PROPOSAL_LEVERAGE",
     "ORDER_POOL",
@@ -241,6 +247,7 @@ __all__ = [
     "Desk",
     "DeskConfig",
     "DeskSnapshot",
+    "DeskTasks",
     "DeskTelemetry",
     "DuplicateClientOrderId",
     "EntryType",
@@ -316,6 +323,7 @@ __all__ = [
     "RiskState",
     "RuleResolver",
     "RunDisposition",
+    "Scheduling",
     "StrategyConfig",
     "SyntheticMarketConfig",
     "TimeInForce",

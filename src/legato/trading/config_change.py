@@ -12,7 +12,9 @@ Safe at runtime (the desk swaps in new frozen parts; see `Desk.apply_config`):
   ``weak_consensus``, ``stop_atr``, ``target_atr``, ``high_volatility_size``): the next
   decision run uses them;
 - the loop intervals (``reconcile_interval``, ``guard_interval``, ``monitor_interval``,
-  ``telemetry_interval``).
+  ``telemetry_interval``);
+- ``paused_symbols``: symbols added to it are paused, symbols removed from it resumed, from
+  the next decision run (a pause or resume made at runtime on another symbol is kept).
 
 Needing a restart (refused at runtime): the instruments and the symbol set, adding,
 removing or renaming strategies, a strategy's symbols or resolver, the venue, the market
@@ -178,6 +180,14 @@ def _diff(running: DeskConfig, new: DeskConfig) -> Iterator[FieldChange]:
             yield FieldChange(
                 name, old, value, effect=f"the {loop} loop runs on it from its next pass"
             )
+    if running.paused_symbols != new.paused_symbols:
+        yield FieldChange(
+            "paused_symbols",
+            running.paused_symbols,
+            new.paused_symbols,
+            effect="the next decision run of a symbol added is not acted on, "
+            "of a symbol removed is acted on again",
+        )
 
 
 def _instrument_changes(running: DeskConfig, new: DeskConfig) -> Iterator[FieldChange]:

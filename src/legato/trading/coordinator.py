@@ -298,6 +298,8 @@ class CoordinatorAgent:
         self._timers: dict[str, _StageTimer] = {}
         self._decided: dict[tuple[str, str], int] = {}
         self._executed: dict[tuple[str, bool], int] = {}
+        # "desk.<stage>.<symbol token>" by (stage, symbol): a few stages times the symbols.
+        self._topics: dict[tuple[str, str], str] = {}
         for strategy in strategies:
             panel = (models or {}).get(strategy.name)
             for symbol in strategy.symbols:
@@ -515,7 +517,7 @@ class CoordinatorAgent:
         # The run's messages go out only once it owns its key: a run that loses the claim
         # to another process publishes nothing, so the bus holds one chain per bar.
         signal = self._bus.create_message(
-            f"desk.signal.{topic_token(symbol)}",
+            self._topic("signal", symbol),
             _SOURCE,
             {
                 "key": run.key,
@@ -526,6 +528,11 @@ class CoordinatorAgent:
         )
         correlation_id = signal.correlation_id
         now = self._clock.now()
+        action = candidate_action(decision)
+        acting = action in _ENTRIES or (action is TradeAction.CLOSE and position is not None)
+        # A run that cannot lead to an order is stored in a batch, not claimed: see
+        # DecisionLog.record_no_trade for what that trades away (and what it keeps).
+        no_trade = not acting and symbol not in self._paused
         record = DecisionRecord(
             key=run.key,
             symbol=symbol,
@@ -544,17 +551,13 @@ class CoordinatorAgent:
                 "technical": _technical_payload(technical),
                 "regime": _regime_payload(regime),
             },
-            status=PipelineStatus.CLAIMED,
+            status=PipelineStatus.NO_TRADE if no_trade else PipelineStatus.CLAIMED,
             created_at=now,
             updated_at=now,
+            detail=decision.reasoning if no_trade else None,
         )
-        action = candidate_action(decision)
-        acting = action in _ENTRIES or (action is TradeAction.CLOSE and position is not None)
-        if not acting and symbol not in self._paused:
-            # A run that cannot lead to an order is stored in a batch, not claimed: see
-            # DecisionLog.record_no_trade for what that trades away (and what it keeps).
-            finished = replace(record, status=PipelineStatus.NO_TRADE, detail=decision.reasoning)
-            if not await self._log.record_no_trade(finished, decision.votes):
+        if no_trade:
+            if not await self._log.record_no_trade(record, decision.votes):
                 return PipelineOutcome(
                     run.key, symbol, snapshot.timestamp, RunDisposition.DUPLICATE
                 )
@@ -564,8 +567,10 @@ class CoordinatorAgent:
                 symbol,
                 snapshot.timestamp,
                 RunDisposition.DECIDED,
+                status=PipelineStatus.NO_TRADE,
                 correlation_id=run.correlation_id,
                 decision=decision,
+                detail=decision.reasoning,
             )
             return await self._end(
                 run, outcome, PipelineStatus.NO_TRADE, decision.reasoning, stored=True
@@ -749,14 +754,23 @@ class CoordinatorAgent:
             run, "outcome", {"key": run.key, "status": status.value, "detail": detail}
         )
         _log.info("desk_decision", key=run.key, status=status.value, detail=detail)
+        if outcome.status is status and outcome.detail == detail:
+            return outcome  # built finished (a no-trade run): nothing to replace
         return replace(outcome, status=status, detail=detail)
 
     async def _publish(self, run: _Run, stage: str, payload: Mapping[str, Any]) -> None:
-        topic = f"desk.{stage}.{topic_token(run.snapshot.symbol)}"
-        message = self._bus.create_message(topic, _SOURCE, dict(payload), caused_by=run.last)
+        message = self._bus.create_message(
+            self._topic(stage, run.snapshot.symbol), _SOURCE, dict(payload), caused_by=run.last
+        )
         await self._bus.publish(message)
         run.last = message
         run.correlation_id = message.correlation_id
+
+    def _topic(self, stage: str, symbol: str) -> str:
+        topic = self._topics.get((stage, symbol))
+        if topic is None:
+            topic = self._topics[stage, symbol] = f"desk.{stage}.{topic_token(symbol)}"
+        return topic
 
     def _book(self, symbol: str) -> _Book:
         book = self._books.get(symbol)

@@ -16,6 +16,10 @@ PostgreSQL, the tables of `legato.store.desk_schema`):
   can lead to no order, so the batch only trades audit durability for speed: a crash loses
   at most one batch of them, and replaying those bars decides (and stores) them again.
   `has(key)` sees the batch, so idempotency holds all the same.
+- With `buffer_claims` (a backtest's fresh store, which no other process writes and no
+  crash needs to be recovered from), claimed runs join that batch too and `finish` updates
+  them there: a run is stored at the next batch write, not before it acts. A live desk
+  leaves it off, so every run that may trade is stored before it acts.
 
 The query methods (`decisions`, `decision`, `votes`, `conflicts`, `by_correlation`) are what
 the service and the dashboard show. A decision's `correlation_id` is the bus chain of the
@@ -29,7 +33,7 @@ import enum
 import functools
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -223,20 +227,25 @@ class DecisionLog:
     """The stored decisions, votes and conflicts of the desk; times are the callers'.
 
     `no_trade_batch` is how many no-trade runs are kept before they are written together
-    (1 writes each at once).
+    (1 writes each at once). `buffer_claims` batches claimed runs as well (see the module
+    docstring: only for a store no other process writes, such as a backtest's).
     """
 
-    __slots__ = ("_batch", "_batch_keys", "_database", "_no_trade_batch")
+    __slots__ = ("_batch", "_batch_keys", "_buffer_claims", "_database", "_no_trade_batch")
 
-    def __init__(self, database: Database, *, no_trade_batch: int = 256) -> None:
+    def __init__(
+        self, database: Database, *, no_trade_batch: int = 256, buffer_claims: bool = False
+    ) -> None:
         if isinstance(no_trade_batch, bool) or not isinstance(no_trade_batch, int):
             raise ValidationError("no_trade_batch", no_trade_batch, "an integer >= 1")
         if no_trade_batch < 1:
             raise ValidationError("no_trade_batch", no_trade_batch, "an integer >= 1")
         self._database = database
         self._no_trade_batch = no_trade_batch
+        self._buffer_claims = bool(buffer_claims)
         self._batch: list[tuple[DecisionRecord, Sequence[ModelDecision]]] = []
-        self._batch_keys: set[str] = set()
+        # Each batched run's key and its place in the batch.
+        self._batch_keys: dict[str, int] = {}
 
     @classmethod
     async def open(
@@ -245,14 +254,18 @@ class DecisionLog:
         *,
         upgrade: bool = True,
         no_trade_batch: int = 256,
+        buffer_claims: bool = False,
     ) -> DecisionLog:
         """Connect to the store at `url` (migrating it first if `upgrade`)."""
         store_url = url if isinstance(url, StoreUrl) else StoreUrl.parse(url)
         if upgrade:
             migrate.upgrade(store_url)
+        database: Database
         if store_url.backend == "sqlite":
-            return cls(SqliteDatabase(store_url.target), no_trade_batch=no_trade_batch)
-        return cls(PostgresDatabase(store_url.target), no_trade_batch=no_trade_batch)
+            database = SqliteDatabase(store_url.target)
+        else:
+            database = PostgresDatabase(store_url.target)
+        return cls(database, no_trade_batch=no_trade_batch, buffer_claims=buffer_claims)
 
     @property
     def database(self) -> Database:
@@ -267,9 +280,14 @@ class DecisionLog:
     # -- writes
 
     async def claim(self, record: DecisionRecord, votes: Sequence[ModelDecision]) -> bool:
-        """Store `record` and its `votes`; False (nothing written) if its key is stored."""
+        """Store `record` and its `votes`; False (nothing written) if its key is stored.
+
+        With `buffer_claims`, the run joins the batch instead (False if its key is in it).
+        """
         if record.key in self._batch_keys:
             return False
+        if self._buffer_claims:
+            return await self._keep(record, votes)
         async with self._database.transaction() as tx:
             return await self._insert(tx, record, votes)
 
@@ -283,8 +301,11 @@ class DecisionLog:
         # key another process stored meanwhile is skipped by the batch insert itself.
         if record.key in self._batch_keys:
             return False
+        return await self._keep(record, votes)
+
+    async def _keep(self, record: DecisionRecord, votes: Sequence[ModelDecision]) -> bool:
+        self._batch_keys[record.key] = len(self._batch)
         self._batch.append((record, tuple(votes)))
-        self._batch_keys.add(record.key)
         if len(self._batch) >= self._no_trade_batch:
             await self.flush()
         return True
@@ -304,7 +325,7 @@ class DecisionLog:
                 await self._insert(tx, record, votes)
         # Cleared only once written: a failed write keeps the batch for the next try.
         self._batch = []
-        self._batch_keys = set()
+        self._batch_keys = {}
         return len(batch)
 
     @staticmethod
@@ -403,6 +424,23 @@ class DecisionLog:
         risk: Mapping[str, Any] | None = None,
     ) -> None:
         """Store how run `key` ended; fields left None keep what is stored."""
+        index = self._batch_keys.get(key)
+        if index is not None:
+            # A buffered claim: updated where it waits, as the UPDATE would update the row.
+            record, votes = self._batch[index]
+            self._batch[index] = (
+                replace(
+                    record,
+                    status=status,
+                    detail=record.detail if detail is None else detail,
+                    intent_id=record.intent_id if intent_id is None else intent_id,
+                    proposal=record.proposal if proposal is None else proposal,
+                    risk=record.risk if risk is None else risk,
+                    updated_at=at,
+                ),
+                votes,
+            )
+            return
         await self._execute(
             "UPDATE legato_desk_decisions SET status = ?, detail = COALESCE(?, detail), "
             "intent_id = COALESCE(?, intent_id), proposal = COALESCE(?, proposal), "

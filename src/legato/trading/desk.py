@@ -30,7 +30,9 @@ See `legato.trading.config_change`.
 The paper venue's book (balances, positions, working orders, fills) is saved in the store
 after every bar and at stop, and restored at start, so a restarted desk finds the venue as
 it left it, as it would a real exchange; `persist_venue=False` skips that (a backtest, which
-always starts from an empty store).
+always starts from an empty store). `buffer_decisions=True` (a backtest too) stores claimed
+decision runs in the decision log's batches as well, instead of each before it acts (see
+`legato.trading.decision_log`): a live desk leaves it off.
 """
 
 from __future__ import annotations
@@ -68,6 +70,7 @@ from legato.trading.conflicts import ConflictResolver, ConflictSettings, LLMReso
 from legato.trading.coordinator import CoordinatorAgent, PipelineOutcome, StageLatency
 from legato.trading.decision_log import DecisionLog, DecisionRecord
 from legato.trading.desk_config import DataSource, DeskConfig, ResolverKind
+from legato.trading.desk_tasks import DeskTasks, Scheduling
 from legato.trading.errors import OrderNotFound, OrderRejected
 from legato.trading.execution import ExecutionConfig, OrderExecutionManager
 from legato.trading.fees import FeeSchedule
@@ -263,6 +266,9 @@ class Desk:
     name. `rng` seeds everything random (intent ids, retry jitter, message ids).
     `on_bar` is called with each bar and the venue fills it made, once the venue has matched
     it and before the coordinator decides on it (a backtest's trade book and progress bar).
+    `scheduling` is how decisions run: inline asyncio tasks (the default; backtests), or
+    durable `legato.desk.decide` tasks on the store (`legato run`; see
+    `legato.trading.desk_tasks`).
     """
 
     def __init__(
@@ -277,12 +283,21 @@ class Desk:
         execution: ExecutionConfig | None = None,
         on_bar: Callable[[Bar, Sequence[Fill]], None] | None = None,
         persist_venue: bool = True,
+        scheduling: Scheduling = Scheduling.INLINE,
+        buffer_decisions: bool = False,
     ) -> None:
         if not isinstance(config, DeskConfig):
             raise ValidationError("config", config, "a DeskConfig")
+        if not isinstance(scheduling, Scheduling):
+            raise ValidationError(
+                "scheduling", scheduling, "a Scheduling ('inline' or 'orchestrator')"
+            )
+        self._scheduling = scheduling
+        self._tasks: DeskTasks | None = None
         self._config = config
         self._store_url = store_url
         self._persist_venue = persist_venue
+        self._buffer_decisions = buffer_decisions
         self._clock: Clock = clock if clock is not None else RealClock()
         self._rng = rng if rng is not None else random.Random(config.data.seed)
         self._bars = bars
@@ -298,6 +313,9 @@ class Desk:
         self._telemetry: DeskTelemetry | None = None
         self._last_price: dict[str, Decimal] = {}
         self._close_sequence = 0
+        # The closed positions' sums per symbol, with the positions watermark they were
+        # read under: read again only once a position has opened or closed since.
+        self._closed: tuple[tuple[int, int], dict[str, tuple[Decimal, Decimal]]] | None = None
         self._llm_clients: dict[str, LLMClient] = {}
         self._reconfiguring = asyncio.Lock()
         self._in_flight: set[asyncio.Task[PipelineOutcome | None]] = set()
@@ -364,6 +382,8 @@ class Desk:
             raise
         self._started = True
         parts = self._parts
+        for symbol in config.paused_symbols:
+            parts.coordinator.pause(symbol)
         # Reconcile before trading: a restart picks up where the store says it was.
         await parts.reconciler.reconcile()
         await parts.manager.recover()
@@ -371,13 +391,39 @@ class Desk:
         for name, (function, interval_field) in self._loop_functions(parts).items():
             supervisor.add_loop(name, function, interval=getattr(config, interval_field))
         await supervisor.start()
+        if self._scheduling is Scheduling.ORCHESTRATOR:
+            tasks = DeskTasks(
+                self._store_url,
+                clock=self._clock,
+                rng=random.Random(self._rng.getrandbits(32)),
+                decide=self._pipeline,
+                in_flight=self._in_flight,
+                stopping=self._stop.is_set,
+                concurrency=max(4, 2 * len(config.symbols)),
+                grace=STOP_GRACE_SECONDS,
+            )
+            try:
+                await tasks.start()
+            except BaseException:
+                await self.stop()
+                raise
+            self._tasks = tasks
         _log.info("desk_started", symbols=list(config.symbols), store=self._store_url)
 
     async def stop(self) -> None:
         """Stop the loops, close the LLM clients, the bus and the store."""
         if self._parts is None:
             return
-        parts, self._parts = self._parts, None
+        # The decision worker first: the tasks it is running still use the parts.
+        tasks, self._tasks = self._tasks, None
+        try:
+            if tasks is not None:
+                await tasks.stop()
+        finally:
+            parts, self._parts = self._parts, None
+            await self._stop_parts(parts)
+
+    async def _stop_parts(self, parts: _Parts) -> None:
         try:
             await parts.supervisor.stop(grace=5.0)
         finally:
@@ -425,6 +471,8 @@ class Desk:
             watcher = feeding.create_task(self._stop_feed_on_request(feed), name="desk-stop")
             # Data that simply ran out needs no watcher; a stop request keeps it to the end.
             feed.add_done_callback(lambda _: None if self._stop.is_set() else watcher.cancel())
+        if self._tasks is not None:
+            await self._tasks.settle()
         # The last bars' fills are booked before the desk reports and stops.
         await parts.manager.monitor_protection()
         await self._publish_telemetry()
@@ -467,6 +515,11 @@ class Desk:
                 self._last_price[bar.symbol] = bar.close
                 self._bars_processed += 1
                 snapshot = parts.coordinator.observe(bar)
+                if self._tasks is not None:
+                    await self._tasks.submit(snapshot)
+                    if self._stop.is_set():
+                        break
+                    continue
                 run = pipelines.create_task(
                     self._pipeline(bar.symbol, snapshot),
                     name=f"pipeline:{bar.symbol}:{bar.timestamp.isoformat()}",
@@ -556,6 +609,10 @@ class Desk:
                 parts.coordinator.reconfigure(
                     strategies=new.strategies, risk_engine=risk, resolvers=resolvers
                 )
+                for symbol in sorted(set(new.paused_symbols) - set(old.paused_symbols)):
+                    parts.coordinator.pause(symbol)
+                for symbol in sorted(set(old.paused_symbols) - set(new.paused_symbols)):
+                    parts.coordinator.resume(symbol)
                 self._parts = parts = dataclasses.replace(parts, risk=risk)
             self._config = new
             if parts is not None:
@@ -668,7 +725,7 @@ class Desk:
         quote = self._config.venue.quote_asset
         balances = {asset: balance.total for asset, balance in (await ledger.balances()).items()}
         open_positions = {p.symbol: p for p in await ledger.open_positions()}
-        closed = await ledger.closed_totals()
+        closed = await self._closed_totals(ledger)
         orders = await ledger.orders(open_only=True)
         decided = coordinator.decision_counts()
         executed = coordinator.execution_counts()
@@ -740,8 +797,7 @@ class Desk:
         parts = self._running()
         if (
             not parts.coordinator.kill_switch
-            and not await parts.ledger.open_positions()
-            and not await parts.ledger.orders(open_only=True)
+            and not await parts.ledger.has_open_positions_or_orders()
         ):
             # No position and no working order: the guards could neither close nor cancel
             # anything, so the pass (and the equity marks it writes) is skipped. Halts are
@@ -790,6 +846,20 @@ class Desk:
             cancelled = await parts.venue.get_order(client_order_id=client_order_id)
         await parts.ledger.write(lambda tx: tx.update_order(cancelled))
 
+    async def _closed_totals(self, ledger: TradingLedger) -> dict[str, tuple[Decimal, Decimal]]:
+        """`ledger.closed_totals()`, summed again only when a position opened or closed since.
+
+        The watermark is read before the sums: a close landing between the two moves it, and
+        the next call sums again.
+        """
+        watermark = await ledger.positions_watermark()
+        cached = self._closed
+        if cached is not None and cached[0] == watermark:
+            return cached[1]
+        totals = await ledger.closed_totals()
+        self._closed = (watermark, totals)
+        return totals
+
     async def _publish_telemetry(self) -> DeskTelemetry:
         parts = self._running()
         if self._last_price:
@@ -799,7 +869,7 @@ class Desk:
             kill_switch=parts.coordinator.kill_switch,
         )
         # Per-symbol sums of the closed positions: no `Position` built per closed trade.
-        closed = (await parts.ledger.closed_totals()).values()
+        closed = (await self._closed_totals(parts.ledger)).values()
         open_positions = state.open_positions
         telemetry = DeskTelemetry(
             at=self._clock.now(),
@@ -886,7 +956,7 @@ class Desk:
             in_progress=manager.orders_in_progress,
         )
         risk = RiskManagementEngine(config.instruments, config.risk)
-        decisions = DecisionLog(ledger.database)
+        decisions = DecisionLog(ledger.database, buffer_claims=self._buffer_decisions)
         coordinator = CoordinatorAgent(
             instruments=config.instruments,
             strategies=config.strategies,

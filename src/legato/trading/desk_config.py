@@ -10,6 +10,7 @@ The TOML layout::
 
     [desk]
     telemetry_interval = 5.0
+    paused_symbols = []         # traded symbols whose decisions are stored, not acted on
 
     [[desk.instruments]]
     symbol = "BTC-USDT-PERP"
@@ -276,7 +277,10 @@ class DeskConfig:
     """Everything the desk runs on; frozen, validated, defaults are the embedded desk.
 
     Intervals are seconds: how often the reconciler, the runtime guards, the protection
-    monitor and the telemetry run.
+    monitor and the telemetry run. `paused_symbols` are traded symbols the desk starts
+    paused (their decisions are made and stored, never acted on; default none), as
+    `Desk.pause` does at runtime; a config reload pauses the symbols added to it and
+    resumes the ones removed.
     """
 
     instruments: tuple[Instrument, ...] = field(default_factory=lambda: (default_instrument(),))
@@ -289,6 +293,7 @@ class DeskConfig:
     guard_interval: float = 1.0
     monitor_interval: float = 1.0
     telemetry_interval: float = 5.0
+    paused_symbols: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         problems = _cross_problems(self)
@@ -366,8 +371,24 @@ def _cross_problems(config: DeskConfig) -> list[Problem]:
                     f"instruments quoted in the venue's quote asset {config.venue.quote_asset}",
                 )
             )
+    problems.extend(_paused_problems(config))
     if config.data.source is DataSource.CSV and len(config.symbols) != 1:
         problems.append(("data.source", "csv", "exactly one traded symbol with a recorded file"))
+    return problems
+
+
+def _paused_problems(config: DeskConfig) -> list[Problem]:
+    paused = config.paused_symbols
+    if not isinstance(paused, tuple) or not all(isinstance(symbol, str) for symbol in paused):
+        return [("paused_symbols", paused, "a list of traded symbols")]
+    traded = list(config.symbols)
+    problems: list[Problem] = [
+        ("paused_symbols", symbol, f"a symbol the strategies trade ({traded})")
+        for symbol in paused
+        if symbol not in traded
+    ]
+    if len(set(paused)) != len(paused):
+        problems.append(("paused_symbols", list(paused), "each symbol once"))
     return problems
 
 
@@ -500,6 +521,7 @@ _DATA_KINDS = {
 _LLM_KINDS = {**_kinds_from_defaults(LLMDeskSettings), "api_key": (_optional(_to_str), None)}
 _TOP_LEVEL = ("reconcile_interval", "guard_interval", "monitor_interval", "telemetry_interval")
 _SECTIONS = ("instruments", "strategies", "risk", "venue", "data", "llm")
+_OPTIONS = (*_TOP_LEVEL, "paused_symbols", *_SECTIONS)
 
 
 def _section(
@@ -590,13 +612,18 @@ def desk_config_from_mapping(table: Mapping[str, Any]) -> DeskConfig:
     problems: list[Problem] = []
     values: dict[str, Any] = {}
     for key, value in table.items():
-        if key in _TOP_LEVEL:
+        if key == "paused_symbols":
+            try:
+                values[key] = _to_strings(value)
+            except TypeError:
+                problems.append((key, value, _DESCRIBE[_to_strings]))
+        elif key in _TOP_LEVEL:
             try:
                 values[key] = _to_float(value)
             except TypeError:
                 problems.append((key, value, "a number of seconds"))
         elif key not in _SECTIONS:
-            problems.append((key, value, f"one of the options {sorted((*_TOP_LEVEL, *_SECTIONS))}"))
+            problems.append((key, value, f"one of the options {sorted(_OPTIONS)}"))
     if "instruments" in table:
         values["instruments"] = _array(
             Instrument, "instruments", table["instruments"], _INSTRUMENT_KINDS, problems

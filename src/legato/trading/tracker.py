@@ -100,7 +100,7 @@ class PositionTracker:
     name).
     """
 
-    __slots__ = ("_base", "_booked", "_clock", "_ledger")
+    __slots__ = ("_base", "_booked", "_clock", "_ledger", "_streak")
 
     def __init__(
         self,
@@ -116,6 +116,10 @@ class PositionTracker:
         # a fill found here needs no store read to be skipped; the ledger stays the truth
         # (a new tracker starts empty and asks it).
         self._booked: set[str] = set()
+        # The losing streak last read from the store: (the positions watermark it was read
+        # under, losses, when the newest of them closed). Read again when the watermark moves
+        # (a position closed, by this tracker or anyone else); a new tracker starts empty.
+        self._streak: tuple[tuple[int, int], int, datetime | None] | None = None
 
     @property
     def ledger(self) -> TradingLedger:
@@ -336,6 +340,25 @@ class PositionTracker:
     async def _losing_streak(self, moment: datetime) -> tuple[int, datetime | None]:
         """How many of the latest closed positions lost (after fees), and when the last closed.
 
+        The closed history only changes when a position closes, so the streak is read again
+        only when the ledger's positions watermark has moved since the last read (the
+        watermark is read first: a close landing between the two reads moves it again, and
+        the next call reads once more).
+        """
+        watermark = await self._ledger.positions_watermark()
+        cached = self._streak
+        if cached is not None and cached[0] == watermark:
+            losses, closed_at = cached[1], cached[2]
+        else:
+            losses, closed_at = await self._read_losing_streak()
+            self._streak = (watermark, losses, closed_at)
+        if not losses:
+            return 0, None
+        return losses, closed_at or moment
+
+    async def _read_losing_streak(self) -> tuple[int, datetime | None]:
+        """The losing streak and its newest close, as the store has them now.
+
         Reads the newest closed positions only, a few more each time the streak reaches
         past what was read, so the cost follows the streak, not the whole trade history.
         """
@@ -352,4 +375,4 @@ class PositionTracker:
             limit *= 4
         if not losses:
             return 0, None
-        return losses, latest[0].closed_at or moment
+        return losses, latest[0].closed_at

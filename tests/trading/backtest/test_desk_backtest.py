@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import gc
 import itertools
 from datetime import timedelta
 from pathlib import Path
@@ -159,3 +160,30 @@ def test_a_bad_bar_spacing_is_refused(spacing: object) -> None:
     assert refused.value.field == "spacing"
     with pytest.raises(ValidationError):
         backtest_execution_config(spacing)  # type: ignore[arg-type]
+
+
+def test_the_collector_runs_less_often_during_a_backtest_and_as_before_after(
+    tmp_path: Path,
+) -> None:
+    before = gc.get_threshold()
+    during: list[tuple[int, int, int]] = []
+    desk_backtest(
+        DeskConfig(),
+        recorded(BARS),
+        store=tmp_path / "a.db",
+        progress=lambda _: during.append(gc.get_threshold()),
+    )
+    after_run = gc.get_threshold()
+
+    def fail(_: int) -> None:
+        raise RuntimeError("stop here")
+
+    failed = False
+    try:
+        desk_backtest(DeskConfig(), recorded(BARS), store=tmp_path / "b.db", progress=fail)
+    except* RuntimeError:
+        failed = True
+    assert failed
+    assert during[0][0] > before[0]  # fewer young-generation passes while the desk runs
+    assert during[0][1:] == before[1:]
+    assert after_run == gc.get_threshold() == before  # restored, after a failure too

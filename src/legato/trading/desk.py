@@ -696,11 +696,19 @@ class Desk:
             )
             await parts.ledger.write(lambda tx: tx.update_order(refused))
             # Most often the venue already closed the position through its stop-loss or
-            # take-profit, a fill the protection monitor has not booked yet: nothing to do.
-            _log.warning("desk_close_refused", symbol=symbol, reason=str(error))
+            # take-profit, a fill the protection monitor has not booked yet: nothing to do,
+            # and nothing to warn about. A refusal with the position still open is.
+            still_open = any(p.symbol == symbol for p in await parts.venue.positions())
+            log = _log.warning if still_open else _log.info
+            log(
+                "desk_close_refused",
+                symbol=symbol,
+                reason=str(error),
+                venue_position_open=still_open,
+            )
             return None
         await parts.ledger.write(lambda tx: tx.update_order(placed))
-        _log.warning("desk_position_closing", symbol=symbol, reason=reason)
+        _log.info("desk_position_closing", symbol=symbol, reason=reason)
         return placed
 
     async def snapshot(self) -> DeskSnapshot:

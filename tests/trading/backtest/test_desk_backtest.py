@@ -9,6 +9,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+import structlog
 
 from legato.kernel.errors import ValidationError
 from legato.kernel.simulation import run_simulated
@@ -187,3 +188,17 @@ def test_the_collector_runs_less_often_during_a_backtest_and_as_before_after(
     assert during[0][0] > before[0]  # fewer young-generation passes while the desk runs
     assert during[0][1:] == before[1:]
     assert after_run == gc.get_threshold() == before  # restored, after a failure too
+
+
+def test_a_close_the_venue_refuses_because_a_stop_already_closed_it_is_not_a_warning(
+    tmp_path: Path,
+) -> None:
+    # On these bars a stop-loss or take-profit fills on a bar whose decision still sees the
+    # position and asks to close it: the venue, already flat, refuses the reduce-only close.
+    with structlog.testing.capture_logs() as logs:
+        desk_backtest(DeskConfig(), recorded(700), store=tmp_path / "desk.db")
+    refused = [entry for entry in logs if entry["event"] == "desk_close_refused"]
+    assert refused, "these bars no longer produce a refused close: pick others"
+    assert all(entry["venue_position_open"] is False for entry in refused)
+    assert all(entry["log_level"] == "info" for entry in refused)
+    assert not [entry for entry in logs if entry["log_level"] in {"warning", "error"}]

@@ -101,6 +101,7 @@ def test_a_bounded_run_trades_protects_its_positions_and_the_next_run_resumes_th
     out = completed.stdout
     assert "paper-trading desk on BTC-USDT-PERP" in out
     assert f"stopped after {ENOUGH_BARS_TO_TRADE} bars" in out
+    assert "resumed" not in out  # a fresh store: nothing to resume
     positions = _open_positions(tmp_path)
     assert positions, f"the desk opened no position in {ENOUGH_BARS_TO_TRADE} bars:\n{out}"
     for symbol, stop_loss, take_profit in positions:
@@ -115,6 +116,15 @@ def test_a_bounded_run_trades_protects_its_positions_and_the_next_run_resumes_th
         timeout=240,
     )  # fmt: skip
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+    # It says what it picked up, after reconciling and before trading.
+    picked_up = re.search(
+        r"resumed  from the store, reconciled with the venue: (\d+) open positions?.*, "
+        r"(\d+) working orders?, last decided bar ",
+        resumed.stdout,
+    )
+    assert picked_up is not None, resumed.stdout[-2000:]
+    assert int(picked_up.group(1)) == len(positions)
+    assert int(picked_up.group(2)) >= 1
     # The second run starts from the store and the venue's saved book, so the orders the first
     # run left working are on the venue: either the position is still open and protected, or
     # one of those very orders (its stop-loss, take-profit or close) closed it.

@@ -40,7 +40,7 @@ from legato.kernel.settings import LegatoSettings, redact_url
 from legato.service.routes.desk import mount_desk
 from legato.service.runtime import TOKEN_ENV
 from legato.service.server import Service
-from legato.trading.desk import Desk
+from legato.trading.desk import Desk, DeskSnapshot
 from legato.trading.desk_config import (
     DataSource,
     DeskConfig,
@@ -180,6 +180,9 @@ async def _run_desk(
         f"  venue    paper, {venue.starting_balance} {venue.quote_asset}, taker fee "
         f"{venue.taker_fee_bps} bps, slippage {venue.slippage_bps} bps"
     )
+    resumed = _describe_resume(await desk.snapshot())
+    if resumed is not None:
+        _say(f"  resumed  {resumed}")
     try:
         async with asyncio.TaskGroup() as group:
             served = group.create_task(service.run(), name="legato-run-service")
@@ -205,6 +208,30 @@ async def _run_desk(
             loop.remove_signal_handler(sig)
     _say(f"legato run: stopped after {fed} bars. {_summary(desk)}")
     return None
+
+
+def _describe_resume(snapshot: DeskSnapshot) -> str | None:
+    """What a desk started on a store with history carried over, or None for a fresh store.
+
+    By the time the snapshot is taken the desk has reconciled with the venue and resumed its
+    unfinished executions, so these are the positions and orders it trades on from now.
+    """
+    if not (snapshot.positions or snapshot.open_orders or snapshot.recent_decisions):
+        return None
+    positions = [
+        f"{p.symbol} {p.side.value} {p.quantity}"
+        + ("" if p.stop_loss_order_id else " (no stop-loss yet)")
+        for p in snapshot.positions
+    ]
+    held = f"{len(positions)} open position{'' if len(positions) == 1 else 's'}"
+    if positions:
+        held += f" ({', '.join(positions)})"
+    orders = len(snapshot.open_orders)
+    parts = [held, f"{orders} working order{'' if orders == 1 else 's'}"]
+    if snapshot.recent_decisions:
+        last = max(record.bar_time for record in snapshot.recent_decisions)
+        parts.append(f"last decided bar {last:%Y-%m-%d %H:%M} UTC")
+    return "from the store, reconciled with the venue: " + ", ".join(parts)
 
 
 async def _wait_listening(service: Service, served: asyncio.Task[None]) -> None:

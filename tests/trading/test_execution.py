@@ -17,7 +17,7 @@ import pytest
 
 from legato.kernel.bus import MessageBus
 from legato.kernel.clock import Clock
-from legato.kernel.errors import ValidationError
+from legato.kernel.errors import TransientError, ValidationError
 from legato.kernel.message import Message
 from legato.kernel.ratelimit import Budget
 from legato.kernel.supervisor import Supervisor
@@ -470,3 +470,31 @@ async def test_when_the_take_profit_fills_the_monitor_cancels_the_stop_loss(
     assert venue_stop.status is OrderStatus.CANCELLED
     (position,) = closed
     assert position.realized_pnl == (Decimal(21000) - Decimal(20000)) * Decimal("0.010")
+
+
+async def test_a_venue_answer_held_for_the_next_write_lands_when_the_call_fails_first(
+    perp: Instrument, clock: Clock, ledger_url: str
+) -> None:
+    # The entry seen filled is journaled with the position; when the position cannot be
+    # recorded yet (the venue's fills do not add up), the call ends with the error, and the
+    # entry's fill it had learnt is journaled on the way out, not lost with the call.
+    venue = RecordingVenue(make_venue(perp, clock))
+    feed = BarFeed(venue.paper, clock)
+
+    async def no_fills_yet(symbol: str | None = None) -> list[object]:
+        return []
+
+    venue.fills = no_fills_yet  # type: ignore[method-assign, assignment]
+    async with ledger_opener(ledger_url, clock)() as (ledger, _), asyncio.TaskGroup() as tasks:
+        tasks.create_task(feed.run())
+        with pytest.raises(TransientError):
+            await manager_for(venue, ledger, clock).execute_trade(long_proposal())
+        feed.stop()
+        entries = [
+            record.order
+            for record in await ledger.orders(symbol=PERP)
+            if record.order.client_order_id.endswith("-E")
+        ]
+    assert [(entry.status, entry.filled_quantity) for entry in entries] == [
+        (OrderStatus.FILLED, Decimal("0.010"))
+    ]

@@ -42,11 +42,16 @@ from .execution_harness import (
 GRACE = 10.0
 CYCLE = 2.0
 UNPROTECTED_BOUND = GRACE + 5 * CYCLE
-# Venue calls and store commits of one undisturbed bracket (checked by the first test).
-# The move to the take-profit stage is journaled with the take-profit's "being sent" mark,
-# one commit for the two.
+# Venue calls and store commits of one undisturbed bracket (checked by the first test):
+# the intent with its entry "being sent"; the entry placed; the position with the entry's
+# fill and its stop-loss "being sent"; the stop-loss placed (held for the next write) with
+# the move to the take-profit stage and the take-profit's "being sent" mark; the take-profit
+# placed with the move to BRACKETED. Each answer only records what the venue already did
+# and lands before the next order call, so every "being sent" mark still precedes its call:
+# a crash in between leaves the order UNKNOWN in the store, which recovery resolves by a
+# query (the crash points below include those).
 VENUE_CALLS = 9
-STORE_WRITES = 9
+STORE_WRITES = 5
 
 
 @dataclass

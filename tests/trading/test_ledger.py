@@ -19,6 +19,7 @@ from legato.trading.fills import Fill, Liquidity
 from legato.trading.ledger import (
     ExecutionIntent,
     IntentStage,
+    LedgerOrder,
     LedgerTransaction,
     OrderRole,
     PendingWrites,
@@ -471,3 +472,88 @@ def test_an_intent_advances_and_merges_outcomes_as_a_checked_copy(clock: Clock) 
     assert caught.value.field == "updated_at"
     with pytest.raises(TypeError, match="no field"):
         intent.advance(IntentStage.PROTECT, later, colour="red")
+
+
+async def test_an_update_keeps_the_role_and_intent_and_adopts_an_unknown_order(
+    clock: Clock, ledger_url: str
+) -> None:
+    order = stop_order(clock)
+    accepted = order.transition(OrderStatus.ACCEPTED, at=clock.now(), venue_order_id="V-1")
+    stranger = stop_order(clock, "ext-7").transition(OrderStatus.ACCEPTED, at=clock.now())
+    async with ledger_opener(ledger_url, clock)() as (ledger, _):
+        await ledger.write(lambda tx: tx.put_order(order, OrderRole.STOP_LOSS, "1"))
+        await ledger.write(lambda tx: tx.update_order(accepted))
+        await ledger.write(lambda tx: tx.update_order(stranger))
+        kept = await ledger.get_order("lg-1-SL")
+        adopted = await ledger.get_order("ext-7")
+    assert kept == LedgerOrder(accepted, OrderRole.STOP_LOSS, "1")
+    assert adopted == LedgerOrder(stranger, OrderRole.ADOPTED, None)
+
+
+async def test_a_transaction_reads_back_what_it_wrote_as_the_store_holds_it(
+    clock: Clock, ledger_url: str
+) -> None:
+    order = stop_order(clock)
+    opened = Position.open(PERP, PositionSide.LONG, Decimal("0.010"), Decimal(20000))
+    closed = opened.reduce(Decimal("0.010"), Decimal(20100), Decimal(0), clock.now())
+    accepted = order.transition(OrderStatus.ACCEPTED, at=clock.now())
+
+    async def write(tx: LedgerTransaction) -> list[Any]:
+        seen: list[Any] = []
+        await tx.put_order(order, OrderRole.STOP_LOSS, "1")
+        seen.append(await tx.get_order(order.client_order_id))
+        await tx.update_order(accepted)  # links kept by the store: read from it again
+        seen.append(await tx.get_order(order.client_order_id))
+        await tx.put_position(opened)
+        seen.append(await tx.open_position(PERP))
+        await tx.put_position(closed)
+        seen.append(await tx.open_position(PERP))
+        return seen
+
+    async with ledger_opener(ledger_url, clock)() as (ledger, _):
+        seen = await ledger.write(write)
+        stored_order = await ledger.get_order(order.client_order_id)
+        stored_open = await ledger.position(PERP)
+        history = await ledger.closed_positions()
+    assert seen == [
+        LedgerOrder(order, OrderRole.STOP_LOSS, "1"),
+        LedgerOrder(accepted, OrderRole.STOP_LOSS, "1"),
+        opened,
+        None,
+    ]
+    assert stored_order == seen[1]
+    assert stored_open is None
+    assert history == [closed]
+
+
+async def test_orphaned_protection_lists_working_protective_orders_of_flat_symbols_only(
+    clock: Clock, ledger_url: str
+) -> None:
+    def accepted(cid: str, symbol: str = PERP) -> Order:
+        return (
+            stop_order(clock, cid)
+            .replace(symbol=symbol)
+            .transition(OrderStatus.ACCEPTED, at=clock.now())
+        )
+
+    other = "ETH-USDT-PERP"
+    opened = Position.open(other, PositionSide.LONG, Decimal("0.010"), Decimal(2000))
+
+    async def write(tx: LedgerTransaction) -> None:
+        await tx.put_order(accepted("lg-1-SL"), OrderRole.STOP_LOSS, "1")
+        await tx.put_order(accepted("lg-1-TP"), OrderRole.TAKE_PROFIT, "1")
+        await tx.put_order(accepted("rp-1"), OrderRole.REPROTECT)
+        await tx.put_order(stop_order(clock, "lg-2-SL"), OrderRole.STOP_LOSS, "2")  # NEW
+        await tx.put_order(accepted("lg-3-E"), OrderRole.ENTRY, "3")
+        await tx.put_order(accepted("lg-4-SL", other), OrderRole.STOP_LOSS, "4")
+        await tx.put_position(opened)
+
+    async with ledger_opener(ledger_url, clock)() as (ledger, _):
+        await ledger.write(write)
+        orphaned = await ledger.orphaned_protection()
+    assert [record.order.client_order_id for record in orphaned] == [
+        "lg-1-SL",
+        "lg-1-TP",
+        "rp-1",
+    ]
+    assert orphaned[0].role is OrderRole.STOP_LOSS

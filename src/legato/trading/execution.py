@@ -98,10 +98,6 @@ __all__ = [
 _log = structlog.get_logger(__name__)
 _T = TypeVar("_T")
 _ZERO = Decimal(0)
-_PROTECTIVE = (OrderRole.STOP_LOSS, OrderRole.TAKE_PROFIT, OrderRole.REPROTECT)
-# Protective orders the venue holds; NEW and UNKNOWN ones are still being placed by the
-# intent that owns them, which settles them itself.
-_WORKING = (OrderStatus.ACCEPTED, OrderStatus.PARTIALLY_FILLED)
 _NOT_PLACED_PREFIX = "not placed"
 
 
@@ -260,6 +256,9 @@ class _Run:
     # The intent moved on in memory without a journal write of its own: the next write
     # (made before any venue call) carries it. See `_move(defer=True)`.
     unsaved: bool = False
+    # Venue answers not journaled yet, by client id: the next journal write of this run
+    # carries them (see `_defer_record`).
+    deferred: dict[str, tuple[Order, OrderRole]] = field(default_factory=dict)
 
     @classmethod
     def of(cls, intent: ExecutionIntent, orders: dict[str, Order], started: float) -> _Run:
@@ -554,12 +553,18 @@ class OrderExecutionManager:
             IntentStage.TAKE_PROFIT: self._stage_take_profit,
             IntentStage.CLOSE: self._stage_close,
         }
-        while not run.intent.stage.is_final:
-            result = await stages[run.intent.stage](run)
-            if result is not None:
-                if run.unsaved:  # pragma: no cover - every stage writes before it returns
-                    await self._save(run, f"journal {run.intent.intent_id}")
-                return result
+        try:
+            while not run.intent.stage.is_final:
+                result = await stages[run.intent.stage](run)
+                if result is not None:
+                    if run.unsaved:  # pragma: no cover - every stage writes before it returns
+                        await self._save(run, f"journal {run.intent.intent_id}")
+                    return result
+        except Exception:
+            # Venue answers held for the next write are not dropped with the call.
+            if run.unsaved:
+                await self._save(run, f"journal {run.intent.intent_id}")
+            raise
         return self._final_result(run)
 
     async def _stage_entry(self, run: _Run) -> ExecutionResult | None:
@@ -629,10 +634,18 @@ class OrderExecutionManager:
                 type=OrderType.TAKE_PROFIT,
                 stop_price=proposal.take_profit,
             )
+        # The stop-loss is recorded as being sent, with its position: placing it is the very
+        # next step, with no venue call in between (the entry is recorded with its intent the
+        # same way). A crash before the call leaves it UNKNOWN: queried, never sent again.
+        stop_loss = stop_loss.transition(OrderStatus.UNKNOWN, at=now)
+        run.unsent = stop_loss.client_order_id
         run.orders[stop_loss.client_order_id] = stop_loss
         if take_profit is not None:
             run.orders[take_profit.client_order_id] = take_profit
         run.intent = intent.advance(IntentStage.PROTECT, now, filled_quantity=filled)
+        # The opening writes record the entry as it is now: a fill held for the next write
+        # (see `_await_entry`) lands with them.
+        run.deferred.pop(entry.client_order_id, None)
         opening = self._tracker.opening_writes(
             entry, fills, stop_loss=stop_loss, take_profit=take_profit, intent_id=intent.intent_id
         )
@@ -686,11 +699,20 @@ class OrderExecutionManager:
         if stop.status is OrderStatus.REJECTED and (stop.reason or "").startswith("reconciliation"):
             # The reconciler found it was never placed: try again under a fresh id.
             stop = await self._renew(run, stop, OrderRole.STOP_LOSS)
-        if stop.status is OrderStatus.NEW:
+        unsent = run.unsent == stop.client_order_id
+        if stop.status is OrderStatus.NEW or unsent:
             retries_before = run.retries
+            run.unsent = None
+            # Recorded as being sent with its position: send it; a NEW one is marked first.
+            send = self._send if unsent else self._place
             try:
-                stop = await self._place(
-                    run, stop, OrderRole.STOP_LOSS, self._config.stop_loss_retry, confirm=True
+                stop = await send(
+                    run,
+                    stop,
+                    OrderRole.STOP_LOSS,
+                    self._config.stop_loss_retry,
+                    confirm=True,
+                    defer_record=True,
                 )
             except _NotPlaced as refused:
                 run.error = (
@@ -739,7 +761,12 @@ class OrderExecutionManager:
         if take.status is OrderStatus.NEW:
             try:
                 take = await self._place(
-                    run, take, OrderRole.TAKE_PROFIT, self._config.order_retry, confirm=True
+                    run,
+                    take,
+                    OrderRole.TAKE_PROFIT,
+                    self._config.order_retry,
+                    confirm=True,
+                    defer_record=True,
                 )
             except _NotPlaced as refused:
                 return await self._take_profit_failed(run, refused.order, refused.reason)
@@ -889,11 +916,12 @@ class OrderExecutionManager:
         policy: RetryPolicy,
         *,
         confirm: bool = False,
+        defer_record: bool = False,
     ) -> Order:
         """Send `order` once (retrying only what had no effect); return its known state.
 
         Raises _NotPlaced when the venue certainly does not have it. Returns an UNKNOWN
-        order when the outcome could not be learnt.
+        order when the outcome could not be learnt. `defer_record`: see `_send`.
         """
         sending = order.transition(OrderStatus.UNKNOWN, at=self._clock.now())
         run.orders[order.client_order_id] = sending
@@ -903,7 +931,9 @@ class OrderExecutionManager:
         await self._save(
             run, f"mark {order.client_order_id} as being sent", orders=[(sending, role)]
         )
-        return await self._send(run, sending, role, policy, confirm=confirm)
+        return await self._send(
+            run, sending, role, policy, confirm=confirm, defer_record=defer_record
+        )
 
     async def _send(
         self,
@@ -913,8 +943,14 @@ class OrderExecutionManager:
         policy: RetryPolicy,
         *,
         confirm: bool = False,
+        defer_record: bool = False,
     ) -> Order:
-        """Make the venue call for an order already journaled as being sent."""
+        """Make the venue call for an order already journaled as being sent.
+
+        `defer_record`: the venue's acceptance is journaled by the run's next write instead
+        of one of its own; the caller makes that write before its next order call (placing,
+        cancelling). Only reads (the confirming query, a store read) come in between.
+        """
         retrier = Retrier(policy, self._clock, self._rng, on_retry=self._on_retry(run, role))
         try:
             answer = await retrier.run(self._venue.place_order, sending)
@@ -931,7 +967,12 @@ class OrderExecutionManager:
         run.retries += answer.retry_count
         placed = self._merge(sending, answer.value)
         run.orders[placed.client_order_id] = placed
-        await self._save(run, f"record {placed.client_order_id} as placed", orders=[(placed, role)])
+        if defer_record:
+            self._defer_record(run, placed, role)
+        else:
+            await self._save(
+                run, f"record {placed.client_order_id} as placed", orders=[(placed, role)]
+            )
         if confirm and self._config.confirm_placements and not placed.is_terminal:
             placed = await self._confirm(run, placed, role)
         return placed
@@ -1071,7 +1112,12 @@ class OrderExecutionManager:
             or merged.is_terminal
             or run.intent.outcome.get("partial_cancel_at") is not None
         ):
-            return ours if seen is None else await self._update(run, ours, seen, OrderRole.ENTRY)
+            if seen is None:
+                return ours
+            # A final entry with a fill is recorded with its position, the next write
+            # (`_record_position`: the venue's fills are read in between, nothing is sent).
+            done = merged.is_terminal and merged.filled_quantity > 0
+            return await self._update(run, ours, seen, OrderRole.ENTRY, defer=done)
         # The fill came after `unfilled_at`; not knowing when, the rest goes at once.
         now = self._clock.timestamp()
         cancel_at = now if unfilled_at is None else unfilled_at + self._config.partial_protect_after
@@ -1139,10 +1185,15 @@ class OrderExecutionManager:
             )
         return await self._update(run, order, answer.value, role)
 
-    async def _update(self, run: _Run, ours: Order, seen: Order, role: OrderRole) -> Order:
+    async def _update(
+        self, run: _Run, ours: Order, seen: Order, role: OrderRole, *, defer: bool = False
+    ) -> Order:
         merged = self._merge(ours, seen)
         if merged != ours:
             run.orders[merged.client_order_id] = merged
+            if defer:
+                self._defer_record(run, merged, role)
+                return merged
             await self._save(
                 run,
                 f"record {merged.client_order_id} {merged.status.value}",
@@ -1229,6 +1280,20 @@ class OrderExecutionManager:
             )
         return fresh
 
+    def _defer_record(self, run: _Run, order: Order, role: OrderRole) -> None:
+        """Hold the venue's answer about `order` for the run's next journal write.
+
+        For an answer that records what the venue already did (an order accepted, a fill
+        seen) when the run writes again before its next order call (placing, cancelling) and
+        before any wait of its own (a poll interval): one transaction instead of two; only
+        reads (a confirming query, the venue's fills, the store) and their retries come in
+        between. Until then the store shows the order as it was last
+        journaled ("being sent": a crash in between is resolved by a query, as any crash
+        after a send is); a stage that ends the call first writes it (see `_advance`).
+        """
+        run.deferred[order.client_order_id] = (order, role)
+        run.unsaved = True
+
     async def _move(self, run: _Run, stage: IntentStage, *, defer: bool = False) -> None:
         """Move the intent to `stage` and journal it; `defer`: leave the write to the next
         journal write of this run, which the caller makes before any venue call."""
@@ -1250,6 +1315,9 @@ class OrderExecutionManager:
         snapshot = run.intent.with_outcome(self._clock.now(), **run.outcome())
         run.intent = snapshot
         intent_id = snapshot.intent_id
+        for order, _ in orders:
+            # Written here in a newer state: the held answer is superseded.
+            run.deferred.pop(order.client_order_id, None)
 
         async def write(tx: LedgerTransaction) -> None:
             for order, role in orders:
@@ -1261,8 +1329,20 @@ class OrderExecutionManager:
     async def _journal(
         self, run: _Run, description: str, write: Callable[[LedgerTransaction], Awaitable[None]]
     ) -> None:
-        # Every journal write puts the run's current intent: it carries a deferred move too.
+        # Every journal write puts the run's current intent: it carries a deferred move too,
+        # and the venue answers held for it (written first: the write's own records are newer).
         run.unsaved = False
+        if run.deferred:
+            held = list(run.deferred.values())
+            run.deferred = {}
+            intent_id = run.intent.intent_id
+            own = write
+
+            async def write(tx: LedgerTransaction) -> None:
+                for order, role in held:
+                    await tx.put_order(order, role, intent_id)
+                await own(tx)
+
         if await self._pending.write(description, write):
             return
         text = (
@@ -1377,27 +1457,20 @@ class OrderExecutionManager:
         the next position opened in that direction. A partly closed position keeps all its
         protection (the venue caps reduce-only fills at the position).
         """
-        live = [
-            record
-            for record in await self._ledger.orders(open_only=True)
-            if record.role in _PROTECTIVE and record.order.status in _WORKING
-        ]
-        # The orders are read before the positions: a protective order is only placed after
-        # its position is recorded, so one listed here with its symbol flat below really is
-        # left over, not the protection of a position being opened right now.
-        flat: dict[str, bool] = {}
+        # The orders and the positions are read by one statement, at one instant: a
+        # protective order is only placed after its position is recorded, so one listed with
+        # its symbol flat really is left over, not the protection of a position being opened
+        # right now.
+        orphaned = await self._ledger.orphaned_protection()
+        if not orphaned:
+            return 0
         # The venue's answers are journaled together, after the last cancel: they record what
         # already happened on the venue (no venue call waits on them), and a crash before the
         # write leaves orders that the next pass cancels again (already final: it asks) and
         # records then.
         answers: list[tuple[Order, OrderRole, str | None]] = []
         try:
-            for record in live:
-                symbol = record.order.symbol
-                if symbol not in flat:
-                    flat[symbol] = await self._ledger.position(symbol) is None
-                if not flat[symbol]:
-                    continue
+            for record in orphaned:
                 final = await self._cancel_protective(record.order, record.role, record.intent_id)
                 if final is not None:
                     answers.append((final, record.role, record.intent_id))

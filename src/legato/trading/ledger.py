@@ -386,7 +386,17 @@ _UPSERT_ORDER = (
 )
 _SELECT_INTENT = f"SELECT {_INTENT_COLUMNS} FROM legato_trading_intents WHERE intent_id = ?"
 _SELECT_ORDER = f"SELECT {_ORDER_COLUMNS} FROM legato_trading_orders WHERE client_order_id = ?"
-_SELECT_ORDER_LINKS = "SELECT role, intent_id FROM legato_trading_orders WHERE client_order_id = ?"
+# `update_order` in one statement: a new order goes in as ADOPTED with no intent; a known one
+# has every column replaced but its role and intent.
+_UPDATE_ORDER_KEEPING_LINKS = (
+    f"INSERT INTO legato_trading_orders ({_ORDER_COLUMNS}) VALUES ({placeholders(22)}) "
+    "ON CONFLICT (client_order_id) DO UPDATE SET "
+    + ", ".join(
+        f"{name} = excluded.{name}"
+        for name in (name.strip() for name in _ORDER_COLUMNS.split(","))
+        if name not in ("client_order_id", "role", "intent_id")
+    )
+)
 _SELECT_OPEN_POSITION = (
     f"SELECT {_POSITION_COLUMNS} FROM legato_trading_positions WHERE symbol = ? AND status = 'open'"
 )
@@ -395,13 +405,41 @@ _OPEN_ANYTHING = (
     "OR EXISTS (SELECT 1 FROM legato_trading_orders "
     f"WHERE status IN ({placeholders(len(_OPEN_STATUSES))}))"
 )
+_ORPHAN_ROLES = (OrderRole.STOP_LOSS, OrderRole.TAKE_PROFIT, OrderRole.REPROTECT)
+# Protective orders the venue holds; NEW and UNKNOWN ones are still being placed by the
+# intent that owns them, which settles them itself.
+_ORPHAN_STATUSES = (OrderStatus.ACCEPTED, OrderStatus.PARTIALLY_FILLED)
+_ORPHAN_PARAMS = tuple(item.value for item in (*_ORPHAN_ROLES, *_ORPHAN_STATUSES))
+_ORPHANED_PROTECTION = (
+    f"SELECT {_ORDER_COLUMNS} FROM legato_trading_orders o "
+    f"WHERE role IN ({placeholders(len(_ORPHAN_ROLES))}) "
+    f"AND status IN ({placeholders(len(_ORPHAN_STATUSES))}) "
+    "AND NOT EXISTS (SELECT 1 FROM legato_trading_positions p "
+    "WHERE p.symbol = o.symbol AND p.status = 'open') ORDER BY client_order_id"
+)
 _POSITIONS_WATERMARK = (
     "SELECT (SELECT MAX(id) FROM legato_trading_positions), "
     "(SELECT COUNT(*) FROM legato_trading_positions WHERE status = 'open')"
 )
+_UPDATE_OPEN_POSITION = (
+    "UPDATE legato_trading_positions SET "
+    + ", ".join(f"{name.strip()} = ?" for name in _POSITION_COLUMNS.split(","))
+    + " WHERE symbol = ? AND status = 'open' RETURNING id"
+)
+_INSERT_POSITION = (
+    f"INSERT INTO legato_trading_positions ({_POSITION_COLUMNS}) VALUES ({placeholders(13)})"
+)
+_INSERT_FILL = (
+    f"INSERT INTO legato_trading_fills ({_FILL_COLUMNS}) VALUES ({placeholders(11)}) "
+    "ON CONFLICT (fill_id) DO NOTHING RETURNING id"
+)
 _UPSERT_INTENT = (
     f"INSERT INTO legato_trading_intents ({_INTENT_COLUMNS}) VALUES ({placeholders(13)}) "
     f"ON CONFLICT (intent_id) DO UPDATE SET {_updates(_INTENT_COLUMNS, 'intent_id')}"
+)
+_INSERT_NEW_INTENT = (
+    f"INSERT INTO legato_trading_intents ({_INTENT_COLUMNS}) VALUES ({placeholders(13)}) "
+    "ON CONFLICT (intent_id) DO NOTHING RETURNING intent_id"
 )
 
 
@@ -421,45 +459,56 @@ def _proposal_json(proposal: TradeProposal) -> str:
     return text
 
 
+def _intent_params(intent: ExecutionIntent) -> tuple[Any, ...]:
+    return (
+        intent.intent_id,
+        intent.symbol,
+        _proposal_json(intent.proposal),
+        intent.stage.value,
+        intent.stage.is_final,
+        intent.entry_order_id,
+        intent.stop_loss_order_id,
+        intent.take_profit_order_id,
+        intent.close_order_id,
+        str(intent.filled_quantity),
+        json.dumps(dict(intent.outcome), sort_keys=True),
+        _ts(intent.created_at),
+        _ts(intent.updated_at),
+    )
+
+
 # ---------------------------------------------------------------- the transaction
 
 
 class LedgerTransaction:
-    """Reads and writes inside one store transaction: all of its writes land, or none."""
+    """Reads and writes inside one store transaction: all of its writes land, or none.
 
-    __slots__ = ("_tx",)
+    What the transaction itself wrote is read back from memory: an order it put, and the
+    open position of a symbol it put a position for. Inside the transaction no one else
+    can change those rows (SQLite holds the write lock; PostgreSQL locks the written rows,
+    and its unique index on open positions makes a second writer of one wait for us), so
+    the store would answer with the very values written.
+    """
+
+    __slots__ = ("_open_positions", "_orders", "_tx")
 
     def __init__(self, tx: Transaction) -> None:
         self._tx = tx
+        self._orders: dict[str, LedgerOrder] = {}
+        # Symbol -> its open position as written here (None: written closed, none open).
+        self._open_positions: dict[str, Position | None] = {}
 
     # -- intents
 
     async def put_intent(self, intent: ExecutionIntent) -> None:
         """Insert or replace the intent's record."""
-        await self._tx.execute(
-            _UPSERT_INTENT,
-            (
-                intent.intent_id,
-                intent.symbol,
-                _proposal_json(intent.proposal),
-                intent.stage.value,
-                intent.stage.is_final,
-                intent.entry_order_id,
-                intent.stop_loss_order_id,
-                intent.take_profit_order_id,
-                intent.close_order_id,
-                str(intent.filled_quantity),
-                json.dumps(dict(intent.outcome), sort_keys=True),
-                _ts(intent.created_at),
-                _ts(intent.updated_at),
-            ),
-        )
+        await self._tx.execute(_UPSERT_INTENT, _intent_params(intent))
 
     async def insert_intent(self, intent: ExecutionIntent) -> None:
         """Insert a new intent; raise ValidationError if its id is already recorded."""
-        if await self.get_intent(intent.intent_id) is not None:
+        # One statement: the insert does nothing (and returns no row) when the id is taken.
+        if not await self._tx.fetch(_INSERT_NEW_INTENT, _intent_params(intent)):
             raise ValidationError("intent_id", intent.intent_id, "an id not used by another intent")
-        await self.put_intent(intent)
 
     async def get_intent(self, intent_id: str) -> ExecutionIntent | None:
         """The intent with this id, or None."""
@@ -471,18 +520,22 @@ class LedgerTransaction:
     async def put_order(self, order: Order, role: OrderRole, intent_id: str | None = None) -> None:
         """Insert or replace the order's record (keyed by its client order id)."""
         await self._tx.execute(_UPSERT_ORDER, _order_params(order, role, intent_id))
+        self._orders[order.client_order_id] = LedgerOrder(order, role, intent_id)
 
     async def update_order(self, order: Order) -> None:
         """Replace the order's record, keeping its role and intent; insert it as ADOPTED if new."""
-        # Only the role and intent are kept: read those, not a whole order to rebuild.
-        rows = await self._tx.fetch(_SELECT_ORDER_LINKS, (order.client_order_id,))
-        if not rows:
-            await self.put_order(order, OrderRole.ADOPTED)
-        else:
-            await self.put_order(order, OrderRole(rows[0][0]), rows[0][1])
+        cid = order.client_order_id
+        await self._tx.execute(
+            _UPDATE_ORDER_KEEPING_LINKS, _order_params(order, OrderRole.ADOPTED, None)
+        )
+        # The links kept are not known here without a read: forget the order, if held.
+        self._orders.pop(cid, None)
 
     async def get_order(self, client_order_id: str) -> LedgerOrder | None:
         """The order with this client id, or None."""
+        written = self._orders.get(client_order_id)
+        if written is not None:
+            return written
         rows = await self._tx.fetch(_SELECT_ORDER, (client_order_id,))
         return _order_row(rows[0]) if rows else None
 
@@ -491,12 +544,7 @@ class LedgerTransaction:
     async def add_fill(self, fill: Fill) -> bool:
         """Record `fill` unless it is already recorded; return True when it is new."""
         rows = await self._tx.fetch(
-            "SELECT 1 FROM legato_trading_fills WHERE fill_id = ?", (fill.fill_id,)
-        )
-        if rows:
-            return False
-        await self._tx.execute(
-            f"INSERT INTO legato_trading_fills ({_FILL_COLUMNS}) VALUES ({placeholders(11)})",
+            _INSERT_FILL,
             (
                 fill.fill_id,
                 fill.client_order_id,
@@ -511,7 +559,7 @@ class LedgerTransaction:
                 fill.timestamp.timestamp(),
             ),
         )
-        return True
+        return bool(rows)
 
     async def fills_of(self, client_order_id: str) -> list[Fill]:
         """The recorded fills of one order, in arrival order."""
@@ -526,6 +574,8 @@ class LedgerTransaction:
 
     async def open_position(self, symbol: str) -> Position | None:
         """The open position on `symbol`, or None."""
+        if symbol in self._open_positions:
+            return self._open_positions[symbol]
         rows = await self._tx.fetch(_SELECT_OPEN_POSITION, (symbol,))
         return _position_row(rows[0]) if rows else None
 
@@ -534,22 +584,12 @@ class LedgerTransaction:
 
         A closed position closes that open row (or is added to the history when none is open).
         """
-        rows = await self._tx.fetch(
-            "SELECT id FROM legato_trading_positions WHERE symbol = ? AND status = 'open'",
-            (position.symbol,),
-        )
-        if rows:
-            await self._tx.execute(
-                "UPDATE legato_trading_positions SET "
-                + ", ".join(f"{name.strip()} = ?" for name in _POSITION_COLUMNS.split(","))
-                + " WHERE id = ?",
-                (*_position_params(position), rows[0][0]),
-            )
-            return
-        await self._tx.execute(
-            f"INSERT INTO legato_trading_positions ({_POSITION_COLUMNS}) "
-            f"VALUES ({placeholders(13)})",
-            _position_params(position),
+        params = _position_params(position)
+        # The update finds the open row itself (one per symbol, a unique index says so).
+        if not await self._tx.fetch(_UPDATE_OPEN_POSITION, (*params, position.symbol)):
+            await self._tx.execute(_INSERT_POSITION, params)
+        self._open_positions[position.symbol] = (
+            position if position.status is PositionStatus.OPEN else None
         )
 
     # -- balances and equity
@@ -685,8 +725,12 @@ class TradingLedger:
 
         Raises StoreUnavailableError (a TransientError) when the store cannot be reached.
         """
-        async with self._transaction(write=True) as tx:
-            return await fn(tx)
+        # `_transaction` written out (one context manager less per journal write).
+        try:
+            async with self._database.transaction(write=True) as tx:
+                return await fn(LedgerTransaction(tx))
+        except _UNAVAILABLE as error:
+            raise StoreUnavailableError(f"trading ledger: {error}") from error
 
     async def read(self, fn: Callable[[LedgerTransaction], Awaitable[_T]]) -> _T:
         """Run `fn` in one read transaction (a consistent view) and return its result."""
@@ -748,6 +792,16 @@ class TradingLedger:
             f"SELECT {_ORDER_COLUMNS} FROM legato_trading_orders{where} ORDER BY client_order_id",
             params,
         )
+        return [_order_row(row) for row in rows]
+
+    async def orphaned_protection(self) -> list[LedgerOrder]:
+        """The working protective orders of symbols with no open position, by client id.
+
+        Stop-losses, take-profits and re-protections the venue holds (ACCEPTED or partly
+        filled) on a symbol the ledger shows flat: what a closed bracket left behind. One
+        statement, so the orders and the positions are read at one instant.
+        """
+        rows = await self._fetch(_ORPHANED_PROTECTION, _ORPHAN_PARAMS)
         return [_order_row(row) for row in rows]
 
     async def fills(self, symbol: str | None = None) -> list[Fill]:

@@ -165,6 +165,20 @@ def _trigger_rises(order: Order) -> bool:
     return order.side is OrderSide.BUY
 
 
+def trigger_level(order: Order) -> tuple[Decimal, bool] | None:
+    """The trigger of an order still waiting for one: (stop price, True if on a rise).
+
+    None for an order that waits for no trigger (or was triggered already). A bar whose
+    high stays below a rising trigger (or whose low stays above a falling one) does not
+    reach it: `match_order` returns None for it, and a venue may skip the call.
+    """
+    if order.triggered_at is not None or not order.type.needs_stop_price:
+        return None
+    stop = order.stop_price
+    assert stop is not None  # guaranteed by Order's own validation
+    return stop, _trigger_rises(order)
+
+
 def match_order(
     order: Order,
     bar: Bar,

@@ -58,7 +58,13 @@ from legato.trading.faults import Fault, FaultKind, FaultPlan
 from legato.trading.fills import Fill, Liquidity
 from legato.trading.instruments import Instrument
 from legato.trading.market_data import Bar, replay
-from legato.trading.matching import Execution, MatchingRules, intrabar_path, match_order
+from legato.trading.matching import (
+    Execution,
+    MatchingRules,
+    intrabar_path,
+    match_order,
+    trigger_level,
+)
 from legato.trading.orders import Order, OrderSide, OrderStatus, OrderType
 from legato.trading.paper_venue_state import PaperVenueState
 from legato.trading.positions import Position, PositionSide
@@ -249,6 +255,8 @@ class PaperVenue:
         self._open_ids: dict[str, None] = {}  # insertion-ordered set of open client ids
         self._lock_per_unit: dict[str, tuple[str, Decimal]] = {}
         self._bars_seen: Counter[str] = Counter()
+        # Per open order, the order as last seen by `process_bar` and its `trigger_level`.
+        self._triggers: dict[str, tuple[Order, tuple[Decimal, bool] | None]] = {}
         self._hidden_until: dict[str, float] = {}
         self._positions: dict[str, Position] = {}
         self._closed_positions: list[Position] = []
@@ -366,6 +374,7 @@ class PaperVenue:
         self._open_ids = dict.fromkeys(state.open_order_ids)
         self._lock_per_unit = dict(state.reservations)
         self._bars_seen = Counter(state.bars_seen)
+        self._triggers = {}
         self._hidden_until = {}
         self._positions = {position.symbol: position for position in state.positions}
         self._closed_positions = list(state.closed_positions)
@@ -476,17 +485,31 @@ class PaperVenue:
                 self._publish(bar)
             return []
         fills_before = len(self._fills)
-        position = self._positions.get(symbol)
         rules = self._config.rules
-        path = intrabar_path(bar, rules.intrabar, position.side if position is not None else None)
+        path: tuple[Decimal, Decimal, Decimal, Decimal] | None = None
         planned: list[tuple[Decimal, int, str, Execution]] = []
         bars_seen = self._bars_seen
+        triggers = self._triggers
+        high, low = bar.high, bar.low
         for sequence, cid in enumerate(self._open_ids):
             order = self._orders[cid]
             if order.symbol != symbol:
                 continue
             seen = bars_seen[cid]
             bars_seen[cid] = seen + 1
+            known = triggers.get(cid)
+            if known is None or known[0] is not order:
+                known = (order, trigger_level(order))
+                triggers[cid] = known
+            level = known[1]
+            if level is not None and ((high < level[0]) if level[1] else (low > level[0])):
+                # Most bars of a working stop-loss or take-profit: its trigger is not reached
+                # (what `match_order` would answer, without the call or the intrabar path).
+                continue
+            if path is None:
+                position = self._positions.get(symbol)
+                side = position.side if position is not None else None
+                path = intrabar_path(bar, rules.intrabar, side)
             execution = match_order(order, bar, path, rules, instrument.lot_size, fresh=seen == 0)
             if execution is not None:
                 planned.append((execution.at, sequence, cid, execution))
@@ -786,6 +809,7 @@ class PaperVenue:
             self._open_ids.pop(cid, None)
             self._lock_per_unit.pop(cid, None)
             self._bars_seen.pop(cid, None)
+            self._triggers.pop(cid, None)
 
     def _apply(self, cid: str, execution: Execution, instrument: Instrument) -> None:
         order = self._orders[cid]

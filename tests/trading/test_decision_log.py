@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import dataclasses
 import sqlite3
+from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
 import psycopg
 import pytest
 
 from legato.kernel.clock import Clock
 from legato.kernel.errors import ValidationError
+from legato.store.database import Database, Row, Transaction
 from legato.trading.agents.models import ModelDecision, TradeAction
 from legato.trading.conflicts import Conflict, ConflictKind, Resolution, ResolutionAction
 from legato.trading.decision_log import (
@@ -322,3 +326,98 @@ async def test_buffered_claims_wait_in_the_batch_and_store_what_a_live_claim_sto
     assert dataclasses.replace(stored["B@1"], key="L@1") == stored["L@1"]
     assert dataclasses.replace(stored["B@2"], key="L@2", correlation_id="c-L@2") == stored["L@2"]
     assert votes[0] == votes[1] == list(VOTES)
+
+
+class _CountingRuns:
+    """A `Database` that counts the single statements (`run`) it is asked for."""
+
+    def __init__(self, database: Database) -> None:
+        self.database = database
+        self.runs = 0
+
+    @property
+    def dialect(self) -> str:
+        return self.database.dialect
+
+    def transaction(
+        self, *, write: bool = True, durable: bool = True
+    ) -> AbstractAsyncContextManager[Transaction]:
+        return self.database.transaction(write=write, durable=durable)
+
+    async def run(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        self.runs += 1
+        return await self.database.run(sql, params)
+
+    async def close(self) -> None:
+        await self.database.close()
+
+
+async def test_a_buffered_log_on_an_empty_store_knows_what_it_stored_without_asking(
+    clock: Clock, desk_url: str
+) -> None:
+    opened = await DecisionLog.open(desk_url, upgrade=False)
+    counting = _CountingRuns(opened.database)
+    log = DecisionLog(counting, buffer_claims=True)  # type: ignore[arg-type]
+    try:
+        first = await log.has("BTC@1")  # sees the table empty: the one read it makes
+        await log.record_no_trade(no_trade("BTC@1", 0), VOTES)
+        await log.claim(record("BTC@2", 1), VOTES)
+        await log.flush()
+        answers = [await log.has(key) for key in ("BTC@1", "BTC@2", "BTC@3")]
+        stored = [r.key for r in await opened.decisions()]
+    finally:
+        await log.close()
+    assert not first
+    assert answers == [True, True, False]
+    assert stored == ["BTC@2", "BTC@1"]
+    assert counting.runs == 1
+
+
+async def test_a_buffered_log_on_a_store_with_decisions_asks_the_store(
+    clock: Clock, desk_url: str
+) -> None:
+    earlier = await DecisionLog.open(desk_url, upgrade=False)
+    try:
+        assert await earlier.claim(record("BTC@1"), VOTES)
+    finally:
+        await earlier.close()
+    log = await DecisionLog.open(desk_url, upgrade=False, buffer_claims=True)
+    try:
+        answers = [await log.has("BTC@1"), await log.has("BTC@2")]
+        await log.record_no_trade(no_trade("BTC@2", 1), VOTES)
+        await log.flush()
+        after = await log.has("BTC@2")
+    finally:
+        await log.close()
+    assert answers == [True, False]
+    assert after
+
+
+async def test_a_buffered_log_on_an_empty_store_writes_its_batches_as_a_live_log_would(
+    clock: Clock, desk_url: str
+) -> None:
+    # More runs and votes than one statement takes: the batch insert splits them, and every
+    # run reads back as a live log, writing each run on its own, stores it.
+    panel = tuple(
+        dataclasses.replace(VOTES[index % 2], model=f"model-{index}") for index in range(7)
+    )
+    runs = [(no_trade(f"BTC@{bar}", bar), panel[: 1 + bar % 7]) for bar in range(450)]
+    buffered = await DecisionLog.open(desk_url, upgrade=False, buffer_claims=True)
+    try:
+        assert not await buffered.has("BTC@0")
+        for run, votes in runs:
+            assert await buffered.record_no_trade(run, votes)
+        await buffered.flush()
+        stored = await buffered.decisions(limit=1000)
+        stored_votes = [await buffered.votes(run.key) for run, _ in runs]
+        vote_ids = await buffered.database.run(
+            "SELECT decision_key, model FROM legato_desk_votes ORDER BY id"
+        )
+    finally:
+        await buffered.close()
+    assert stored == [run for run, _ in reversed(runs)]
+    assert stored_votes == [list(votes) for _, votes in runs]
+    # Ids in the order a run-by-run insert gives them.
+    assert [tuple(row) for row in vote_ids] == [
+        (run.key, vote.model) for run, votes in runs for vote in votes
+    ]

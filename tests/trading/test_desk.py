@@ -4,17 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import sqlite3
 from collections.abc import Iterator
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 
 from legato.kernel.clock import Clock
-from legato.trading.decision_log import DecisionLog, PipelineStatus
+from legato.kernel.errors import ValidationError
+from legato.kernel.simulation import SimulatedClock, run_simulated
+from legato.trading.decision_log import DecisionLog, DecisionRecord, PipelineStatus
 from legato.trading.desk import STOP_GRACE_SECONDS, Desk, desk_bars
 from legato.trading.desk_config import DataSettings, DeskConfig, StrategyConfig, VenueSettings
+from legato.trading.desk_tasks import Scheduling
 from legato.trading.faults import Fault
-from legato.trading.ledger import OrderRole, TradingLedger
+from legato.trading.ledger import LedgerOrder, OrderRole, TradingLedger
 from legato.trading.market_data import Bar
 from legato.trading.orders import OrderStatus
 
@@ -299,3 +304,76 @@ async def test_a_stop_waits_for_a_filled_position_to_get_its_stop_loss(
     assert position is not None
     assert stop is not None
     assert stop.order.status is OrderStatus.ACCEPTED
+
+
+def test_a_scratch_store_is_refused_with_the_orchestrator_scheduling() -> None:
+    # The task store's connection would be locked out by the scratch store's exclusive lock.
+    with pytest.raises(ValidationError) as raised:
+        Desk(
+            CONFIG,
+            store_url="sqlite:///unused.db",
+            scheduling=Scheduling.ORCHESTRATOR,
+            scratch_store=True,
+        )
+    assert raised.value.field == "scratch_store"
+
+
+def _kill_switch_run(
+    store: Path, *, scratch_store: bool
+) -> tuple[list[DecisionRecord], list[LedgerOrder]]:
+    # The kill-switch scenario above (a position opened, protected, then closed), on its own
+    # simulated time; returns every stored decision and order.
+    bars = trend(85, drift=0.003)
+    clock = SimulatedClock()
+    url = f"sqlite:///{store}"
+    slower = dataclasses.replace(CONFIG, data=DataSettings(speed=30.0))
+    desk: Desk
+
+    def feed() -> Iterator[Bar]:
+        for index, bar in enumerate(bars):
+            if index == 71:
+                desk.kill_switch()
+            yield bar
+
+    desk = Desk(slower, store_url=url, clock=clock, bars=feed(), scratch_store=scratch_store)
+
+    async def run() -> tuple[list[DecisionRecord], list[LedgerOrder]]:
+        await desk.run()
+        ledger = await TradingLedger.open(url, upgrade=False, clock=clock)
+        try:
+            decisions = await DecisionLog(ledger.database).decisions(limit=1000)
+            orders = await ledger.orders()
+        finally:
+            await ledger.close()
+        return list(decisions), list(orders)
+
+    return run_simulated(run(), clock=clock)
+
+
+def test_a_desk_on_a_scratch_store_decides_and_trades_as_on_a_plain_one(tmp_path: Path) -> None:
+    plain = _kill_switch_run(tmp_path / "plain.db", scratch_store=False)
+    scratch = _kill_switch_run(tmp_path / "scratch.db", scratch_store=True)
+    decisions, orders = scratch
+    assert {record.status for record in decisions} >= {
+        PipelineStatus.EXECUTED,
+        PipelineStatus.NO_TRADE,
+    }
+    assert any(record.role is OrderRole.CLOSE for record in orders)
+    assert scratch == plain
+
+
+async def test_a_scratch_store_keeps_other_connections_out_while_the_desk_runs(
+    clock: Clock, tmp_path: Path
+) -> None:
+    store = tmp_path / "scratch.db"
+    desk = Desk(CONFIG, store_url=f"sqlite:///{store}", clock=clock, bars=[], scratch_store=True)
+    await desk.start()
+    try:
+        other = sqlite3.connect(store, timeout=0)
+        try:
+            with pytest.raises(sqlite3.OperationalError, match="locked"):
+                other.execute("SELECT COUNT(*) FROM legato_desk_decisions").fetchall()
+        finally:
+            other.close()
+    finally:
+        await desk.stop()

@@ -68,6 +68,7 @@ from legato.trading.desk_config import StrategyConfig
 from legato.trading.instruments import Instrument
 from legato.trading.market_data import Bar
 from legato.trading.orders import Order, OrderSide
+from legato.trading.positions import Position
 from legato.trading.proposals import TradeProposal
 from legato.trading.risk import RiskDecision, RiskManagementEngine
 from legato.trading.tracker import PositionTracker
@@ -78,6 +79,7 @@ __all__ = [
     "ExecutionOutcome",
     "PipelineOutcome",
     "PositionCloser",
+    "PositionReader",
     "RunDisposition",
     "StageLatency",
     "TradeExecutor",
@@ -168,6 +170,14 @@ class TradeExecutor(Protocol):
         self, proposal: TradeProposal, *, intent_id: str | None = None
     ) -> ExecutionOutcome:
         """Execute `proposal`; the same `intent_id` resumes instead of trading again."""
+        ...
+
+
+class PositionReader(Protocol):
+    """Where the coordinator reads a symbol's open position (the ledger, or a cache of it)."""
+
+    async def position(self, symbol: str) -> Position | None:
+        """The open position on `symbol`, or None."""
         ...
 
 
@@ -263,6 +273,8 @@ class CoordinatorAgent:
     lot sizes. `resolvers` maps a strategy name to its conflict resolver (default: the
     rules). `models` builds a strategy's decision panel (default: the offline rule models).
     `closer` acts on CLOSE decisions (without one they are stored and not acted on).
+    `positions` is where each run reads the symbol's open position (default: the tracker's
+    ledger).
     """
 
     def __init__(
@@ -281,12 +293,14 @@ class CoordinatorAgent:
         models: Mapping[str, Sequence[DecisionModel]] | None = None,
         closer: PositionCloser | None = None,
         indicator_settings: IndicatorSettings | None = None,
+        positions: PositionReader | None = None,
     ) -> None:
         by_symbol = {instrument.symbol: instrument for instrument in instruments}
         self._clock: Clock = clock if clock is not None else RealClock()
         self._risk = risk_engine
         self._executor = executor
         self._tracker = tracker
+        self._positions: PositionReader = positions if positions is not None else tracker.ledger
         self._log = decision_log
         self._bus = bus
         self._quote = quote_asset
@@ -502,7 +516,7 @@ class CoordinatorAgent:
             return PipelineOutcome(run.key, symbol, snapshot.timestamp, RunDisposition.WARMING_UP)
         self._time("analysis", started)
 
-        position = await self._tracker.ledger.position(symbol)
+        position = await self._positions.position(symbol)
         context = DecisionContext(
             symbol=symbol,
             timestamp=snapshot.timestamp,
@@ -522,7 +536,8 @@ class CoordinatorAgent:
             {
                 "key": run.key,
                 "symbol": symbol,
-                "bar_time": snapshot.timestamp.isoformat(),
+                # The key ends with the bar time in ISO form (see `decision_key`).
+                "bar_time": run.key[len(symbol) + 1 :],
                 "close": str(snapshot.close_price),
             },
         )
@@ -533,6 +548,8 @@ class CoordinatorAgent:
         # A run that cannot lead to an order is stored in a batch, not claimed: see
         # DecisionLog.record_no_trade for what that trades away (and what it keeps).
         no_trade = not acting and symbol not in self._paused
+        technical_payload = _technical_payload(technical)
+        regime_payload = _regime_payload(regime)
         record = DecisionRecord(
             key=run.key,
             symbol=symbol,
@@ -547,10 +564,8 @@ class CoordinatorAgent:
             stop=decision.stop,
             target=decision.target,
             reasoning=decision.reasoning,
-            analysis={
-                "technical": _technical_payload(technical),
-                "regime": _regime_payload(regime),
-            },
+            # The same readings go out on the bus (`_announce`): built once for both.
+            analysis={"technical": technical_payload, "regime": regime_payload},
             status=PipelineStatus.NO_TRADE if no_trade else PipelineStatus.CLAIMED,
             created_at=now,
             updated_at=now,
@@ -561,7 +576,7 @@ class CoordinatorAgent:
                 return PipelineOutcome(
                     run.key, symbol, snapshot.timestamp, RunDisposition.DUPLICATE
                 )
-            await self._announce(run, signal, technical, regime, decision)
+            await self._announce(run, signal, technical_payload, regime_payload, decision)
             outcome = PipelineOutcome(
                 run.key,
                 symbol,
@@ -578,7 +593,7 @@ class CoordinatorAgent:
         if not await self._log.claim(record, decision.votes):
             # Another process claimed this bar between our check and our write.
             return PipelineOutcome(run.key, symbol, snapshot.timestamp, RunDisposition.DUPLICATE)
-        await self._announce(run, signal, technical, regime, decision)
+        await self._announce(run, signal, technical_payload, regime_payload, decision)
         outcome = PipelineOutcome(
             run.key,
             symbol,
@@ -593,15 +608,15 @@ class CoordinatorAgent:
         self,
         run: _Run,
         signal: Message,
-        technical: TechnicalAnalysis,
-        regime: RegimeAssessment,
+        technical: Mapping[str, Any],
+        regime: Mapping[str, Any],
         decision: TradeDecision,
     ) -> None:
         """Publish a stored run's signal, analysis, regime and decision, in one chain."""
         await self._bus.publish(signal)
         run.last, run.correlation_id = signal, signal.correlation_id
-        await self._publish(run, "analysis", _technical_payload(technical))
-        await self._publish(run, "regime", _regime_payload(regime))
+        await self._publish(run, "analysis", technical)
+        await self._publish(run, "regime", regime)
         await self._publish(run, "decision", _decision_payload(decision))
 
     async def _act(

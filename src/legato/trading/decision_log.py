@@ -19,7 +19,9 @@ PostgreSQL, the tables of `legato.store.desk_schema`):
 - With `buffer_claims` (a backtest's fresh store, which no other process writes and no
   crash needs to be recovered from), claimed runs join that batch too and `finish` updates
   them there: a run is stored at the next batch write, not before it acts. A live desk
-  leaves it off, so every run that may trade is stored before it acts.
+  leaves it off, so every run that may trade is stored before it acts. As nothing else
+  writes that store, `has` answers from the keys the log has written once it has seen the
+  decisions table empty, instead of asking the store each time.
 
 The query methods (`decisions`, `decision`, `votes`, `conflicts`, `by_correlation`) are what
 the service and the dashboard show. A decision's `correlation_id` is the bus chain of the
@@ -126,8 +128,12 @@ def _text(value: Decimal | None) -> str | None:
     return None if value is None else str(value)
 
 
+# What `json.dumps(value, sort_keys=True, default=str)` builds on every call, built once.
+_ENCODER = json.JSONEncoder(sort_keys=True, default=str)
+
+
 def _json(value: Mapping[str, Any] | None) -> str | None:
-    return None if value is None else json.dumps(value, sort_keys=True, default=str)
+    return None if value is None else _ENCODER.encode(value)
 
 
 _DECISION_COLUMNS = (
@@ -147,6 +153,8 @@ _CONFLICT_COLUMNS = (
 
 _VOTE_ROW = f"({placeholders(10)})"
 _VOTES_PER_STATEMENT = 500
+_DECISION_ROW = f"({placeholders(21)})"
+_DECISIONS_PER_STATEMENT = 200
 
 
 @functools.cache
@@ -154,6 +162,60 @@ def _vote_insert(count: int) -> str:
     """The INSERT of `count` votes (a desk polls a fixed set of models, so few texts)."""
     rows = ", ".join(_VOTE_ROW for _ in range(count))
     return f"INSERT INTO legato_desk_votes (decision_key, {_VOTE_COLUMNS}) VALUES {rows}"
+
+
+@functools.cache
+def _decision_insert(count: int) -> str:
+    """The INSERT of `count` decisions none of which is stored (a batch of new runs)."""
+    rows = ", ".join(_DECISION_ROW for _ in range(count))
+    return f"INSERT INTO legato_desk_decisions ({_DECISION_COLUMNS}) VALUES {rows}"
+
+
+def _decision_params(record: DecisionRecord) -> tuple[Any, ...]:
+    return (
+        record.key,
+        record.symbol,
+        record.bar_time.timestamp(),
+        record.strategy,
+        record.correlation_id,
+        record.action.value,
+        record.leading_action.value,
+        record.consensus,
+        record.split,
+        _text(record.entry),
+        _text(record.stop),
+        _text(record.target),
+        record.reasoning,
+        _json(record.analysis),
+        record.status.value,
+        record.detail,
+        record.intent_id,
+        _json(record.proposal),
+        _json(record.risk),
+        record.created_at.timestamp(),
+        record.updated_at.timestamp(),
+    )
+
+
+def _vote_params(votes: Sequence[tuple[str, ModelDecision]]) -> list[Any]:
+    # The parameters of `_vote_insert(len(votes))`: each vote with its run's key.
+    params: list[Any] = []
+    for key, vote in votes:
+        params.extend(
+            (
+                key,
+                vote.model,
+                vote.action.value,
+                vote.confidence,
+                vote.reasoning,
+                vote.fallback_reason,
+                vote.error,
+                vote.prompt_tokens,
+                vote.completion_tokens,
+                str(vote.cost),
+            )
+        )
+    return params
 
 
 def _decision_row(row: Row) -> DecisionRecord:
@@ -231,7 +293,15 @@ class DecisionLog:
     docstring: only for a store no other process writes, such as a backtest's).
     """
 
-    __slots__ = ("_batch", "_batch_keys", "_buffer_claims", "_database", "_no_trade_batch")
+    __slots__ = (
+        "_batch",
+        "_batch_keys",
+        "_buffer_claims",
+        "_database",
+        "_found_rows",
+        "_no_trade_batch",
+        "_written",
+    )
 
     def __init__(
         self, database: Database, *, no_trade_batch: int = 256, buffer_claims: bool = False
@@ -246,6 +316,10 @@ class DecisionLog:
         self._batch: list[tuple[DecisionRecord, Sequence[ModelDecision]]] = []
         # Each batched run's key and its place in the batch.
         self._batch_keys: dict[str, int] = {}
+        # With `buffer_claims` only, once the decisions table was seen empty: every key
+        # stored since, all written by this log (no other writer), so `has` reads no row.
+        self._written: set[str] | None = None
+        self._found_rows = False
 
     @classmethod
     async def open(
@@ -321,8 +395,16 @@ class DecisionLog:
             return 0
         batch = self._batch
         async with self._database.transaction() as tx:
-            for record, votes in batch:
-                await self._insert(tx, record, votes)
+            if self._written is not None:
+                # Every stored key is in `_written`: the others are new, inserted together.
+                await self._insert_new(
+                    tx, [run for run in batch if run[0].key not in self._written]
+                )
+            else:
+                for record, votes in batch:
+                    await self._insert(tx, record, votes)
+        if self._written is not None:
+            self._written.update(self._batch_keys)
         # Cleared only once written: a failed write keeps the batch for the next try.
         self._batch = []
         self._batch_keys = {}
@@ -333,32 +415,9 @@ class DecisionLog:
         tx: Transaction, record: DecisionRecord, votes: Sequence[ModelDecision]
     ) -> bool:
         inserted = await tx.fetch(
-            f"INSERT INTO legato_desk_decisions ({_DECISION_COLUMNS}) VALUES "
-            "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+            f"INSERT INTO legato_desk_decisions ({_DECISION_COLUMNS}) VALUES {_DECISION_ROW} "
             "ON CONFLICT (decision_key) DO NOTHING RETURNING id",
-            (
-                record.key,
-                record.symbol,
-                record.bar_time.timestamp(),
-                record.strategy,
-                record.correlation_id,
-                record.action.value,
-                record.leading_action.value,
-                record.consensus,
-                record.split,
-                _text(record.entry),
-                _text(record.stop),
-                _text(record.target),
-                record.reasoning,
-                _json(record.analysis),
-                record.status.value,
-                record.detail,
-                record.intent_id,
-                _json(record.proposal),
-                _json(record.risk),
-                record.created_at.timestamp(),
-                record.updated_at.timestamp(),
-            ),
+            _decision_params(record),
         )
         if not inserted:
             return False
@@ -366,24 +425,28 @@ class DecisionLog:
         # its bound-parameter limit): a multi-row VALUES list inserts its rows in list order
         # on both backends, so the ids keep the polling order that `votes` reads back.
         for chunk in chunks(votes, _VOTES_PER_STATEMENT):
-            params: list[Any] = []
-            for vote in chunk:
-                params.extend(
-                    (
-                        record.key,
-                        vote.model,
-                        vote.action.value,
-                        vote.confidence,
-                        vote.reasoning,
-                        vote.fallback_reason,
-                        vote.error,
-                        vote.prompt_tokens,
-                        vote.completion_tokens,
-                        str(vote.cost),
-                    )
-                )
-            await tx.execute(_vote_insert(len(chunk)), params)
+            await tx.execute(
+                _vote_insert(len(chunk)), _vote_params([(record.key, vote) for vote in chunk])
+            )
         return True
+
+    @staticmethod
+    async def _insert_new(
+        tx: Transaction, runs: Sequence[tuple[DecisionRecord, Sequence[ModelDecision]]]
+    ) -> None:
+        """Insert runs none of whose keys is stored: the decisions, then all their votes.
+
+        Multi-row VALUES lists insert in list order, so the ids are those `_insert` run by
+        run would give (each table numbers its own rows).
+        """
+        for chunk in chunks(runs, _DECISIONS_PER_STATEMENT):
+            params: list[Any] = []
+            for record, _ in chunk:
+                params.extend(_decision_params(record))
+            await tx.execute(_decision_insert(len(chunk)), params)
+        votes = [(record.key, vote) for record, run_votes in runs for vote in run_votes]
+        for rows in chunks(votes, _VOTES_PER_STATEMENT):
+            await tx.execute(_vote_insert(len(rows)), _vote_params(rows))
 
     async def record_conflict(self, record: ConflictRecord) -> None:
         """Store the conflicts of one run with their resolution."""
@@ -459,6 +522,13 @@ class DecisionLog:
         """True when a run with this idempotency key is stored (or in the no-trade batch)."""
         if key in self._batch_keys:
             return True
+        if self._buffer_claims and self._written is None and not self._found_rows:
+            if await self._database.run("SELECT 1 FROM legato_desk_decisions LIMIT 1"):
+                self._found_rows = True  # stored by someone before: ask the store
+            else:
+                self._written = set()
+        if self._written is not None:
+            return key in self._written
         rows = await self._database.run(
             "SELECT 1 FROM legato_desk_decisions WHERE decision_key = ?", (key,)
         )

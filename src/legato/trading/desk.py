@@ -32,7 +32,11 @@ after every bar and at stop, and restored at start, so a restarted desk finds th
 it left it, as it would a real exchange; `persist_venue=False` skips that (a backtest, which
 always starts from an empty store). `buffer_decisions=True` (a backtest too) stores claimed
 decision runs in the decision log's batches as well, instead of each before it acts (see
-`legato.trading.decision_log`): a live desk leaves it off.
+`legato.trading.decision_log`): a live desk leaves it off. `scratch_store=True` (a backtest
+as well) writes the store as scratch space, see `legato.store.scratch`:
+no fsyncs, and the desk's one connection holds the file lock until it stops, so nothing else
+may open the store meanwhile (it is refused with the orchestrator's scheduling, whose task
+store opens a second connection).
 """
 
 from __future__ import annotations
@@ -50,11 +54,12 @@ from collections.abc import (
     Mapping,
     Sequence,
 )
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 
@@ -62,6 +67,8 @@ from legato.kernel.bus import MessageBus
 from legato.kernel.clock import Clock, RealClock
 from legato.kernel.errors import LegatoError, ValidationError
 from legato.kernel.supervisor import LoopHealth, Supervisor
+from legato.store.database import Database, Row, Transaction
+from legato.store.scratch import use_as_scratch
 from legato.trading.agents.llm import LLMClient
 from legato.trading.agents.snapshot import IndicatorSnapshot
 from legato.trading.alerts import AlertLevel
@@ -268,7 +275,8 @@ class Desk:
     it and before the coordinator decides on it (a backtest's trade book and progress bar).
     `scheduling` is how decisions run: inline asyncio tasks (the default; backtests), or
     durable `legato.desk.decide` tasks on the store (`legato run`; see
-    `legato.trading.desk_tasks`).
+    `legato.trading.desk_tasks`). `scratch_store` trades the store's durability for speed
+    (a backtest's fresh store; see the module docstring).
     """
 
     def __init__(
@@ -285,6 +293,7 @@ class Desk:
         persist_venue: bool = True,
         scheduling: Scheduling = Scheduling.INLINE,
         buffer_decisions: bool = False,
+        scratch_store: bool = False,
     ) -> None:
         if not isinstance(config, DeskConfig):
             raise ValidationError("config", config, "a DeskConfig")
@@ -292,6 +301,15 @@ class Desk:
             raise ValidationError(
                 "scheduling", scheduling, "a Scheduling ('inline' or 'orchestrator')"
             )
+        if scratch_store and scheduling is not Scheduling.INLINE:
+            # The scratch store's exclusive lock would keep the task store's connection out.
+            raise ValidationError(
+                "scratch_store",
+                scratch_store,
+                f"False with scheduling {scheduling.value!r} (its task store opens a second "
+                "connection, which the scratch store's exclusive lock keeps out)",
+            )
+        self._scratch_store = bool(scratch_store)
         self._scheduling = scheduling
         self._tasks: DeskTasks | None = None
         self._config = config
@@ -376,7 +394,16 @@ class Desk:
         config = self._config
         ledger = await TradingLedger.open(self._store_url, clock=self._clock)
         try:
-            self._parts = await self._build(ledger)
+            reads: _DeskReads = ledger
+            if self._scratch_store:
+                await use_as_scratch(ledger.database)
+                if ledger.database.dialect == "sqlite":
+                    # The exclusive lock keeps every other connection out: each write to the
+                    # store goes through this one, so reads can be kept until it writes.
+                    watched = _WatchedDatabase(ledger.database)
+                    ledger = TradingLedger(watched)
+                    reads = _CachedReads(ledger, watched)
+            self._parts = await self._build(ledger, reads)
         except BaseException:
             await ledger.close()
             raise
@@ -805,7 +832,7 @@ class Desk:
         parts = self._running()
         if (
             not parts.coordinator.kill_switch
-            and not await parts.ledger.has_open_positions_or_orders()
+            and not await parts.reads.has_open_positions_or_orders()
         ):
             # No position and no working order: the guards could neither close nor cancel
             # anything, so the pass (and the equity marks it writes) is skipped. Halts are
@@ -904,7 +931,7 @@ class Desk:
 
     # ------------------------------------------------------------------ wiring
 
-    async def _build(self, ledger: TradingLedger) -> _Parts:
+    async def _build(self, ledger: TradingLedger, reads: _DeskReads) -> _Parts:
         config = self._config
         quote = config.venue.quote_asset
         tracker = PositionTracker(
@@ -977,9 +1004,11 @@ class Desk:
             clock=self._clock,
             resolvers=self._resolvers(config),
             closer=_PipelineCloser(self),
+            positions=reads,
         )
         return _Parts(
             ledger=ledger,
+            reads=reads,
             bus=bus,
             venue=venue,
             tracker=tracker,
@@ -1028,6 +1057,7 @@ class Desk:
 @dataclass(frozen=True, slots=True)
 class _Parts:
     ledger: TradingLedger
+    reads: _DeskReads
     bus: MessageBus
     venue: PaperVenue
     tracker: PositionTracker
@@ -1037,6 +1067,92 @@ class _Parts:
     decisions: DecisionLog
     coordinator: CoordinatorAgent
     supervisor: Supervisor
+
+
+class _DeskReads(Protocol):
+    # The ledger reads the desk makes on every bar: the ledger itself, or `_CachedReads`.
+
+    async def position(self, symbol: str) -> Position | None: ...
+
+    async def has_open_positions_or_orders(self) -> bool: ...
+
+
+class _WatchedDatabase:
+    """A `Database` that counts the writes made through it (transactions and statements)."""
+
+    __slots__ = ("_database", "writes")
+
+    def __init__(self, database: Database) -> None:
+        self._database = database
+        self.writes = 0
+
+    @property
+    def dialect(self) -> str:
+        return self._database.dialect
+
+    @asynccontextmanager
+    async def transaction(
+        self, *, write: bool = True, durable: bool = True
+    ) -> AsyncIterator[Transaction]:
+        try:
+            async with self._database.transaction(write=write, durable=durable) as tx:
+                yield tx
+        finally:
+            # Counted once it has ended (committed or not): a read made while it ran, on
+            # another connection, may have seen the rows before it.
+            if write:
+                self.writes += 1
+
+    async def run(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        try:
+            return await self._database.run(sql, params)
+        finally:
+            if sql.lstrip()[:6].upper() != "SELECT":
+                self.writes += 1
+
+    def notifications(self, channel: str) -> AsyncIterator[str]:
+        return self._database.notifications(channel)
+
+    async def notify(self, channel: str, payload: str) -> None:
+        await self._database.notify(channel, payload)
+
+    async def close(self) -> None:
+        await self._database.close()
+
+
+class _CachedReads:
+    """The desk's per-bar ledger reads, answered from memory until the store is written.
+
+    Only on a store nothing else writes (a scratch store, locked by the desk's connection):
+    every write then goes through `database`, and an answer read under one count of its
+    writes is what the store would still answer while the count stays the same.
+    """
+
+    __slots__ = ("_database", "_ledger", "_open_anything", "_positions")
+
+    def __init__(self, ledger: TradingLedger, database: _WatchedDatabase) -> None:
+        self._ledger = ledger
+        self._database = database
+        self._positions: dict[str, tuple[int, Position | None]] = {}
+        self._open_anything: tuple[int, bool] | None = None
+
+    async def position(self, symbol: str) -> Position | None:
+        writes = self._database.writes
+        cached = self._positions.get(symbol)
+        if cached is not None and cached[0] == writes:
+            return cached[1]
+        position = await self._ledger.position(symbol)
+        self._positions[symbol] = (writes, position)
+        return position
+
+    async def has_open_positions_or_orders(self) -> bool:
+        writes = self._database.writes
+        cached = self._open_anything
+        if cached is not None and cached[0] == writes:
+            return cached[1]
+        found = await self._ledger.has_open_positions_or_orders()
+        self._open_anything = (writes, found)
+        return found
 
 
 class _PipelineCloser:

@@ -20,7 +20,9 @@ time; telemetry, which nobody watches, hourly. The execution manager polls an en
 quarter of a bar (`backtest_execution_config`), as the production path does. Nor does it
 store each decision that may trade before acting on it: on a fresh store that nothing else
 writes and no crash is recovered from, every decision is written in the decision log's
-batches (`Desk(buffer_decisions=True)`), the same rows a live desk writes.
+batches (`Desk(buffer_decisions=True)`), the same rows a live desk writes. And its store is
+scratch space (`Desk(scratch_store=True)`, see `use_as_scratch`): written without fsyncs and
+locked by the run while it lasts.
 """
 
 from __future__ import annotations
@@ -177,6 +179,8 @@ def desk_backtest(
         # and no crash needs each decision stored before it acts (they are, in batches).
         persist_venue=False,
         buffer_decisions=True,
+        # Scratch space too: no fsyncs, and the run's one connection keeps the file locked.
+        scratch_store=True,
         execution=backtest_execution_config(spacing),
     )
     with _fewer_collections():

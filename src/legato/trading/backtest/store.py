@@ -7,12 +7,10 @@ and writes them to `path`. The file is the same as `legato db upgrade` would mak
 schema, same revision, no rows.
 
 A backtest's store is scratch space: nothing resumes from it, so it is replaced whole.
-That is also why `use_as_scratch(database)` may trade durability for speed while a backtest
-writes it: `synchronous=OFF` (no fsync at WAL checkpoints: an OS crash or power loss can
-corrupt the file, a process crash cannot) and `locking_mode=EXCLUSIVE` (the run's one
-connection keeps the file lock until it closes; no other connection reads the store while
-the backtest runs). The execution manager's journal still writes in the same order and
-the same transactions; only the cost of each commit changes.
+That is also why a backtest may trade durability for speed while it writes the store, with
+`use_as_scratch(database)` (from `legato.store.scratch`, re-exported here): no fsyncs and an
+exclusive lock. The execution manager's journal still writes in the same order and the same
+transactions; only the cost of each commit changes.
 """
 
 from __future__ import annotations
@@ -21,12 +19,9 @@ import tempfile
 from pathlib import Path
 
 from legato.store import migrate
-from legato.store.database import Database
+from legato.store.scratch import SCRATCH_PRAGMAS, use_as_scratch
 
 __all__ = ["SCRATCH_PRAGMAS", "fresh_store", "use_as_scratch"]
-
-# What a scratch SQLite store gives up for speed (see the module docstring).
-SCRATCH_PRAGMAS = ("PRAGMA synchronous=OFF", "PRAGMA locking_mode=EXCLUSIVE")
 
 _template: bytes | None = None
 
@@ -50,11 +45,3 @@ def fresh_store(path: Path | str) -> str:
         target.with_name(target.name + suffix).unlink(missing_ok=True)
     target.write_bytes(_migrated_empty_database())
     return f"sqlite:///{target}"
-
-
-async def use_as_scratch(database: Database) -> None:
-    """Set `SCRATCH_PRAGMAS` on a SQLite `database` (a backtest's store); others: no change."""
-    if database.dialect != "sqlite":
-        return
-    for pragma in SCRATCH_PRAGMAS:
-        await database.run(pragma)

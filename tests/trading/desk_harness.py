@@ -19,11 +19,11 @@ from legato.kernel.bus import MessageBus
 from legato.kernel.clock import Clock
 from legato.trading.conflicts import ConflictResolver
 from legato.trading.coordinator import CoordinatorAgent
-from legato.trading.decision_log import DecisionLog
-from legato.trading.desk_config import StrategyConfig
+from legato.trading.decision_log import DecisionLog, DecisionRecord, PipelineStatus
+from legato.trading.desk_config import DataSettings, DeskConfig, StrategyConfig, VenueSettings
 from legato.trading.execution import ExecutionConfig, OrderExecutionManager
 from legato.trading.instruments import Instrument, InstrumentKind
-from legato.trading.ledger import TradingLedger
+from legato.trading.ledger import LedgerOrder, TradingLedger
 from legato.trading.paper_venue import PaperVenue
 from legato.trading.risk import RiskLimits, RiskManagementEngine
 from legato.trading.tracker import PositionTracker
@@ -46,6 +46,34 @@ INSTRUMENT = Instrument(
     kind=InstrumentKind.PERPETUAL,
     max_leverage=Decimal(20),
 )
+
+
+def scripted_desk_config(speed: float) -> DeskConfig:
+    """The whole desk on the scripted market, replayed at `speed` (bars are 300 s long).
+
+    The scripted bars trade 100 units each, so an order may fill in one bar.
+    """
+    return DeskConfig(
+        instruments=(INSTRUMENT,),
+        strategies=(StrategyConfig(symbols=(SYMBOL,)),),
+        venue=VenueSettings(starting_balance=START, participation=Decimal(1)),
+        data=DataSettings(speed=speed),
+        guard_interval=2.0,
+        telemetry_interval=60.0,
+    )
+
+
+async def paused_decisions_and_orders(
+    url: str, clock: Clock
+) -> tuple[list[DecisionRecord], list[LedgerOrder]]:
+    """After a run: the decisions stored as paused, and every order of the scripted symbol."""
+    ledger = await TradingLedger.open(url, upgrade=False, clock=clock)
+    try:
+        paused = await DecisionLog(ledger.database).decisions(status=PipelineStatus.PAUSED)
+        orders = await ledger.orders(symbol=SYMBOL)
+    finally:
+        await ledger.close()
+    return paused, orders
 
 
 def empty_desk_tables(url: str) -> None:

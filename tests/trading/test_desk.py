@@ -6,7 +6,6 @@ import asyncio
 import dataclasses
 import sqlite3
 from collections.abc import Iterator
-from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -16,7 +15,7 @@ from legato.kernel.errors import ValidationError
 from legato.kernel.simulation import SimulatedClock, run_simulated
 from legato.trading.decision_log import DecisionLog, DecisionRecord, PipelineStatus
 from legato.trading.desk import STOP_GRACE_SECONDS, Desk, desk_bars
-from legato.trading.desk_config import DataSettings, DeskConfig, StrategyConfig, VenueSettings
+from legato.trading.desk_config import DataSettings, DeskConfig
 from legato.trading.desk_tasks import Scheduling
 from legato.trading.faults import Fault
 from legato.trading.ledger import LedgerOrder, OrderRole, TradingLedger
@@ -24,18 +23,14 @@ from legato.trading.market_data import Bar
 from legato.trading.orders import OrderStatus
 
 from .agents.scripted_bars import SYMBOL, T0, trend
-from .desk_harness import INSTRUMENT, START, empty_desk_tables
-
-# The scripted bars trade 100 units each: the whole order may fill in one bar.
-CONFIG = DeskConfig(
-    instruments=(INSTRUMENT,),
-    strategies=(StrategyConfig(symbols=(SYMBOL,)),),
-    venue=VenueSettings(starting_balance=START, participation=Decimal(1)),
-    # A bar a virtual second: the loops run a few times a bar, not hundreds.
-    data=DataSettings(speed=300.0),
-    guard_interval=2.0,
-    telemetry_interval=60.0,
+from .desk_harness import (
+    empty_desk_tables,
+    paused_decisions_and_orders,
+    scripted_desk_config,
 )
+
+# A bar a virtual second: the loops run a few times a bar, not hundreds.
+CONFIG = scripted_desk_config(speed=300.0)
 
 
 @pytest.fixture
@@ -121,12 +116,7 @@ async def test_a_paused_symbol_decides_and_stores_but_never_trades(
     await desk.start()
     desk.pause(SYMBOL)
     await desk.run()
-    ledger = await TradingLedger.open(desk_url, upgrade=False, clock=clock)
-    try:
-        paused = await DecisionLog(ledger.database).decisions(status=PipelineStatus.PAUSED)
-        orders = await ledger.orders(symbol=SYMBOL)
-    finally:
-        await ledger.close()
+    paused, orders = await paused_decisions_and_orders(desk_url, clock)
     assert paused
     assert orders == []
 

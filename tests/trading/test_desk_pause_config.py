@@ -16,7 +16,7 @@ from legato.trading.desk_config import DataSettings, DeskConfig, desk_config_fro
 from legato.trading.ledger import OrderRole, TradingLedger
 
 from .agents.scripted_bars import SYMBOL, trend
-from .desk_harness import empty_desk_tables
+from .desk_harness import empty_desk_tables, paused_decisions_and_orders
 from .test_desk import CONFIG
 
 PAUSED = dataclasses.replace(CONFIG, paused_symbols=(SYMBOL,))
@@ -62,12 +62,7 @@ async def test_a_symbol_paused_in_the_config_decides_but_never_trades(
 ) -> None:
     desk = Desk(PAUSED, store_url=desk_url, clock=clock, bars=trend(90, drift=0.003))
     await desk.run()
-    ledger = await TradingLedger.open(desk_url, upgrade=False, clock=clock)
-    try:
-        paused = await DecisionLog(ledger.database).decisions(status=PipelineStatus.PAUSED)
-        orders = await ledger.orders(symbol=SYMBOL)
-    finally:
-        await ledger.close()
+    paused, orders = await paused_decisions_and_orders(desk_url, clock)
     assert paused
     assert orders == []
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -14,23 +13,15 @@ from legato.orchestrator.app import Orchestrator
 from legato.store.records import TaskRecord, TaskState, WorkerRecord
 from legato.trading.decision_log import DecisionLog, PipelineStatus
 from legato.trading.desk import Desk
-from legato.trading.desk_config import DataSettings, DeskConfig, StrategyConfig, VenueSettings
 from legato.trading.desk_tasks import DECIDE_QUEUE, DECIDE_TASK, Scheduling, decide_key
 from legato.trading.ledger import OrderRole, TradingLedger
 from legato.trading.market_data import Bar
 
 from .agents.scripted_bars import SYMBOL, trend
-from .desk_harness import INSTRUMENT, START, empty_desk_tables
+from .desk_harness import empty_desk_tables, scripted_desk_config
 
-CONFIG = DeskConfig(
-    instruments=(INSTRUMENT,),
-    strategies=(StrategyConfig(symbols=(SYMBOL,)),),
-    venue=VenueSettings(starting_balance=START, participation=Decimal(1)),
-    # Ten virtual seconds a bar: each decision (and its bracket) ends before the next bar.
-    data=DataSettings(speed=30.0),
-    guard_interval=2.0,
-    telemetry_interval=60.0,
-)
+# Ten virtual seconds a bar: each decision (and its bracket) ends before the next bar.
+CONFIG = scripted_desk_config(speed=30.0)
 
 
 @pytest.fixture

@@ -45,6 +45,7 @@ from legato.store.sqlite import SqliteDatabase
 from legato.store.url import DEFAULT_STORE_URL, StoreUrl
 from legato.trading.alerts import Alert, AlertCode, AlertLevel
 from legato.trading.balances import Balance
+from legato.trading.copies import check_field_names, unchecked_copy
 from legato.trading.fills import Fill, Liquidity
 from legato.trading.orders import Order, OrderSide, OrderStatus, OrderType, TimeInForce
 from legato.trading.paper_venue_state import PaperVenueState
@@ -179,14 +180,8 @@ class ExecutionIntent:
     def _with(self, **changes: Any) -> ExecutionIntent:
         # dataclasses.replace, without its per-call introspection (an intent is copied at
         # every journal write): copy the fields, apply `changes`, check the result.
-        if not _INTENT_FIELD_SET.issuperset(changes):
-            unknown = sorted(set(changes) - _INTENT_FIELD_SET)
-            raise TypeError(f"ExecutionIntent has no field(s) {', '.join(unknown)}")
-        copy = object.__new__(type(self))
-        for name in _INTENT_FIELDS:
-            object.__setattr__(copy, name, getattr(self, name))
-        for name, value in changes.items():
-            object.__setattr__(copy, name, value)
+        check_field_names("ExecutionIntent", _INTENT_FIELD_SET, changes)
+        copy = unchecked_copy(self, _INTENT_FIELDS, changes)
         copy.__post_init__()
         return copy
 

@@ -13,13 +13,14 @@ from __future__ import annotations
 import dataclasses
 import enum
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
 from legato.kernel.errors import ValidationError
+from legato.trading.copies import check_field_names, unchecked_copy
 from legato.trading.errors import InvalidOrderTransition
 
 __all__ = [
@@ -205,13 +206,9 @@ class Order:
             raise ValidationError("type", self.type, "an OrderType")
         if not isinstance(self.time_in_force, TimeInForce):
             raise ValidationError("time_in_force", self.time_in_force, "a TimeInForce")
-        if not isinstance(self.status, OrderStatus):
-            raise ValidationError("status", self.status, "an OrderStatus")
         _check_decimal("quantity", self.quantity, positive=True, optional=False)
         _check_decimal("price", self.price, positive=True, optional=True)
         _check_decimal("stop_price", self.stop_price, positive=True, optional=True)
-        _check_decimal("filled_quantity", self.filled_quantity, positive=False, optional=False)
-        _check_decimal("average_price", self.average_price, positive=True, optional=True)
         needs_price = self.type in _NEEDS_PRICE
         if needs_price and self.price is None:
             raise ValidationError("price", None, f"a limit price for a {self.type.value} order")
@@ -226,21 +223,8 @@ class Order:
             raise ValidationError(
                 "stop_price", self.stop_price, f"None for a {self.type.value} order"
             )
-        if self.leverage is not None:
-            _check_decimal("leverage", self.leverage, positive=True, optional=False)
-            if self.leverage < 1:
-                raise ValidationError("leverage", self.leverage, "a Decimal >= 1 or None")
-        if self.filled_quantity > self.quantity:
-            raise ValidationError(
-                "filled_quantity", self.filled_quantity, f"<= quantity {self.quantity}"
-            )
-        if (self.filled_quantity > 0) != (self.average_price is not None):
-            raise ValidationError(
-                "average_price", self.average_price, "set exactly when filled_quantity > 0"
-            )
-        _check_aware("created_at", self.created_at)
-        _check_aware("updated_at", self.updated_at)
-        _check_aware("triggered_at", self.triggered_at)
+        # The request is valid: then the state, every field of it.
+        self._check_state(_STATE_FIELDS)
 
     def replace(self, **changes: Any) -> Order:
         """Return a copy with `changes` applied, checked as a new order is.
@@ -250,14 +234,8 @@ class Order:
         validated once. Raises TypeError for a name that is not a field, ValidationError
         (and builds nothing) for a value the order does not accept.
         """
-        if not _ORDER_FIELD_SET.issuperset(changes):
-            unknown = sorted(set(changes) - _ORDER_FIELD_SET)
-            raise TypeError(f"Order has no field(s) {', '.join(unknown)}")
-        copy = object.__new__(type(self))
-        for name in _ORDER_FIELDS:
-            object.__setattr__(copy, name, getattr(self, name))
-        for name, value in changes.items():
-            object.__setattr__(copy, name, value)
+        check_field_names("Order", _ORDER_FIELD_SET, changes)
+        copy = unchecked_copy(self, _ORDER_FIELDS, changes)
         if _STATE_FIELDS.issuperset(changes):
             # The request (ids, side, type, quantity, prices) is this order's, already
             # checked: only the checks that involve the changed state are left.
@@ -266,9 +244,9 @@ class Order:
             copy.__post_init__()
         return copy
 
-    def _check_state(self, changed: Mapping[str, object]) -> None:
-        # __post_init__'s checks that read a state field, in its order, for a copy whose
-        # request fields come from a valid order.
+    def _check_state(self, changed: Collection[str]) -> None:
+        # The checks that read a state field, for those in `changed`: all of them for a new
+        # order (__post_init__), the changed ones for a copy of a valid order (`replace`).
         if "status" in changed and not isinstance(self.status, OrderStatus):
             raise ValidationError("status", self.status, "an OrderStatus")
         fills = "filled_quantity" in changed or "average_price" in changed

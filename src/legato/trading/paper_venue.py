@@ -477,12 +477,7 @@ class PaperVenue:
             instrument = self.instrument(symbol)  # raises ValidationError
         if not self._open_ids:
             # No working order: nothing to match, the bar only marks (the common case).
-            self._last_price[symbol] = bar.close
-            marked = self._positions.get(symbol)
-            if marked is not None:
-                self._positions[symbol] = marked.mark(bar.close)
-            if self._subscriptions:
-                self._publish(bar)
+            self._close_bar(bar)
             return []
         fills_before = len(self._fills)
         rules = self._config.rules
@@ -517,13 +512,19 @@ class PaperVenue:
             planned.sort(key=lambda item: (item[0], item[1]))
             for _, _, cid, execution in planned:
                 self._apply(cid, execution, instrument)
+        self._close_bar(bar)
+        return self._fills[fills_before:]
+
+    def _close_bar(self, bar: Bar) -> None:
+        # The bar's last step, matched or not: its close is the last price and the mark of
+        # the symbol's position, then subscribers see it.
+        symbol = bar.symbol
         self._last_price[symbol] = bar.close
         marked = self._positions.get(symbol)
         if marked is not None:
             self._positions[symbol] = marked.mark(bar.close)
         if self._subscriptions:
             self._publish(bar)
-        return self._fills[fills_before:]
 
     def _publish(self, bar: Bar) -> None:
         for subscription in list(self._subscriptions):

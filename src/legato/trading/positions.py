@@ -15,6 +15,7 @@ from decimal import Decimal
 from typing import Any
 
 from legato.kernel.errors import ValidationError
+from legato.trading.copies import check_field_names, unchecked_copy
 from legato.trading.orders import OrderSide
 
 __all__ = ["Position", "PositionSide", "PositionStatus"]
@@ -216,23 +217,12 @@ class Position:
         `dataclasses.replace` at a fraction of its cost. Raises TypeError for a name that is
         not a field, ValidationError (and builds nothing) for a value a position refuses.
         """
-        if not _POSITION_FIELD_SET.issuperset(changes):
-            unknown = sorted(set(changes) - _POSITION_FIELD_SET)
-            raise TypeError(f"Position has no field(s) {', '.join(unknown)}")
-        copy = self._copy(**changes)
+        check_field_names("Position", _POSITION_FIELD_SET, changes)
+        copy = unchecked_copy(self, _POSITION_FIELDS, changes)
         copy.__post_init__()
         return copy
 
     __replace__ = replace  # copy.replace (Python 3.13+)
-
-    def _copy(self, **changes: Any) -> Position:
-        # Unchecked: the caller has validated `changes` (known fields, acceptable values).
-        copy = object.__new__(type(self))
-        for name in _POSITION_FIELDS:
-            object.__setattr__(copy, name, getattr(self, name))
-        for name, value in changes.items():
-            object.__setattr__(copy, name, value)
-        return copy
 
     def _check_open(self, action: str) -> None:
         if not self.is_open:

@@ -174,7 +174,8 @@ async def paced(store_url: str, in_process_worker: bool) -> dict[str, float]:
 
 
 def durability(store_url: str, backend: str) -> dict[str, str]:
-    """What a commit promises in this run: the server's settings and the engine's choices."""
+    """What a commit promises in this run (the server's settings and the engine's choices),
+    and whether the server vacuums its tables as they churn (autovacuum)."""
     if backend == "sqlite":
         return {
             "journal_mode": "wal",
@@ -187,7 +188,8 @@ def durability(store_url: str, backend: str) -> dict[str, str]:
         settings: dict[str, str] = dict(
             connection.execute(
                 "SELECT name, setting FROM pg_settings WHERE name IN "
-                "('fsync', 'synchronous_commit', 'full_page_writes', 'wal_sync_method')"
+                "('fsync', 'synchronous_commit', 'full_page_writes', 'wal_sync_method', "
+                "'autovacuum')"
             ).fetchall()
         )
     return {

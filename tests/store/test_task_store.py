@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 
+import psycopg
 import pytest
 
 from legato.kernel.clock import Clock
@@ -648,3 +649,41 @@ async def test_a_round_of_every_kind_of_outcome_sets_each_tasks_fields_and_histo
         retrying = await store.get_task(b.task_id)
         assert retrying is not None
         assert (retrying.traceback, retrying.history[-1].detail) == ("tb", "boom")
+
+
+async def test_on_postgresql_the_claim_is_planned_for_each_batch_never_from_a_cached_plan(
+    postgres_database: str, clock: Clock
+) -> None:
+    # psycopg prepares a statement on the server once it has run a few times, and the server
+    # may then reuse one generic plan, chosen while legato_tasks was small: a whole-table scan
+    # on every claim once the table has grown (30-50 ms a claim, measured). The claim is sent
+    # unprepared, so it is planned for its ids; the worker's other statements still are.
+    with psycopg.connect(postgres_database, autocommit=True) as connection:
+        connection.execute("TRUNCATE legato_tasks, legato_task_events RESTART IDENTITY CASCADE")
+    store = await TaskStore.open(postgres_database, upgrade=False, clock=clock)
+    try:
+        for round_ in range(8):  # more than psycopg's prepare threshold (5)
+            await store.submit([new_task(), new_task()], now=float(round_))
+            plain, retried = await store.claim(
+                "w", ["default"], 2, now=round_ + 0.1, lease_seconds=30
+            )
+            reply = await store.heartbeat(
+                "w", {plain.task_id: plain.fencing_token}, round_ + 0.2, 30
+            )
+            assert plain.task_id in reply.leases
+            retry = Outcome(
+                retried.task_id, retried.fencing_token, TaskState.DEAD, "failed", error="x"
+            )
+            accepted = await store.complete(
+                [success(plain.task_id, plain.fencing_token), retry], "w", round_ + 0.3
+            )
+            assert accepted == [True, True]
+        prepared = [
+            row[0]
+            for row in await store.database.run("SELECT statement FROM pg_prepared_statements")
+        ]
+    finally:
+        await store.close()
+    assert not [sql for sql in prepared if "SET state = 'running'" in sql]  # the claim
+    assert [sql for sql in prepared if "SELECT id, queue, resources, state, priority" in sql]
+    assert [sql for sql in prepared if "SET state = 'succeeded'" in sql]  # plain successes

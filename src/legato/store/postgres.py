@@ -20,7 +20,7 @@ from psycopg import sql as pgsql
 
 from legato.kernel.clock import Clock
 from legato.kernel.simulation import SimulatedClock
-from legato.store.database import Row
+from legato.store.database import CustomPlan, Row
 from legato.store.errors import StoreUnavailableError
 
 __all__ = ["PostgresDatabase"]
@@ -84,24 +84,36 @@ class _PostgresTransaction:
         """
         if self.committed:
             raise RuntimeError("this transaction already committed")
-        queue: list[tuple[str, Sequence[Any], bool]] = [(sql, (), False) for sql in self._opening]
-        queue += [(_placeholders(sql, self._cache), params, True) for sql, params in statements]
+        # (sql, params, rows wanted, prepare): None lets psycopg prepare it once used often.
+        queue: list[tuple[str, Sequence[Any], bool, bool | None]] = [
+            (sql, (), False, None) for sql in self._opening
+        ]
+        queue += [
+            (
+                _placeholders(sql, self._cache),
+                params,
+                True,
+                False if isinstance(sql, CustomPlan) else None,
+            )
+            for sql, params in statements
+        ]
         if commit:
-            queue.append(("COMMIT", (), False))
+            queue.append(("COMMIT", (), False, None))
         self._opening = []
         connection = self._connection
         if not queue:
             return []
         if len(queue) == 1:
-            cursor = await connection.execute(queue[0][0], queue[0][1])
+            sql, params, _, prepare = queue[0]
+            cursor = await connection.execute(sql, params, prepare=prepare)
             rows = await cursor.fetchall() if cursor.description is not None else []
             self.committed = commit
             return [rows]
         cursors = []
         async with connection.pipeline():
-            for sql, params, wanted in queue:
+            for sql, params, wanted, prepare in queue:
                 cursor = connection.cursor()
-                await cursor.execute(sql, params)
+                await cursor.execute(sql, params, prepare=prepare)
                 if wanted:
                     cursors.append(cursor)
         self.committed = commit

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
@@ -39,6 +40,28 @@ def _lines(stream: IO[str]) -> Iterator[str]:
     # event, not on a timer. The test's timeout bounds it.
     for line in stream:
         yield line.rstrip("\n")
+
+
+@contextmanager
+def _legato_run(tmp_path: Path, *args: str) -> Iterator[subprocess.Popen[str]]:
+    """`legato run ARGS` as a real process in `tmp_path`; killed at the end if still running."""
+    process = subprocess.Popen(
+        _legato(tmp_path, "run", *args),
+        cwd=tmp_path, env=_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+
+
+def _interrupt(process: subprocess.Popen[str]) -> tuple[str, str]:
+    """Ctrl-C the process and return the rest of its stdout and its stderr once it exits."""
+    process.send_signal(signal.SIGINT)
+    return process.communicate(timeout=60)
 
 
 def _open_positions(tmp_path: Path) -> list[tuple[str, str | None, str | None]]:
@@ -138,12 +161,7 @@ def test_a_bounded_run_trades_protects_its_positions_and_the_next_run_resumes_th
 
 
 def test_ctrl_c_stops_a_trading_desk_cleanly_with_the_store_agreeing(tmp_path: Path) -> None:
-    process = subprocess.Popen(
-        _legato(tmp_path, "run", "--speed", "30000", "--port", "0", "--progress", "0.2"),
-        cwd=tmp_path, env=_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True,
-    )  # fmt: skip
-    try:
+    with _legato_run(tmp_path, "--speed", "30000", "--port", "0", "--progress", "0.2") as process:
         assert process.stdout is not None
         base = None
         for line in _lines(process.stdout):
@@ -156,12 +174,7 @@ def test_ctrl_c_stops_a_trading_desk_cleanly_with_the_store_agreeing(tmp_path: P
             if "open positions 1" in line:
                 break  # the desk is trading: stop it in the middle
         assert base is not None, "the service address was never printed"
-        process.send_signal(signal.SIGINT)
-        rest, errors = process.communicate(timeout=60)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
+        rest, errors = _interrupt(process)
     assert process.returncode == 0, errors[-3000:]
     reported = _final_open_positions(rest)
     positions = _open_positions(tmp_path)

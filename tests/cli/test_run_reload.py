@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from .test_run import _env, _legato, _lines
+from .test_run import _interrupt, _legato_run, _lines
 
 pytestmark = pytest.mark.slow
 
@@ -32,12 +32,7 @@ def test_sighup_and_the_reload_route_apply_safe_changes_and_refuse_the_rest(
 ) -> None:
     config = tmp_path / "legato.toml"
     config.write_text("[desk.risk]\nmax_open_positions = 5\n")
-    process = subprocess.Popen(
-        _legato(tmp_path, "run", "--speed", "3000", "--port", "0", "--progress", "60"),
-        cwd=tmp_path, env=_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True,
-    )  # fmt: skip
-    try:
+    with _legato_run(tmp_path, "--speed", "3000", "--port", "0", "--progress", "60") as process:
         base = _until(process, r"dashboard (http://\S+)/").group(1)
         config.write_text("[desk.risk]\nmax_open_positions = 2\n")
         process.send_signal(signal.SIGHUP)
@@ -57,12 +52,7 @@ def test_sighup_and_the_reload_route_apply_safe_changes_and_refuse_the_rest(
         conflict = answer.value.code, json.load(answer.value)
         with urllib.request.urlopen(f"{base}/metrics", timeout=30) as scrape:
             families = {f.name for f in text_string_to_metric_families(scrape.read().decode())}
-        process.send_signal(signal.SIGINT)
-        _, errors = process.communicate(timeout=60)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
+        _, errors = _interrupt(process)
     assert process.returncode == 0, errors[-3000:]
     assert applied.startswith("applied: risk.max_open_positions: 5 -> 2")
     assert refused.startswith("refused, nothing changed")

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import json
 import re
-import signal
 import sqlite3
-import subprocess
 import urllib.request
 from pathlib import Path
 
 import pytest
 
-from .test_run import _env, _legato, _lines
+from .test_run import _interrupt, _legato_run, _lines
 
 pytestmark = pytest.mark.slow
 
@@ -20,13 +18,8 @@ pytestmark = pytest.mark.slow
 def test_the_running_desk_shows_its_decide_tasks_and_a_clean_stop_leaves_none_open(
     tmp_path: Path,
 ) -> None:
-    process = subprocess.Popen(
-        _legato(tmp_path, "run", "--speed", "30000", "--port", "0", "--progress", "0.2"),
-        cwd=tmp_path, env=_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True,
-    )  # fmt: skip
     listed: list[dict[str, object]] = []
-    try:
+    with _legato_run(tmp_path, "--speed", "30000", "--port", "0", "--progress", "0.2") as process:
         assert process.stdout is not None
         base = None
         for line in _lines(process.stdout):
@@ -44,12 +37,7 @@ def test_the_running_desk_shows_its_decide_tasks_and_a_clean_stop_leaves_none_op
         )
         with urllib.request.urlopen(request, timeout=10) as answer:
             listed = json.load(answer)["items"]
-        process.send_signal(signal.SIGINT)
-        _, errors = process.communicate(timeout=60)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
+        _, errors = _interrupt(process)
     assert process.returncode == 0, errors[-3000:]
     assert listed, "no legato.desk.decide task while the desk ran"
     assert {item["queue"] for item in listed} == {"desk"}

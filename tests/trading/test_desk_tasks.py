@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -62,9 +63,7 @@ async def test_every_bar_is_a_succeeded_decide_task_with_its_decision_stored(
     clock: Clock, desk_url: str
 ) -> None:
     bars = trend(72, drift=0.003)
-    desk = Desk(
-        CONFIG, store_url=desk_url, clock=clock, bars=bars, scheduling=Scheduling.ORCHESTRATOR
-    )
+    desk = _scheduled_desk(desk_url, clock, bars)
     assert await desk.run() == 72
     tasks = await _decide_tasks(desk_url, clock)
     decisions, entries = await _stored(desk_url, clock)
@@ -102,13 +101,7 @@ async def test_concurrent_submissions_of_one_bar_decide_it_once_and_trade_at_mos
     # wasted), then the same bars are submitted many times at once, with and without the key.
     bars = trend(72, drift=0.003)
     seen: list[Bar] = []
-    desk = Desk(
-        CONFIG,
-        store_url=desk_url,
-        clock=clock,
-        bars=[],
-        scheduling=Scheduling.ORCHESTRATOR,
-    )
+    desk = _scheduled_desk(desk_url, clock)
     await desk.start()
     try:
         tasks = desk._tasks
@@ -168,9 +161,7 @@ async def test_a_task_for_a_bar_older_than_the_latest_is_skipped_as_stale(
     clock: Clock, desk_url: str
 ) -> None:
     bars = trend(80, drift=0.003)
-    desk = Desk(
-        CONFIG, store_url=desk_url, clock=clock, bars=[], scheduling=Scheduling.ORCHESTRATOR
-    )
+    desk = _scheduled_desk(desk_url, clock)
     await desk.start()
     try:
         tasks = desk._tasks
@@ -183,25 +174,14 @@ async def test_a_task_for_a_bar_older_than_the_latest_is_skipped_as_stale(
         await _until_ended(tasks.app, {stale_id}, clock)
     finally:
         await desk.stop()
-    (record,) = [r for r in await _decide_tasks(desk_url, clock) if r.task_id == stale_id]
-    decisions, entries = await _stored(desk_url, clock)
-    assert record.state is TaskState.SUCCEEDED
-    assert _result(record)["status"] == "stale"
+    record = await _ended_stale_without_trading(desk_url, clock, stale_id)
     assert "not the latest bar" in _result(record)["detail"]
-    assert decisions == []
-    assert entries == []
 
 
 async def test_a_stopped_desk_leaves_no_decide_task_running_or_pending(
     clock: Clock, desk_url: str
 ) -> None:
-    desk = Desk(
-        CONFIG,
-        store_url=desk_url,
-        clock=clock,
-        bars=trend(85, drift=0.003),
-        scheduling=Scheduling.ORCHESTRATOR,
-    )
+    desk = _scheduled_desk(desk_url, clock, trend(85, drift=0.003))
 
     async def operator() -> None:
         await clock.sleep(10 * 75 + 5)
@@ -240,9 +220,7 @@ async def test_a_task_left_running_by_a_killed_desk_is_reaped_and_ends_stale(
             [], "killed-desk", (DECIDE_QUEUE,), 1, clock.timestamp(), 30.0, None, (DECIDE_TASK,)
         )
     assert [lease.task_id for lease in leases] == [task_id]
-    desk = Desk(
-        CONFIG, store_url=desk_url, clock=clock, bars=[], scheduling=Scheduling.ORCHESTRATOR
-    )
+    desk = _scheduled_desk(desk_url, clock)
     await desk.start()
     try:
         tasks = desk._tasks
@@ -253,12 +231,25 @@ async def test_a_task_left_running_by_a_killed_desk_is_reaped_and_ends_stale(
         await _until_ended(tasks.app, {task_id}, clock)
     finally:
         await desk.stop()
+    await _ended_stale_without_trading(desk_url, clock, task_id)
+
+
+def _scheduled_desk(desk_url: str, clock: Clock, bars: Sequence[Bar] = ()) -> Desk:
+    """The test desk, its decisions run as orchestrator tasks."""
+    return Desk(
+        CONFIG, store_url=desk_url, clock=clock, bars=list(bars), scheduling=Scheduling.ORCHESTRATOR
+    )
+
+
+async def _ended_stale_without_trading(desk_url: str, clock: Clock, task_id: int) -> TaskRecord:
+    """Check that decide task `task_id` ended stale, with no decision and no order; return it."""
     (record,) = [r for r in await _decide_tasks(desk_url, clock) if r.task_id == task_id]
     decisions, entries = await _stored(desk_url, clock)
     assert record.state is TaskState.SUCCEEDED
     assert _result(record)["status"] == "stale"
     assert decisions == []
     assert entries == []
+    return record
 
 
 def _registered_decide(app: Orchestrator) -> str:
@@ -296,9 +287,7 @@ async def test_a_bar_fed_again_after_a_restart_gets_a_task_of_its_own_and_one_de
     ids: list[int] = []
     runs: list[str] = []
     for _ in range(2):
-        desk = Desk(
-            CONFIG, store_url=desk_url, clock=clock, bars=[], scheduling=Scheduling.ORCHESTRATOR
-        )
+        desk = _scheduled_desk(desk_url, clock)
         await desk.start()
         try:
             tasks = desk._tasks

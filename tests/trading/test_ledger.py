@@ -397,14 +397,39 @@ async def test_the_positions_watermark_moves_whenever_a_position_opens_or_closes
         await ledger.write(lambda tx: tx.put_position(history_only))
         after_history = await ledger.positions_watermark()
     assert empty == (0, 0)
-    assert after_open[1] == 1
-    assert after_open != empty
+    assert after_open == (1, 0)
     assert after_mark == after_open  # a mark closes nothing
-    assert after_close != after_mark
-    assert after_close[1] == 0
-    assert after_flip != after_close
-    assert after_flip[1] == 1
-    assert after_history != after_flip  # a closed position recorded as such moves it too
+    assert after_close == (1, 1)
+    assert after_flip == (3, 2)  # the open count is back where it was, the pair is not
+    assert after_history == (4, 3)  # a closed position recorded as such moves it too
+
+
+async def test_the_positions_watermark_sees_a_close_behind_an_open_committed_late(
+    clock: Clock, ledger_url: str
+) -> None:
+    # On PostgreSQL a writer may commit a position whose id was drawn before the newest
+    # committed one. Together with a close, neither the newest id nor the open count moves.
+    async with ledger_opener(ledger_url, clock)() as (ledger, _):
+        first = Position.open(PERP, PositionSide.LONG, Decimal("0.010"), Decimal(20000))
+        await ledger.write(lambda tx: tx.put_position(first))
+        other = Position.open("ETH-USDT-PERP", PositionSide.LONG, Decimal(1), Decimal(1500))
+        await ledger.write(lambda tx: tx.put_position(other))
+        before = await ledger.positions_watermark()
+
+        async def close_first_and_open_late(tx: LedgerTransaction) -> None:
+            await tx.put_position(first.reduce(Decimal("0.010"), Decimal(20100), Decimal(0), None))
+            await tx.put_position(
+                Position.open("SOL-USDT-PERP", PositionSide.LONG, Decimal(1), Decimal(20))
+            )
+
+        await ledger.write(close_first_and_open_late)
+        async with ledger.database.transaction() as tx:
+            # The late open's id, as if drawn before the others.
+            await tx.execute(
+                "UPDATE legato_trading_positions SET id = 0 WHERE symbol = 'SOL-USDT-PERP'"
+            )
+        after = await ledger.positions_watermark()
+    assert after != before
 
 
 async def test_has_open_positions_or_orders_answers_what_both_lists_would(

@@ -320,7 +320,8 @@ async def test_the_losing_streak_is_read_once_until_a_position_closes_by_anyone(
         first = await tracker.risk_state(quote_asset="USDT")
         counting.statements.clear()
         again = await tracker.risk_state(quote_asset="USDT")
-        reads_again = [sql for sql, _ in counting.statements if "status = 'closed'" in sql]
+        # The closed positions themselves (not the watermark's count of them).
+        reads_again = [sql for sql, _ in counting.statements if "WHERE status = 'closed'" in sql]
         await put(closed_position(clock, 2, "19900"))
         after_close = await tracker.risk_state(quote_asset="USDT")
         opened = Position.open(PERP, PositionSide.LONG, Decimal("0.010"), Decimal(20000))

@@ -536,8 +536,7 @@ class CoordinatorAgent:
             {
                 "key": run.key,
                 "symbol": symbol,
-                # The key ends with the bar time in ISO form (see `decision_key`).
-                "bar_time": run.key[len(symbol) + 1 :],
+                "bar_time": snapshot.timestamp.isoformat(),
                 "close": str(snapshot.close_price),
             },
         )

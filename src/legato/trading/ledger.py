@@ -413,8 +413,8 @@ _ORPHANED_PROTECTION = (
     "WHERE p.symbol = o.symbol AND p.status = 'open') ORDER BY client_order_id"
 )
 _POSITIONS_WATERMARK = (
-    "SELECT (SELECT MAX(id) FROM legato_trading_positions), "
-    "(SELECT COUNT(*) FROM legato_trading_positions WHERE status = 'open')"
+    "SELECT COUNT(*), COALESCE(SUM(CASE WHEN status = 'closed' THEN 1 ELSE 0 END), 0) "
+    "FROM legato_trading_positions"
 )
 _UPDATE_OPEN_POSITION = (
     "UPDATE legato_trading_positions SET "
@@ -866,16 +866,18 @@ class TradingLedger:
         return bool(rows[0][0])
 
     async def positions_watermark(self) -> tuple[int, int]:
-        """A pair that changes whenever a position opens or closes, from one cheap read.
+        """A pair that changes whenever a position opens or closes, from one read.
 
-        It is (the newest position row's id, the number of open positions). Position rows are
-        never deleted and a closed row never changes, so between two reads with equal pairs no
-        position closed: closing one either lowers the open count or, when a position opened
-        too, raises the newest id. What a cache of the closed history keys on.
+        It is (the position rows recorded, the closed ones among them). Rows are never
+        deleted and a closed row never reopens, so both only grow: an open adds a row, a
+        close adds a closed one, in whatever order concurrent writers commit (a newest id or
+        an open count could hide a close behind an open committed late with a lower id).
+        Between two reads with equal pairs no position opened or closed: what a cache of the
+        closed history keys on.
         """
         rows = await self._fetch(_POSITIONS_WATERMARK)
-        newest, open_count = rows[0]
-        return int(newest or 0), int(open_count)
+        recorded, closed = rows[0]
+        return int(recorded), int(closed)
 
     async def closed_totals(self) -> dict[str, tuple[Decimal, Decimal]]:
         """Realized PnL and fees paid of the closed positions, summed per symbol.

@@ -10,25 +10,26 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol
 
-__all__ = ["CustomPlan", "Database", "Row", "Transaction"]
+__all__ = ["ByKey", "Database", "Row", "Transaction"]
 
 Row = tuple[Any, ...]
 
 
-class CustomPlan(str):
-    """SQL that PostgreSQL plans for its parameters on every run, never from a cached plan.
+class ByKey(str):
+    """SQL that names its rows by key (a batch of ids): PostgreSQL must not scan the table.
 
-    psycopg prepares a statement on the server after a few runs, and PostgreSQL then may
-    switch to one generic plan for all parameters, chosen with the statistics of that
-    moment. A worker's claim, which joins `legato_tasks` to a batch of ids, first runs while
-    the table is small, where a sequential scan is the cheapest generic plan; that plan can
-    stay cached on the long-lived connection as the table grows (until an ANALYZE, which a
-    server without autovacuum never runs), and each claim then scans every row and dead row
-    version: measured at 30-50 ms a claim after 30,000 tasks, on most benchmark runs here.
-    Planned for its parameters, it reads the few rows it names through the primary key. The
-    planning costs a fraction of a millisecond a run, which is why only the claim does this
-    (marking the completions and the heartbeat too measured slower overall); SQLite has no
-    plan cache to avoid.
+    The worker's batch statements join a table to a list of ids. PostgreSQL picks their plan
+    from the table's statistics, which a table that was never analyzed (a new store, or any
+    store on a server without autovacuum) does not have: it then estimates the table's
+    rows from its pages and, while the table is a few thousand rows, finds a sequential
+    scan cheaper than one index lookup per id. Measured on the workflow benchmark: about
+    three in four claims and workflow updates scanned the whole table, 1-3 ms each, and
+    the cost grows with the table until an ANALYZE; once psycopg has prepared such a
+    statement, a generic plan chosen while the table was small can stay cached on the
+    long-lived connection (30-50 ms a claim after 30,000 tasks, measured before this).
+    The backend runs a `ByKey` statement with sequential scans disabled for that statement
+    alone, so it reads the rows it names through their index, planned or cached alike.
+    SQLite plans by its indexes without statistics and has nothing to change.
     """
 
     __slots__ = ()

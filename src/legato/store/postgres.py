@@ -20,7 +20,7 @@ from psycopg import sql as pgsql
 
 from legato.kernel.clock import Clock
 from legato.kernel.simulation import SimulatedClock
-from legato.store.database import CustomPlan, Row
+from legato.store.database import ByKey, Row
 from legato.store.errors import StoreUnavailableError
 
 __all__ = ["PostgresDatabase"]
@@ -32,6 +32,11 @@ _TRANSIENT = (
     psycopg.errors.DeadlockDetected,
     psycopg.errors.AdminShutdown,
 )
+
+# Around a ByKey statement: sequential scans off for it alone, then back to the session's
+# setting for whatever follows in the same transaction.
+_NO_SEQSCAN = "SET LOCAL enable_seqscan = off"
+_SEQSCAN_AS_BEFORE = "SET LOCAL enable_seqscan TO DEFAULT"
 
 
 def _placeholders(sql: str, cache: dict[str, str]) -> str:
@@ -84,36 +89,32 @@ class _PostgresTransaction:
         """
         if self.committed:
             raise RuntimeError("this transaction already committed")
-        # (sql, params, rows wanted, prepare): None lets psycopg prepare it once used often.
-        queue: list[tuple[str, Sequence[Any], bool, bool | None]] = [
-            (sql, (), False, None) for sql in self._opening
-        ]
-        queue += [
-            (
-                _placeholders(sql, self._cache),
-                params,
-                True,
-                False if isinstance(sql, CustomPlan) else None,
-            )
-            for sql, params in statements
-        ]
+        # (sql, params, rows wanted): psycopg prepares a statement once it is used often.
+        queue: list[tuple[str, Sequence[Any], bool]] = [(sql, (), False) for sql in self._opening]
+        for sql, params in statements:
+            if isinstance(sql, ByKey):
+                queue.append((_NO_SEQSCAN, (), False))
+                queue.append((_placeholders(sql, self._cache), params, True))
+                queue.append((_SEQSCAN_AS_BEFORE, (), False))
+            else:
+                queue.append((_placeholders(sql, self._cache), params, True))
         if commit:
-            queue.append(("COMMIT", (), False, None))
+            queue.append(("COMMIT", (), False))
         self._opening = []
         connection = self._connection
         if not queue:
             return []
         if len(queue) == 1:
-            sql, params, _, prepare = queue[0]
-            cursor = await connection.execute(sql, params, prepare=prepare)
+            sql, params, _ = queue[0]
+            cursor = await connection.execute(sql, params)
             rows = await cursor.fetchall() if cursor.description is not None else []
             self.committed = commit
             return [rows]
         cursors = []
         async with connection.pipeline():
-            for sql, params, wanted, prepare in queue:
+            for sql, params, wanted in queue:
                 cursor = connection.cursor()
-                await cursor.execute(sql, params, prepare=prepare)
+                await cursor.execute(sql, params)
                 if wanted:
                     cursors.append(cursor)
         self.committed = commit
@@ -197,6 +198,10 @@ class PostgresDatabase:
 
     async def run(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
         """Run one statement as its own transaction (autocommit) and return its rows."""
+        if isinstance(sql, ByKey):
+            # Its setting needs a transaction to live in: BEGIN, SET, it, COMMIT, one trip.
+            async with self.transaction() as transaction:
+                return (await transaction.fetch_many([(sql, params)], commit=True))[0]
         async with self._lock, self._real_io():
             connection = await self._connect()
             try:

@@ -19,7 +19,7 @@ from legato.kernel.clock import Clock
 from legato.kernel.errors import ValidationError
 from legato.store import migrate
 from legato.store.commit_groups import BatchRejected, CommitGroup
-from legato.store.database import CustomPlan, Database, Row, Transaction
+from legato.store.database import ByKey, Database, Row, Transaction
 from legato.store.errors import StaleLeaseError, StoreUnavailableError
 from legato.store.postgres import PostgresDatabase
 from legato.store.records import (
@@ -524,10 +524,9 @@ class TaskStore:
         if self._postgres:
             # The history rows ride in the same statement, and the bucket updates and the
             # COMMIT in the same round trip.
-            # Planned for its ids on every run (see CustomPlan): a generic plan cached while
-            # the table was small would scan the whole table on every claim.
+            # Read through the primary key whatever the table's statistics say (see ByKey).
             claim: tuple[str, Sequence[Any]] = (
-                CustomPlan(
+                ByKey(
                     f"WITH c AS ({update}, v.column2 AS from_state), ev AS (INSERT INTO "
                     "legato_task_events (task_id, at, from_state, to_state, reason, worker_id, "
                     "fencing_token) SELECT c.id, ?, c.from_state, 'running', 'claimed', ?, "

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 from legato.kernel.errors import ValidationError
 from legato.store.commit_groups import BatchRejected, CommitGroup
-from legato.store.database import Database, Row, Transaction
+from legato.store.database import ByKey, Database, Row, Transaction
 from legato.store.errors import StoreUnavailableError
 from legato.store.records import NewTask
 from legato.store.sql_batches import chunks, in_list, placeholders, row_set
@@ -408,13 +408,18 @@ class WorkflowStore:
         async with self.database.transaction(durable=durable) as tx:
             where, in_params = self._in("task_id", task_ids, "bigint")
             rows = await tx.fetch(
-                f"SELECT {_WORKFLOW_COLUMNS} FROM legato_workflows WHERE {where} ORDER BY id"
-                + self._for_update,
+                ByKey(
+                    f"SELECT {_WORKFLOW_COLUMNS} FROM legato_workflows WHERE {where} ORDER BY id"
+                    + self._for_update
+                ),
                 in_params,
             )
             if not rows:
                 return {}
             records = [_workflow(row) for row in rows]
+            # A pending workflow has never run, so it has no journal to read: only the others'
+            # steps are (a batch of first runs reads none, however large the steps table).
+            replaying = [r.workflow_id for r in records if r.state is not WorkflowState.PENDING]
             waking = [
                 r for r in records if r.state in (WorkflowState.PENDING, WorkflowState.SLEEPING)
             ]
@@ -425,8 +430,10 @@ class WorkflowStore:
                 where, in_params = self._in("id", [r.workflow_id for r in waking], "bigint")
                 statements.append(
                     (
-                        "UPDATE legato_workflows SET state = 'running', wake_at = NULL, "
-                        f"updated_at = ? WHERE {where}",
+                        ByKey(
+                            "UPDATE legato_workflows SET state = 'running', wake_at = NULL, "
+                            f"updated_at = ? WHERE {where}"
+                        ),
                         [now, *in_params],
                     )
                 )
@@ -451,15 +458,17 @@ class WorkflowStore:
                     else r
                     for r in records
                 ]
-            where, in_params = self._in("workflow_id", [r.workflow_id for r in records], "bigint")
-            statements.append(
-                (
-                    f"SELECT workflow_id, {_STEP_COLUMNS} FROM legato_workflow_steps "
-                    f"WHERE {where} ORDER BY workflow_id, step_index",
-                    in_params,
+            if replaying:
+                where, in_params = self._in("workflow_id", replaying, "bigint")
+                statements.append(
+                    (
+                        f"SELECT workflow_id, {_STEP_COLUMNS} FROM legato_workflow_steps "
+                        f"WHERE {where} ORDER BY workflow_id, step_index",
+                        in_params,
+                    )
                 )
-            )
-            steps = (await tx.fetch_many(statements, commit=True))[-1]
+            results = await tx.fetch_many(statements, commit=True)
+            steps = results[-1] if replaying else []
         journals: dict[int, list[JournalEntry]] = {}
         for row in steps:
             journals.setdefault(row[0], []).append(_entry(row[1:]))
@@ -601,8 +610,10 @@ class WorkflowStore:
             ids = sorted({c.workflow_id for c in changes})
             where, in_params = self._in("id", ids, "bigint")
             rows = await tx.fetch(
-                f"SELECT id, state, task_id FROM legato_workflows WHERE {where} "
-                f"AND state IN {_ACTIVE} ORDER BY id" + self._for_update,
+                ByKey(
+                    f"SELECT id, state, task_id FROM legato_workflows WHERE {where} "
+                    f"AND state IN {_ACTIVE} ORDER BY id" + self._for_update
+                ),
                 in_params,
             )
             current = {row[0]: (WorkflowState(row[1]), row[2]) for row in rows}
@@ -624,10 +635,12 @@ class WorkflowStore:
                 binary=True,
             )
             update = (
-                "UPDATE legato_workflows SET state = v.column2, "
-                "result = COALESCE(v.column3, legato_workflows.result), "
-                "error = COALESCE(v.column4, legato_workflows.error), updated_at = ? "
-                f"FROM {values} WHERE legato_workflows.id = v.column1",
+                ByKey(
+                    "UPDATE legato_workflows SET state = v.column2, "
+                    "result = COALESCE(v.column3, legato_workflows.result), "
+                    "error = COALESCE(v.column4, legato_workflows.error), updated_at = ? "
+                    f"FROM {values} WHERE legato_workflows.id = v.column1"
+                ),
                 [now, *params],
             )
             states = {row[0]: WorkflowState(row[1]) for row in rows}

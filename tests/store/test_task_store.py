@@ -324,16 +324,21 @@ async def test_replay_restarts_dead_tasks_with_a_fresh_budget_and_keeps_key_and_
         assert [e.reason for e in record.history] == ["submitted", "claimed", "failed", "replayed"]
 
 
-async def test_purge_deletes_only_dead_tasks(open_store: OpenStore, clock: Clock) -> None:
+async def test_purge_deletes_only_dead_tasks_and_their_history(
+    open_store: OpenStore, clock: Clock
+) -> None:
     async with open_store(clock) as store:
         dead, pending = await store.submit([new_task(), new_task(run_at=50.0)], now=1.0)
         (lease,) = await store.claim("w", ["default"], 1, now=2.0, lease_seconds=30)
         await store.complete_one(
             Outcome(dead.task_id, lease.fencing_token, TaskState.DEAD, "failed"), "w", 3.0
         )
+        count_history = "SELECT count(*) FROM legato_task_events WHERE task_id = ?"
+        assert await store.database.run(count_history, (dead.task_id,)) == [(2,)]
         assert await store.purge([dead.task_id, pending.task_id]) == 1
         assert await store.get_task(dead.task_id) is None
         assert await store.get_task(pending.task_id) is not None
+        assert await store.database.run(count_history, (dead.task_id,)) == [(0,)]
 
 
 async def test_queue_concurrency_limit_holds_across_workers(

@@ -93,7 +93,9 @@ task_events = Table(
     "legato_task_events",
     metadata,
     Column("id", _Id, primary_key=True, autoincrement=True),
-    Column("task_id", BigInteger, ForeignKey("legato_tasks.id", ondelete="CASCADE")),
+    # No foreign key (migration 0006): only the store writes these rows, each in the same
+    # statement as its task's change, and the purge deletes a task's history with it.
+    Column("task_id", BigInteger),
     Column("at", Float, nullable=False),
     Column("from_state", String(16)),
     Column("to_state", String(16), nullable=False),

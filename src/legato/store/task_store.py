@@ -930,8 +930,11 @@ class TaskStore:
     async def purge(
         self, task_ids: Sequence[int] | None = None, *, before: float | None = None
     ) -> int:
-        """Delete dead tasks (these ids, or all finished before `before`); return how many."""
-        deleted = 0
+        """Delete dead tasks (these ids, or all finished before `before`); return how many.
+
+        Each task's history goes with it, in the same transaction.
+        """
+        deleted: list[int] = []
         async with self.database.transaction() as tx:
             if task_ids is not None:
                 for chunk in _chunks(task_ids):
@@ -940,15 +943,18 @@ class TaskStore:
                         f"DELETE FROM legato_tasks WHERE {where} AND state = 'dead' RETURNING id",
                         params,
                     )
-                    deleted += len(rows)
+                    deleted += [row[0] for row in rows]
             else:
                 rows = await tx.fetch(
                     "DELETE FROM legato_tasks WHERE state = 'dead' AND finished_at < ? "
                     "RETURNING id",
                     (before if before is not None else float("inf"),),
                 )
-                deleted += len(rows)
-        return deleted
+                deleted += [row[0] for row in rows]
+            for chunk in _chunks(deleted):
+                where, params = self._in("task_id", chunk)
+                await tx.execute(ByKey(f"DELETE FROM legato_task_events WHERE {where}"), params)
+        return len(deleted)
 
     # ----------------------------------------------------------------- read
 

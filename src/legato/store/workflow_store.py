@@ -12,7 +12,6 @@ Times are POSIX seconds from the caller's `Clock`; nothing here reads a clock.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import replace
 from typing import Any, TypeVar
 
 from legato.kernel.errors import ValidationError
@@ -93,19 +92,23 @@ def _workflow(
     row: Row,
     journal: tuple[JournalEntry, ...] = (),
     history: tuple[WorkflowEvent, ...] = (),
+    *,
+    running_since: float | None = None,
 ) -> WorkflowRecord:
+    """The record of a `_WORKFLOW_COLUMNS` row; `running_since`: woken then, now running."""
+    woken = running_since is not None
     return WorkflowRecord(
         workflow_id=row[0],
         name=row[1],
-        state=WorkflowState(row[2]),
+        state=WorkflowState.RUNNING if woken else WorkflowState(row[2]),
         payload=row[3],
         task_id=row[4],
         idempotency_key=row[5],
         result=row[6],
         error=row[7],
         created_at=row[8],
-        updated_at=row[9],
-        wake_at=row[10],
+        updated_at=row[9] if running_since is None else running_since,
+        wake_at=None if woken else row[10],
         journal=journal,
         history=history,
     )
@@ -416,18 +419,21 @@ class WorkflowStore:
             )
             if not rows:
                 return {}
-            records = [_workflow(row) for row in rows]
+            # Built once, below, as they leave this transaction (with their journals).
+            found = [(row, WorkflowState(row[2])) for row in rows]
             # A pending workflow has never run, so it has no journal to read: only the others'
             # steps are (a batch of first runs reads none, however large the steps table).
-            replaying = [r.workflow_id for r in records if r.state is not WorkflowState.PENDING]
+            replaying = [row[0] for row, state in found if state is not WorkflowState.PENDING]
             waking = [
-                r for r in records if r.state in (WorkflowState.PENDING, WorkflowState.SLEEPING)
+                (row, state)
+                for row, state in found
+                if state in (WorkflowState.PENDING, WorkflowState.SLEEPING)
             ]
             # The wake-up, its events, the journals' read and the COMMIT: one round trip on
             # PostgreSQL (the read does not depend on the update).
             statements: list[tuple[str, Sequence[Any]]] = []
             if waking:
-                where, in_params = self._in("id", [r.workflow_id for r in waking], "bigint")
+                where, in_params = self._in("id", [row[0] for row, _ in waking], "bigint")
                 statements.append(
                     (
                         ByKey(
@@ -440,30 +446,25 @@ class WorkflowStore:
                 statements += self._event_statements(
                     [
                         (
-                            r.workflow_id,
+                            row[0],
                             now,
-                            r.state,
+                            state,
                             WorkflowState.RUNNING,
-                            "resumed" if r.state is WorkflowState.SLEEPING else "running",
-                            r.task_id,
+                            "resumed" if state is WorkflowState.SLEEPING else "running",
+                            row[4],
                             None,
                         )
-                        for r in waking
+                        for row, state in waking
                     ]
                 )
-                woken = {r.workflow_id for r in waking}
-                records = [
-                    replace(r, state=WorkflowState.RUNNING, wake_at=None, updated_at=now)
-                    if r.workflow_id in woken
-                    else r
-                    for r in records
-                ]
             if replaying:
                 where, in_params = self._in("workflow_id", replaying, "bigint")
                 statements.append(
                     (
-                        f"SELECT workflow_id, {_STEP_COLUMNS} FROM legato_workflow_steps "
-                        f"WHERE {where} ORDER BY workflow_id, step_index",
+                        ByKey(
+                            f"SELECT workflow_id, {_STEP_COLUMNS} FROM legato_workflow_steps "
+                            f"WHERE {where} ORDER BY workflow_id, step_index"
+                        ),
                         in_params,
                     )
                 )
@@ -472,10 +473,15 @@ class WorkflowStore:
         journals: dict[int, list[JournalEntry]] = {}
         for row in steps:
             journals.setdefault(row[0], []).append(_entry(row[1:]))
+        woken = {row[0] for row, _ in waking}
         return {
-            r.task_id: replace(r, journal=tuple(journals.get(r.workflow_id, ())))
-            for r in records
-            if r.task_id is not None
+            row[4]: _workflow(
+                row,
+                tuple(journals.get(row[0], ())),
+                running_since=now if row[0] in woken else None,
+            )
+            for row, _ in found
+            if row[4] is not None
         }
 
     async def _append_many(

@@ -14,7 +14,6 @@ history, is now done by the purge itself, in the same transaction.
 
 from __future__ import annotations
 
-import sqlalchemy as sa
 from alembic import op
 
 revision = "0006"
@@ -23,45 +22,20 @@ branch_labels = None
 depends_on = None
 
 _EVENTS = "legato_task_events"
-
-
-def _events_table(*, with_key: bool) -> sa.Table:
-    """The events table as declared, with or without its foreign key (for SQLite's copy)."""
-    constraints: list[sa.Constraint] = [sa.PrimaryKeyConstraint("id")]
-    if with_key:
-        constraints.append(
-            sa.ForeignKeyConstraint(["task_id"], ["legato_tasks.id"], ondelete="CASCADE")
-        )
-    return sa.Table(
-        _EVENTS,
-        sa.MetaData(),
-        sa.Column(
-            "id",
-            sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
-            autoincrement=True,
-            nullable=False,
-        ),
-        sa.Column("task_id", sa.BigInteger(), nullable=True),
-        sa.Column("at", sa.Float(), nullable=False),
-        sa.Column("from_state", sa.String(length=16), nullable=True),
-        sa.Column("to_state", sa.String(length=16), nullable=False),
-        sa.Column("reason", sa.String(length=32), nullable=False),
-        sa.Column("worker_id", sa.String(length=200), nullable=True),
-        sa.Column("fencing_token", sa.BigInteger(), nullable=True),
-        sa.Column("detail", sa.Text(), nullable=True),
-        sa.Index("ix_legato_task_events_task", "task_id", "id"),
-        *constraints,
-    )
+_KEY = "legato_task_events_task_id_fkey"
+# SQLite's key has no name: batch mode reflects the table and names it by this convention
+# (the name PostgreSQL gave it), so the copy can leave it out by name.
+_NAMING = {"fk": "%(table_name)s_%(column_0_name)s_fkey"}
 
 
 def upgrade() -> None:
     """Apply this revision."""
     if op.get_bind().dialect.name == "postgresql":
-        op.drop_constraint("legato_task_events_task_id_fkey", _EVENTS, type_="foreignkey")
+        op.drop_constraint(_KEY, _EVENTS, type_="foreignkey")
         return
-    # SQLite cannot drop a constraint: copy the rows into the table declared without it.
-    with op.batch_alter_table(_EVENTS, recreate="always", copy_from=_events_table(with_key=False)):
-        pass
+    # SQLite cannot drop a constraint: batch mode copies the rows into a table without it.
+    with op.batch_alter_table(_EVENTS, naming_convention=_NAMING) as batch_op:
+        batch_op.drop_constraint(_KEY, type_="foreignkey")
 
 
 def downgrade() -> None:
@@ -70,15 +44,5 @@ def downgrade() -> None:
         "DELETE FROM legato_task_events WHERE task_id IS NOT NULL "
         "AND task_id NOT IN (SELECT id FROM legato_tasks)"
     )
-    if op.get_bind().dialect.name == "postgresql":
-        op.create_foreign_key(
-            "legato_task_events_task_id_fkey",
-            _EVENTS,
-            "legato_tasks",
-            ["task_id"],
-            ["id"],
-            ondelete="CASCADE",
-        )
-        return
-    with op.batch_alter_table(_EVENTS, recreate="always", copy_from=_events_table(with_key=True)):
-        pass
+    with op.batch_alter_table(_EVENTS, naming_convention=_NAMING) as batch_op:
+        batch_op.create_foreign_key(_KEY, "legato_tasks", ["task_id"], ["id"], ondelete="CASCADE")

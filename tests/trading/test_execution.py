@@ -47,6 +47,7 @@ from .execution_harness import (
     long_proposal,
     make_venue,
 )
+from .test_ledger import CountingDatabase
 
 
 def manager_for(
@@ -498,3 +499,30 @@ async def test_a_venue_answer_held_for_the_next_write_lands_when_the_call_fails_
     assert [(entry.status, entry.filled_quantity) for entry in entries] == [
         (OrderStatus.FILLED, Decimal("0.010"))
     ]
+
+
+async def test_the_fills_a_bracket_opened_with_are_skipped_by_the_monitor_without_a_store_read(
+    perp: Instrument, clock: Clock, ledger_url: str
+) -> None:
+    venue = RecordingVenue(make_venue(perp, clock))
+    feed = BarFeed(venue.paper, clock)
+    plain = await TradingLedger.open(ledger_url, upgrade=False, clock=clock)
+    counting = CountingDatabase(plain.database)
+    ledger = TradingLedger(counting)
+    try:
+        manager = manager_for(venue, ledger, clock)
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(feed.run())
+            result = await manager.execute_trade(long_proposal())
+            feed.stop()
+        counting.statements.clear()
+        # A first pass lists every venue fill, the entry's too: booked with the position.
+        await manager.monitor_protection()
+        fills = await ledger.fills(PERP)
+    finally:
+        await plain.close()
+    entry = result.order("E")
+    assert result.status is ExecutionStatus.BRACKETED
+    assert entry is not None
+    assert [fill.client_order_id for fill in fills] == [entry.client_order_id]
+    assert not [sql for sql, _ in counting.statements if "fill_id IN" in sql]

@@ -17,6 +17,7 @@ from legato.store.errors import StoreUnavailableError
 from legato.trading.alerts import Alert, AlertCode, AlertLevel
 from legato.trading.fills import Fill, Liquidity
 from legato.trading.ledger import (
+    EquityMarks,
     ExecutionIntent,
     IntentStage,
     LedgerOrder,
@@ -229,6 +230,20 @@ class CountingDatabase:
         await self._inner.close()
 
 
+@asynccontextmanager
+async def counted_ledger(
+    ledger_url: str, clock: Clock
+) -> AsyncIterator[tuple[TradingLedger, CountingDatabase]]:
+    """A ledger on the store at `ledger_url` that counts its statements; closed after."""
+    plain = await TradingLedger.open(ledger_url, upgrade=False, clock=clock)
+    counting = CountingDatabase(plain.database)
+    ledger = TradingLedger(counting)
+    try:
+        yield ledger, counting
+    finally:
+        await ledger.close()
+
+
 def closed_position(clock: Clock, number: int, exit_price: str, symbol: str = PERP) -> Position:
     """A long of 0.010 from 20000, closed at `exit_price` (4 bps fee) `number` minutes in."""
     at = clock.now() + timedelta(minutes=number)
@@ -252,10 +267,7 @@ async def test_single_statement_reads_run_as_one_statement_without_a_transaction
         updated_at=clock.now(),
     )
     position = Position.open(PERP, PositionSide.LONG, Decimal("0.010"), Decimal("20000.1"))
-    plain = await TradingLedger.open(ledger_url, upgrade=False, clock=clock)
-    counting = CountingDatabase(plain.database)
-    ledger = TradingLedger(counting)
-    try:
+    async with counted_ledger(ledger_url, clock) as (ledger, counting):
 
         async def write(tx: LedgerTransaction) -> None:
             await tx.put_intent(intent)
@@ -277,8 +289,6 @@ async def test_single_statement_reads_run_as_one_statement_without_a_transaction
             await ledger.closed_positions(newest_first=True, limit=3),
             await ledger.alert_counts(),
         )
-    finally:
-        await ledger.close()
     assert counting.transactions == 1  # only the write: no read opened one
     assert counting.alone == len(read)  # one statement each
     stored_intent, stored_order, stored_position, open_positions, orders, unfinished = read[:6]
@@ -582,3 +592,183 @@ async def test_orphaned_protection_lists_working_protective_orders_of_flat_symbo
         "rp-1",
     ]
     assert orphaned[0].role is OrderRole.STOP_LOSS
+
+
+async def test_a_position_opened_then_protected_in_one_transaction_is_written_once(
+    clock: Clock, ledger_url: str
+) -> None:
+    opened = Position.open(PERP, PositionSide.LONG, Decimal("0.010"), Decimal(20000))
+    protected = opened.with_protection("lg-1-SL", "lg-1-TP")
+
+    async def open_and_protect(tx: LedgerTransaction) -> None:
+        assert await tx.open_position(PERP) is None
+        await tx.put_position(opened)
+        await tx.put_position(protected)
+
+    async with counted_ledger(ledger_url, clock) as (ledger, counting):
+        await ledger.write(open_and_protect)
+        stored = await ledger.position(PERP)
+    writes = [sql.split()[0] for sql, _ in counting.statements if "INTO" in sql or "UPDATE" in sql]
+    assert stored == protected
+    # SQLite's write transaction holds the write lock: the position read as absent is inserted
+    # without an update tried first. PostgreSQL tries the update (another writer may have
+    # inserted the row since the read).
+    assert writes == (["INSERT"] if counting.dialect == "sqlite" else ["UPDATE", "INSERT"])
+
+
+async def test_held_position_writes_number_their_rows_as_written_one_by_one(
+    clock: Clock, ledger_url: str
+) -> None:
+    other = "ETH-USDT-PERP"
+    eth = Position.open(other, PositionSide.LONG, Decimal(1), Decimal(1500))
+    long = Position.open(PERP, PositionSide.LONG, Decimal("0.010"), Decimal(20000))
+    closed = long.reduce(Decimal("0.010"), Decimal(20100), Decimal(0), clock.now())
+    short = Position.open(PERP, PositionSide.SHORT, Decimal("0.020"), Decimal(20100))
+
+    async def write(tx: LedgerTransaction) -> Position | None:
+        await tx.put_position(eth)
+        await tx.put_position(long)
+        await tx.put_position(closed)
+        await tx.put_position(short)  # a new row, after the closed one
+        await tx.put_position(eth.increase(Decimal(1), Decimal(1600)))
+        return await tx.open_position(PERP)
+
+    async with ledger_opener(ledger_url, clock)() as (ledger, database):
+        seen = await ledger.write(write)
+        async with database.transaction(write=False) as tx:
+            rows = await tx.fetch(
+                "SELECT symbol, status, quantity FROM legato_trading_positions ORDER BY id"
+            )
+    assert seen == short
+    assert [tuple(row) for row in rows] == [
+        (other, "open", "2"),
+        (PERP, "closed", "0.000"),
+        (PERP, "open", "0.020"),
+    ]
+
+
+async def test_the_latest_closed_results_come_newest_first_without_whole_positions(
+    clock: Clock, ledger_url: str
+) -> None:
+    history = [closed_position(clock, number, f"{19990 + number}") for number in range(1, 5)]
+    still_open = Position.open("ETH-USDT-PERP", PositionSide.LONG, Decimal(1), Decimal(1500))
+
+    async def write(tx: LedgerTransaction) -> None:
+        for position in (*history[:2], still_open, *history[2:]):
+            await tx.put_position(position)
+
+    async with ledger_opener(ledger_url, clock)() as (ledger, _):
+        await ledger.write(write)
+        latest = await ledger.latest_closed_results(3)
+        everything = await ledger.latest_closed_results(10)
+        for bad in (0, -1, True, 1.5):
+            with pytest.raises(ValidationError) as refused:
+                await ledger.latest_closed_results(bad)  # type: ignore[arg-type]
+            assert refused.value.field == "limit"
+    expected = [(p.realized_pnl, p.fees_paid, p.closed_at) for p in reversed(history)]
+    assert latest == expected[:3]
+    assert everything == expected
+
+
+async def test_a_sole_writer_answers_its_reads_from_memory_as_the_store_would(
+    clock: Clock, ledger_url: str
+) -> None:
+    other = "ETH-USDT-PERP"
+
+    def accepted(cid: str, symbol: str = PERP) -> Order:
+        order = stop_order(clock, cid).replace(symbol=symbol)
+        return order.transition(OrderStatus.ACCEPTED, at=clock.now())
+
+    def fill(fill_id: str) -> Fill:
+        return Fill(
+            fill_id,
+            "lg-1-E",
+            "V-1",
+            PERP,
+            OrderSide.BUY,
+            Decimal("0.010"),
+            Decimal(20000),
+            Decimal("0.08"),
+            "USDT",
+            Liquidity.TAKER,
+            clock.now(),
+        )
+
+    eth = Position.open(other, PositionSide.LONG, Decimal(1), Decimal(1500))
+    long = Position.open(PERP, PositionSide.LONG, Decimal("0.010"), Decimal(20000))
+    marks = EquityMarks("2024-01-01", Decimal(1000), Decimal(990), Decimal(1010), Decimal(990))
+
+    async def before(tx: LedgerTransaction) -> None:
+        # Written before the ledger becomes the sole writer: read once, when it does.
+        await tx.put_position(closed_position(clock, 1, "19900"))
+        await tx.put_position(eth)
+        await tx.put_order(accepted("lg-0-SL"), OrderRole.STOP_LOSS, "0")  # flat symbol
+        await tx.add_fill(fill("F-0"))
+        await tx.set_balance("USDT", Decimal(1000), clock.now())
+        await tx.put_equity_marks(marks, clock.now())
+
+    async def trade(tx: LedgerTransaction) -> tuple[bool, bool]:
+        await tx.put_position((await tx.open_position(PERP)) or long)
+        await tx.put_order(accepted("lg-1-SL"), OrderRole.STOP_LOSS, "1")
+        await tx.put_order(accepted("lg-1-TP"), OrderRole.TAKE_PROFIT, "1")
+        await tx.update_order(accepted("lg-0-SL").transition(OrderStatus.CANCELLED))
+        await tx.update_order(accepted("ext-1", other))  # adopted: not protective
+        total = await tx.balance("USDT")
+        assert total is not None
+        await tx.set_balance("USDT", total - Decimal("0.08"), clock.now())
+        latest = await tx.latest_equity_marks()
+        assert latest == marks
+        later = EquityMarks("2024-01-02", Decimal(999), Decimal(999), Decimal(1010), Decimal(990))
+        await tx.put_equity_marks(later, clock.now())
+        return await tx.add_fill(fill("F-0")), await tx.add_fill(fill("F-1"))
+
+    async def close(tx: LedgerTransaction) -> None:
+        position = await tx.open_position(PERP)
+        assert position is not None
+        await tx.put_position(position.reduce(position.quantity, Decimal(20100), Decimal(0), None))
+
+    async def reads(ledger: TradingLedger) -> list[Any]:
+        async def in_transaction(tx: LedgerTransaction) -> list[Any]:
+            return [
+                await tx.open_position(PERP),
+                await tx.open_position(other),
+                await tx.balance("USDT"),
+                await tx.balance("BTC"),
+                await tx.latest_equity_marks(),
+                await tx.get_order("lg-0-SL"),
+                await tx.get_order("ext-1"),
+            ]
+
+        return [
+            await ledger.position(PERP),
+            await ledger.open_positions(),
+            await ledger.positions_watermark(),
+            await ledger.balances(),
+            await ledger.known_fill_ids(["F-0", "F-1", "F-2"]),
+            await ledger.orphaned_protection(),
+            await ledger.latest_closed_results(5),
+            *await ledger.read(in_transaction),
+        ]
+
+    plain = await TradingLedger.open(ledger_url, upgrade=False, clock=clock)
+    counting = CountingDatabase(plain.database)
+    sole = TradingLedger(counting)
+    try:
+        await sole.write(before)
+        await sole.assume_sole_writer()
+        added = await sole.write(trade)
+        counting.statements.clear()
+        after_trade = await reads(sole)
+        statements_to_read = len(counting.statements)
+        stored_after_trade = await reads(plain)
+        await sole.write(close)
+        after_close = await reads(sole)
+        stored_after_close = await reads(plain)
+    finally:
+        await plain.close()
+    assert added == (False, True)
+    assert statements_to_read == 0  # no statement but the read transaction's own
+    assert after_trade == stored_after_trade
+    assert after_close == stored_after_close
+    assert [record.order.client_order_id for record in after_close[5]] == ["lg-1-SL", "lg-1-TP"]
+    assert len(after_close[6]) == 2  # the closed position from before, and this one

@@ -10,14 +10,14 @@ import pytest
 from legato.kernel.clock import Clock
 from legato.store.errors import StoreUnavailableError
 from legato.trading.fills import Fill, Liquidity
-from legato.trading.ledger import LedgerTransaction, TradingLedger
+from legato.trading.ledger import LedgerTransaction
 from legato.trading.orders import Order, OrderSide, OrderStatus, OrderType
 from legato.trading.positions import Position, PositionSide
 from legato.trading.tracker import PositionTracker
 
 from .conftest import PERP
 from .execution_harness import ledger_opener
-from .test_ledger import CountingDatabase, closed_position
+from .test_ledger import closed_position, counted_ledger
 
 
 def fill(number: int, cid: str, side: OrderSide, quantity: str, price: str, clock: Clock) -> Fill:
@@ -207,17 +207,12 @@ async def test_risk_state_reads_only_the_latest_closed_positions_for_the_losing_
         for position in history:
             await tx.put_position(position)
 
-    plain = await TradingLedger.open(ledger_url, upgrade=False, clock=clock)
-    counting = CountingDatabase(plain.database)
-    ledger = TradingLedger(counting)
-    try:
+    async with counted_ledger(ledger_url, clock) as (ledger, counting):
         tracker = PositionTracker(ledger, clock=clock)
         await tracker.set_balances({"USDT": Decimal(10_000)})
         await ledger.write(write)
         counting.statements.clear()
         state = await tracker.risk_state(quote_asset="USDT")
-    finally:
-        await ledger.close()
     closed_rows = [rows for sql, rows in counting.statements if "status = 'closed'" in sql]
     assert state.consecutive_losses == 4
     assert state.last_loss_at == history[-1].closed_at
@@ -268,10 +263,7 @@ async def test_fills_seen_booked_are_skipped_without_a_store_read_and_a_new_trac
 ) -> None:
     opening = fill(1, "a", OrderSide.BUY, "0.010", "20000", clock)
     closing = fill(2, "b", OrderSide.SELL, "0.010", "20100", clock)
-    plain = await TradingLedger.open(ledger_url, upgrade=False, clock=clock)
-    counting = CountingDatabase(plain.database)
-    ledger = TradingLedger(counting)
-    try:
+    async with counted_ledger(ledger_url, clock) as (ledger, counting):
         tracker = PositionTracker(ledger, clock=clock)
         await tracker.set_balances({"USDT": Decimal(1000)})
         first = await tracker.apply_fills([opening])
@@ -285,8 +277,6 @@ async def test_fills_seen_booked_are_skipped_without_a_store_read_and_a_new_trac
         position = await ledger.position(PERP)
         closed = await ledger.closed_positions(PERP)
         balance = (await ledger.balances())["USDT"].total
-    finally:
-        await ledger.close()
     assert first == [opening]
     assert again == []
     assert reads_for_known == []
@@ -310,10 +300,7 @@ async def test_the_losing_streak_is_read_once_until_a_position_closes_by_anyone(
 
         await ledger.write(write)
 
-    plain = await TradingLedger.open(ledger_url, upgrade=False, clock=clock)
-    counting = CountingDatabase(plain.database)
-    ledger = TradingLedger(counting)
-    try:
+    async with counted_ledger(ledger_url, clock) as (ledger, counting):
         tracker = PositionTracker(ledger, clock=clock)
         await tracker.set_balances({"USDT": Decimal(10_000)})
         await put(closed_position(clock, 0, "20100"), closed_position(clock, 1, "19900"))
@@ -330,8 +317,6 @@ async def test_the_losing_streak_is_read_once_until_a_position_closes_by_anyone(
         await put(opened.reduce(Decimal("0.010"), Decimal(20500), Decimal(0), clock.now()))
         after_win = await tracker.risk_state(quote_asset="USDT")
         restarted = await PositionTracker(ledger, clock=clock).risk_state(quote_asset="USDT")
-    finally:
-        await ledger.close()
     assert first.consecutive_losses == again.consecutive_losses == 1
     assert reads_again == []  # nothing closed: the streak came from the tracker
     assert after_close.consecutive_losses == 2
@@ -339,3 +324,41 @@ async def test_the_losing_streak_is_read_once_until_a_position_closes_by_anyone(
     assert after_open.consecutive_losses == 2
     assert after_win.consecutive_losses == restarted.consecutive_losses == 0
     assert after_win.last_loss_at is None
+
+
+async def test_the_fills_of_a_final_order_are_not_read_when_one_of_them_is_booked(
+    clock: Clock, ledger_url: str
+) -> None:
+    entry, stop, take = bracket(clock)  # the entry is recorded FILLED with its fill
+    entry_fill = fill(1, "lg-1-E", OrderSide.BUY, "0.010", "20000", clock)
+    async with counted_ledger(ledger_url, clock) as (ledger, counting):
+        tracker = PositionTracker(ledger, clock=clock)
+        await tracker.set_balances({"USDT": Decimal(1000)})
+        counting.statements.clear()
+        await tracker.open_position(entry, [entry_fill], stop_loss=stop, take_profit=take)
+        stored = await ledger.get_order(entry.client_order_id)
+    fill_reads = [
+        sql for sql, _ in counting.statements if sql.startswith("SELECT") and "_fills" in sql
+    ]
+    assert stored is not None
+    assert stored.order == entry
+    assert fill_reads == []
+
+
+async def test_fills_noted_as_booked_are_skipped_without_a_store_read(
+    clock: Clock, ledger_url: str
+) -> None:
+    entry, stop, take = bracket(clock)
+    entry_fill = fill(1, "lg-1-E", OrderSide.BUY, "0.010", "20000", clock)
+    async with counted_ledger(ledger_url, clock) as (ledger, counting):
+        tracker = PositionTracker(ledger, clock=clock)
+        await tracker.set_balances({"USDT": Decimal(1000)})
+        # Booked in a transaction of the caller's (as the execution manager does it).
+        await ledger.write(
+            tracker.opening_writes(entry, [entry_fill], stop_loss=stop, take_profit=take)
+        )
+        tracker.note_booked([entry_fill])
+        counting.statements.clear()
+        again = await tracker.apply_fills([entry_fill])
+    assert again == []
+    assert counting.statements == []

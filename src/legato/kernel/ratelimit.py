@@ -536,7 +536,7 @@ class RateLimitGroup:
         limits.penalize(30.0)                           # the venue answered 429, retry-after 30
     """
 
-    __slots__ = ("_clock", "_pools")
+    __slots__ = ("_clock", "_plain_claims", "_pools")
 
     def __init__(
         self,
@@ -551,6 +551,9 @@ class RateLimitGroup:
             clock = given[0] if given else RealClock()
         self._clock: Clock = clock
         self._pools: dict[str, PoolLimiter] = {}
+        # The claims of an unweighted call, by its pool names: a venue client makes the same
+        # few calls again and again, and the pools never change after construction.
+        self._plain_claims: dict[tuple[str, ...], tuple[tuple[_FairLimiter, int], ...]] = {}
         for name, spec in pools.items():
             if not isinstance(name, str) or not name:
                 raise ValidationError("pools", name, "pool names that are non-empty strings")
@@ -589,6 +592,19 @@ class RateLimitGroup:
             raise ValidationError("pool", name, f"one of {sorted(self._pools)}") from None
 
     def _claims(
+        self, pools: tuple[str, ...], weights: Mapping[str, int] | None
+    ) -> tuple[tuple[_FairLimiter, int], ...]:
+        if weights is None:
+            try:
+                claims = self._plain_claims.get(pools)
+            except TypeError:  # an unhashable name: the check says what is wrong with it
+                claims = None
+            if claims is None:
+                claims = self._plain_claims[pools] = self._checked_claims(pools, None)
+            return claims
+        return self._checked_claims(pools, weights)
+
+    def _checked_claims(
         self, pools: tuple[str, ...], weights: Mapping[str, int] | None
     ) -> tuple[tuple[_FairLimiter, int], ...]:
         if weights is not None and not isinstance(weights, Mapping):

@@ -655,7 +655,10 @@ class OrderExecutionManager:
             await opening(tx)
             await tx.put_intent(snapshot)
 
-        await self._journal(run, "record the position with its stop-loss and take-profit", write)
+        if await self._journal(
+            run, "record the position with its stop-loss and take-profit", write
+        ):
+            self._tracker.note_booked(fills)
 
     async def _closed_before_protected(
         self, run: _Run, entry: Order, fills: Sequence[Fill]
@@ -1328,7 +1331,8 @@ class OrderExecutionManager:
 
     async def _journal(
         self, run: _Run, description: str, write: Callable[[LedgerTransaction], Awaitable[None]]
-    ) -> None:
+    ) -> bool:
+        """Make one journal write; return True when it landed now (False: queued)."""
         # Every journal write puts the run's current intent: it carries a deferred move too,
         # and the venue answers held for it (written first: the write's own records are newer).
         run.unsaved = False
@@ -1344,7 +1348,7 @@ class OrderExecutionManager:
                 await own(tx)
 
         if await self._pending.write(description, write):
-            return
+            return True
         text = (
             f"store write failed ({description}); it is queued in pending writes and retried "
             "until it lands"
@@ -1352,6 +1356,7 @@ class OrderExecutionManager:
         if text not in run.warnings:
             run.warn(text)
             await self._alert(run, AlertLevel.WARNING, AlertCode.STORE_WRITE_DEFERRED, text, None)
+        return False
 
     async def _alert(
         self,

@@ -19,6 +19,7 @@ the client order ids it will use, and the stage it has reached (`IntentStage`).
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import enum
 import json
@@ -45,7 +46,7 @@ from legato.store.sqlite import SqliteDatabase
 from legato.store.url import DEFAULT_STORE_URL, StoreUrl
 from legato.trading.alerts import Alert, AlertCode, AlertLevel
 from legato.trading.balances import Balance
-from legato.trading.copies import check_field_names, unchecked_copy
+from legato.trading.copies import RecordCopier
 from legato.trading.fills import Fill, Liquidity
 from legato.trading.orders import Order, OrderSide, OrderStatus, OrderType, TimeInForce
 from legato.trading.paper_venue_state import PaperVenueState
@@ -180,14 +181,13 @@ class ExecutionIntent:
     def _with(self, **changes: Any) -> ExecutionIntent:
         # dataclasses.replace, without its per-call introspection (an intent is copied at
         # every journal write): copy the fields, apply `changes`, check the result.
-        check_field_names("ExecutionIntent", _INTENT_FIELD_SET, changes)
-        copy = unchecked_copy(self, _INTENT_FIELDS, changes)
+        _INTENT_COPIER.check(changes)
+        copy = _INTENT_COPIER.copy(self, changes)
         copy.__post_init__()
         return copy
 
 
-_INTENT_FIELDS: tuple[str, ...] = tuple(field.name for field in dataclasses.fields(ExecutionIntent))
-_INTENT_FIELD_SET = frozenset(_INTENT_FIELDS)
+_INTENT_COPIER = RecordCopier(ExecutionIntent)
 
 
 @dataclass(frozen=True, slots=True)
@@ -416,13 +416,18 @@ _POSITIONS_WATERMARK = (
     "SELECT COUNT(*), COALESCE(SUM(CASE WHEN status = 'closed' THEN 1 ELSE 0 END), 0) "
     "FROM legato_trading_positions"
 )
+_LATEST_CLOSED_RESULTS = (
+    "SELECT realized_pnl, fees_paid, closed_at FROM legato_trading_positions "
+    "WHERE status = 'closed' ORDER BY id DESC LIMIT ?"
+)
 _UPDATE_OPEN_POSITION = (
     "UPDATE legato_trading_positions SET "
     + ", ".join(f"{name.strip()} = ?" for name in _POSITION_COLUMNS.split(","))
     + " WHERE symbol = ? AND status = 'open' RETURNING id"
 )
 _INSERT_POSITION = (
-    f"INSERT INTO legato_trading_positions ({_POSITION_COLUMNS}) VALUES ({placeholders(13)})"
+    f"INSERT INTO legato_trading_positions ({_POSITION_COLUMNS}) VALUES ({placeholders(13)}) "
+    "RETURNING id"
 )
 _INSERT_FILL = (
     f"INSERT INTO legato_trading_fills ({_FILL_COLUMNS}) VALUES ({placeholders(11)}) "
@@ -438,6 +443,10 @@ _INSERT_NEW_INTENT = (
 )
 
 
+# What `json.dumps(value, sort_keys=True)` builds on every call (an intent's outcome is
+# encoded at every journal write), built once.
+_SORTED_JSON = json.JSONEncoder(sort_keys=True)
+
 # The last proposal serialised, and its JSON: an intent is journaled at every stage with
 # the same (immutable) proposal object, so the text is computed once per trade. Keyed by
 # identity, not equality: equal Decimals may print differently ("1" and "1.0").
@@ -449,7 +458,7 @@ def _proposal_json(proposal: TradeProposal) -> str:
     memo_proposal, memo_text = _proposal_memo
     if memo_proposal is proposal:
         return memo_text
-    text = json.dumps(proposal.as_dict(), sort_keys=True)
+    text = _SORTED_JSON.encode(proposal.as_dict())
     _proposal_memo = (proposal, text)
     return text
 
@@ -466,10 +475,76 @@ def _intent_params(intent: ExecutionIntent) -> tuple[Any, ...]:
         intent.take_profit_order_id,
         intent.close_order_id,
         str(intent.filled_quantity),
-        json.dumps(dict(intent.outcome), sort_keys=True),
+        _SORTED_JSON.encode(dict(intent.outcome)),
         _ts(intent.created_at),
         _ts(intent.updated_at),
     )
+
+
+# ---------------------------------------------------------------- a sole writer's memory
+
+
+def _stored_as_is(*times: datetime | None) -> bool:
+    # A record goes through its row unchanged when its times are UTC (or None): a time in
+    # whole microseconds comes back from its float timestamp to the same microsecond (the
+    # float is within a quarter of a microsecond of it until the year 2100), and Decimals,
+    # enums and strings come back as they were written.
+    return all(time is None or time.tzinfo is UTC for time in times)
+
+
+def _as_stored(position: Position) -> Position:
+    # The position as a read of its row builds it.
+    if _stored_as_is(position.opened_at, position.closed_at):
+        return position
+    return _position_row(_position_params(position))
+
+
+@dataclass(slots=True)
+class _KnownState:
+    """What a sole writer knows of its store without reading it, as of its last commit.
+
+    See `TradingLedger.assume_sole_writer`. Values are as a read of the store would give
+    them; `marks` are the latest day's equity marks. `orders` are kept as written, and
+    built as a read would build them when first asked for (`order`): most are never read.
+    `protective` holds the client ids of the protective orders the venue holds (what
+    `TradingLedger.orphaned_protection` looks through). `closed_results` are the closed
+    positions' (row id, realized PnL, fees paid, close time), in row id order.
+    """
+
+    open_positions: dict[str, Position]
+    balances: dict[str, Decimal]
+    positions_recorded: int
+    closed_results: list[tuple[int, Decimal, Decimal, datetime | None]]
+    marks: EquityMarks | None
+    fill_ids: set[str]
+    orders: dict[str, LedgerOrder]
+    protective: set[str]
+    stored_orders: dict[str, LedgerOrder] = dataclasses.field(default_factory=dict)
+
+    def order(self, client_order_id: str) -> LedgerOrder | None:
+        """The order with this client id as a read of its row would give it, or None."""
+        stored = self.stored_orders.get(client_order_id)
+        if stored is None:
+            written = self.orders.get(client_order_id)
+            if written is None:
+                return None
+            order = written.order
+            if _stored_as_is(order.created_at, order.updated_at, order.triggered_at):
+                stored = written
+            else:
+                stored = _order_row(_order_params(order, written.role, written.intent_id))
+            self.stored_orders[client_order_id] = stored
+        return stored
+
+    def keep_order(self, record: LedgerOrder) -> None:
+        """Take in an order as written."""
+        cid = record.order.client_order_id
+        self.orders[cid] = record
+        self.stored_orders.pop(cid, None)
+        if record.role in _ORPHAN_ROLES and record.order.status in _ORPHAN_STATUSES:
+            self.protective.add(cid)
+        else:
+            self.protective.discard(cid)
 
 
 # ---------------------------------------------------------------- the transaction
@@ -478,20 +553,82 @@ def _intent_params(intent: ExecutionIntent) -> tuple[Any, ...]:
 class LedgerTransaction:
     """Reads and writes inside one store transaction: all of its writes land, or none.
 
-    What the transaction itself wrote is read back from memory: an order it put, and the
-    open position of a symbol it put a position for. Inside the transaction no one else
-    can change those rows (SQLite holds the write lock; PostgreSQL locks the written rows,
-    and its unique index on open positions makes a second writer of one wait for us), so
-    the store would answer with the very values written.
+    What the transaction itself wrote is read back from memory: an order it put, the open
+    position of a symbol it put a position for, a balance it set. Inside the transaction no
+    one else can change those rows (SQLite holds the write lock; PostgreSQL locks the
+    written rows, and its unique index on open positions makes a second writer of one wait
+    for us), so the store would answer with the very values written.
+
+    Position writes are held and sent when the transaction ends (`send_held_positions`,
+    which the ledger calls before it commits): a symbol's open position written twice (a
+    position opened, then pointed at its stop-loss) costs one statement. `serialized` says
+    that no other writer can run until the transaction ends (a SQLite write transaction
+    holds the database's write lock from its BEGIN IMMEDIATE): what it reads stays true,
+    so a symbol read without an open position gets its row inserted with no update tried.
+
+    `known` is a sole writer's memory of the store (see `TradingLedger.assume_sole_writer`):
+    open positions, balances, equity marks, fill ids and orders are read from it, and what
+    the transaction writes is added to it once the transaction has committed (`remember`).
     """
 
-    __slots__ = ("_open_positions", "_orders", "_tx")
+    __slots__ = (
+        "_balances",
+        "_closed_rows",
+        "_fill_ids",
+        "_has_open_row",
+        "_held_positions",
+        "_known",
+        "_marks",
+        "_open_positions",
+        "_orders",
+        "_rows_recorded",
+        "_serialized",
+        "_tx",
+    )
 
-    def __init__(self, tx: Transaction) -> None:
+    def __init__(
+        self, tx: Transaction, *, serialized: bool = False, known: _KnownState | None = None
+    ) -> None:
         self._tx = tx
+        # A sole writer's transactions are serialized: there is no other writer at all.
+        self._serialized = serialized or known is not None
+        self._known = known
         self._orders: dict[str, LedgerOrder] = {}
         # Symbol -> its open position as written here (None: written closed, none open).
         self._open_positions: dict[str, Position | None] = {}
+        # Position writes not sent yet, by symbol, in the order their rows were first written.
+        self._held_positions: dict[str, Position] = {}
+        # Symbol -> whether the store holds an open row for it (serialized only: known from
+        # this transaction's own reads and writes).
+        self._has_open_row: dict[str, bool] = {}
+        # What this transaction wrote, for a sole writer's memory (see `remember`).
+        self._balances: dict[str, Decimal] = {}
+        self._marks: dict[str, EquityMarks] = {}
+        self._fill_ids: set[str] = set()
+        self._rows_recorded = 0
+        self._closed_rows: list[tuple[int, Decimal, Decimal, datetime | None]] = []
+
+    def remember(self) -> None:
+        """Add what this transaction wrote to the sole writer's memory (after its commit)."""
+        known = self._known
+        if known is None:
+            return
+        for symbol, position in self._open_positions.items():
+            if position is None:
+                known.open_positions.pop(symbol, None)
+            else:
+                known.open_positions[symbol] = _as_stored(position)
+        # Decimals read back from their text are the very values written: kept as they are.
+        known.balances.update(self._balances)
+        for marks in self._marks.values():
+            if known.marks is None or marks.day >= known.marks.day:
+                known.marks = marks
+        known.fill_ids.update(self._fill_ids)
+        for record in self._orders.values():
+            known.keep_order(record)
+        known.positions_recorded += self._rows_recorded
+        for closed in self._closed_rows:
+            bisect.insort(known.closed_results, closed)
 
     # -- intents
 
@@ -523,14 +660,23 @@ class LedgerTransaction:
         await self._tx.execute(
             _UPDATE_ORDER_KEEPING_LINKS, _order_params(order, OrderRole.ADOPTED, None)
         )
-        # The links kept are not known here without a read: forget the order, if held.
-        self._orders.pop(cid, None)
+        if self._known is None:
+            # The links kept are not known here without a read: forget the order, if held.
+            self._orders.pop(cid, None)
+            return
+        linked = self._orders.get(cid) or self._known.orders.get(cid)
+        if linked is None:
+            self._orders[cid] = LedgerOrder(order, OrderRole.ADOPTED)
+        else:
+            self._orders[cid] = LedgerOrder(order, linked.role, linked.intent_id)
 
     async def get_order(self, client_order_id: str) -> LedgerOrder | None:
         """The order with this client id, or None."""
         written = self._orders.get(client_order_id)
         if written is not None:
             return written
+        if self._known is not None:
+            return self._known.order(client_order_id)
         rows = await self._tx.fetch(_SELECT_ORDER, (client_order_id,))
         return _order_row(rows[0]) if rows else None
 
@@ -538,6 +684,9 @@ class LedgerTransaction:
 
     async def add_fill(self, fill: Fill) -> bool:
         """Record `fill` unless it is already recorded; return True when it is new."""
+        known = self._known
+        if known is not None and (fill.fill_id in known.fill_ids or fill.fill_id in self._fill_ids):
+            return False
         rows = await self._tx.fetch(
             _INSERT_FILL,
             (
@@ -554,6 +703,8 @@ class LedgerTransaction:
                 fill.timestamp.timestamp(),
             ),
         )
+        if rows:
+            self._fill_ids.add(fill.fill_id)
         return bool(rows)
 
     async def fills_of(self, client_order_id: str) -> list[Fill]:
@@ -571,26 +722,64 @@ class LedgerTransaction:
         """The open position on `symbol`, or None."""
         if symbol in self._open_positions:
             return self._open_positions[symbol]
+        if self._known is not None:
+            return self._known.open_positions.get(symbol)
         rows = await self._tx.fetch(_SELECT_OPEN_POSITION, (symbol,))
+        if self._serialized:
+            self._has_open_row[symbol] = bool(rows)
         return _position_row(rows[0]) if rows else None
 
     async def put_position(self, position: Position) -> None:
         """Write the position: it replaces the open position on its symbol, if there is one.
 
         A closed position closes that open row (or is added to the history when none is open).
+        The write is held until the transaction ends (see the class docstring).
         """
-        params = _position_params(position)
-        # The update finds the open row itself (one per symbol, a unique index says so).
-        if not await self._tx.fetch(_UPDATE_OPEN_POSITION, (*params, position.symbol)):
-            await self._tx.execute(_INSERT_POSITION, params)
-        self._open_positions[position.symbol] = (
-            position if position.status is PositionStatus.OPEN else None
-        )
+        symbol = position.symbol
+        held = self._held_positions.get(symbol)
+        if held is not None and held.status is PositionStatus.CLOSED:
+            # The held write closes the symbol's row; this one starts a new row after it,
+            # and rows are numbered as they are first written: send what is held first.
+            await self.send_held_positions()
+        # A held open position is superseded: this write would replace that very row.
+        self._held_positions[symbol] = position
+        self._open_positions[symbol] = position if position.status is PositionStatus.OPEN else None
+
+    async def send_held_positions(self) -> None:
+        """Send the held position writes, in the order their rows were first written."""
+        held = list(self._held_positions.values())
+        self._held_positions.clear()
+        for position in held:
+            symbol = position.symbol
+            params = _position_params(position)
+            has_open_row = self._has_open_row.get(symbol)
+            if has_open_row is None and self._known is not None:
+                has_open_row = symbol in self._known.open_positions
+            # The update finds the open row itself (one per symbol, a unique index says so).
+            rows = []
+            if has_open_row is not False:
+                rows = await self._tx.fetch(_UPDATE_OPEN_POSITION, (*params, symbol))
+            if not rows:
+                rows = await self._tx.fetch(_INSERT_POSITION, params)
+                self._rows_recorded += 1
+            closed = position.status is PositionStatus.CLOSED
+            if closed and self._known is not None:
+                closed_at = position.closed_at
+                if not _stored_as_is(closed_at):
+                    closed_at = _dt(_ts(closed_at))
+                result = (int(rows[0][0]), position.realized_pnl, position.fees_paid, closed_at)
+                self._closed_rows.append(result)
+            if self._serialized:
+                self._has_open_row[symbol] = not closed
 
     # -- balances and equity
 
     async def balance(self, asset: str) -> Decimal | None:
         """The recorded total of `asset`, or None when the ledger does not track it."""
+        if asset in self._balances:
+            return self._balances[asset]
+        if self._known is not None:
+            return self._known.balances.get(asset)
         rows = await self._tx.fetch(
             "SELECT total FROM legato_trading_balances WHERE asset = ?", (asset,)
         )
@@ -604,9 +793,16 @@ class LedgerTransaction:
             "updated_at = excluded.updated_at",
             (asset, str(total), at.timestamp()),
         )
+        self._balances[asset] = total
 
     async def latest_equity_marks(self) -> EquityMarks | None:
         """The most recent day's equity marks, or None before the first."""
+        if self._known is not None:
+            stored = self._known.marks
+            candidates = list(self._marks.values())
+            if stored is not None and stored.day not in self._marks:
+                candidates.append(stored)
+            return max(candidates, key=lambda marks: marks.day, default=None)
         rows = await self._tx.fetch(
             "SELECT day, start_equity, low_equity, peak_equity, trough_equity "
             "FROM legato_trading_equity ORDER BY day DESC LIMIT 1"
@@ -635,6 +831,7 @@ class LedgerTransaction:
                 at.timestamp(),
             ),
         )
+        self._marks[marks.day] = marks
 
     # -- paper venues
 
@@ -677,10 +874,12 @@ class TradingLedger:
     reads no clock itself.
     """
 
-    __slots__ = ("_database",)
+    __slots__ = ("_database", "_known")
 
     def __init__(self, database: Database) -> None:
         self._database = database
+        # A sole writer's memory of the store (see `assume_sole_writer`).
+        self._known: _KnownState | None = None
 
     @classmethod
     async def open(
@@ -707,25 +906,75 @@ class TradingLedger:
         """Close the database connection."""
         await self._database.close()
 
+    async def assume_sole_writer(self) -> None:
+        """Keep positions, balances, equity marks, fill ids and orders in memory from now on.
+
+        For a store that nothing but this ledger object writes while it is open: a
+        backtest's scratch store (which `use_as_scratch` locks for its one connection).
+        The ledger reads them once, here; after that, the reads that only re-read what this
+        ledger wrote (the open positions, the positions watermark, the latest closed
+        results, balances, the latest equity marks, which fills are recorded, an order by
+        client id, the protective orders left on flat symbols) are answered from memory,
+        kept up to date with each transaction that commits (lists come sorted as SQLite's
+        binary collation sorts them). Never for a store that another process, another
+        connection or another ledger object may write: it would not see their writes.
+        """
+        positions = await self.open_positions()
+        rows = await self._fetch("SELECT asset, total FROM legato_trading_balances")
+        recorded, _ = await self.positions_watermark()
+        closed = await self._fetch(
+            "SELECT id, realized_pnl, fees_paid, closed_at FROM legato_trading_positions "
+            "WHERE status = 'closed' ORDER BY id"
+        )
+        marks = await self.read(lambda tx: tx.latest_equity_marks())
+        fill_ids = await self._fetch("SELECT fill_id FROM legato_trading_fills")
+        orders = await self.orders()
+        self._known = _KnownState(
+            open_positions={position.symbol: position for position in positions},
+            balances={asset: Decimal(total) for asset, total in rows},
+            positions_recorded=recorded,
+            closed_results=[
+                (int(row_id), Decimal(realized), Decimal(fees), _dt(closed_at))
+                for row_id, realized, fees, closed_at in closed
+            ],
+            marks=marks,
+            fill_ids={fill_id for (fill_id,) in fill_ids},
+            orders={},
+            protective=set(),
+        )
+        for record in orders:
+            self._known.keep_order(record)
+
     @asynccontextmanager
     async def _transaction(self, *, write: bool) -> AsyncIterator[LedgerTransaction]:
         try:
             async with self._database.transaction(write=write) as tx:
-                yield LedgerTransaction(tx)
+                ledger_tx = LedgerTransaction(tx, known=self._known)
+                yield ledger_tx
+                await ledger_tx.send_held_positions()
         except _UNAVAILABLE as error:
             raise StoreUnavailableError(f"trading ledger: {error}") from error
+        ledger_tx.remember()
 
     async def write(self, fn: Callable[[LedgerTransaction], Awaitable[_T]]) -> _T:
         """Run `fn` in one write transaction; return its result. All its writes land or none.
 
         Raises StoreUnavailableError (a TransientError) when the store cannot be reached.
         """
-        # `_transaction` written out (one context manager less per journal write).
+        # `_transaction` written out (one context manager less per journal write). A SQLite
+        # write transaction holds the write lock from its start: it runs serialized.
         try:
             async with self._database.transaction(write=True) as tx:
-                return await fn(LedgerTransaction(tx))
+                ledger_tx = LedgerTransaction(
+                    tx, serialized=self._database.dialect == "sqlite", known=self._known
+                )
+                result = await fn(ledger_tx)
+                await ledger_tx.send_held_positions()
         except _UNAVAILABLE as error:
             raise StoreUnavailableError(f"trading ledger: {error}") from error
+        # Committed: a sole writer's memory takes in what was written.
+        ledger_tx.remember()
+        return result
 
     async def read(self, fn: Callable[[LedgerTransaction], Awaitable[_T]]) -> _T:
         """Run `fn` in one read transaction (a consistent view) and return its result."""
@@ -796,6 +1045,14 @@ class TradingLedger:
         filled) on a symbol the ledger shows flat: what a closed bracket left behind. One
         statement, so the orders and the positions are read at one instant.
         """
+        known = self._known
+        if known is not None:
+            found = (known.order(cid) for cid in sorted(known.protective))
+            return [
+                record
+                for record in found
+                if record is not None and record.order.symbol not in known.open_positions
+            ]
         rows = await self._fetch(_ORPHANED_PROTECTION, _ORPHAN_PARAMS)
         return [_order_row(row) for row in rows]
 
@@ -809,6 +1066,9 @@ class TradingLedger:
 
     async def known_fill_ids(self, fill_ids: Iterable[str]) -> set[str]:
         """Which of `fill_ids` the ledger has recorded already."""
+        if self._known is not None:
+            recorded = self._known.fill_ids
+            return {fill_id for fill_id in fill_ids if fill_id in recorded}
         wanted = list(dict.fromkeys(fill_ids))
         known: set[str] = set()
         for start in range(0, len(wanted), 500):
@@ -823,6 +1083,9 @@ class TradingLedger:
 
     async def open_positions(self) -> list[Position]:
         """The open positions, by symbol."""
+        if self._known is not None:
+            held = self._known.open_positions
+            return [held[symbol] for symbol in sorted(held)]
         rows = await self._fetch(
             f"SELECT {_POSITION_COLUMNS} FROM legato_trading_positions WHERE status = 'open' "
             "ORDER BY symbol"
@@ -856,6 +1119,24 @@ class TradingLedger:
         rows = await self._fetch(sql, params)
         return [_position_row(row) for row in rows]
 
+    async def latest_closed_results(
+        self, limit: int
+    ) -> list[tuple[Decimal, Decimal, datetime | None]]:
+        """Realized PnL, fees paid and close time of the `limit` latest closed positions.
+
+        Newest first, in the order of `closed_positions(newest_first=True)`: what the
+        losing streak reads at every risk decision, without building a `Position` per row.
+        """
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise ValidationError("limit", limit, "a positive whole number")
+        if self._known is not None:
+            latest = self._known.closed_results[-limit:]
+            return [
+                (realized, fees, closed_at) for _, realized, fees, closed_at in reversed(latest)
+            ]
+        rows = await self._fetch(_LATEST_CLOSED_RESULTS, (limit,))
+        return [(Decimal(realized), Decimal(fees), _dt(closed)) for realized, fees, closed in rows]
+
     async def has_open_positions_or_orders(self) -> bool:
         """True when a position is open or an order is working, from one cheap read.
 
@@ -875,6 +1156,8 @@ class TradingLedger:
         Between two reads with equal pairs no position opened or closed: what a cache of the
         closed history keys on.
         """
+        if self._known is not None:
+            return self._known.positions_recorded, len(self._known.closed_results)
         rows = await self._fetch(_POSITIONS_WATERMARK)
         recorded, closed = rows[0]
         return int(recorded), int(closed)
@@ -897,11 +1180,18 @@ class TradingLedger:
 
     async def position(self, symbol: str) -> Position | None:
         """The open position on `symbol`, or None."""
+        if self._known is not None:
+            return self._known.open_positions.get(symbol)
         rows = await self._fetch(_SELECT_OPEN_POSITION, (symbol,))
         return _position_row(rows[0]) if rows else None
 
     async def balances(self) -> dict[str, Balance]:
         """The recorded balances by asset (totals, reported as free)."""
+        if self._known is not None:
+            totals = self._known.balances
+            return {
+                asset: Balance(asset, max(totals[asset], Decimal(0))) for asset in sorted(totals)
+            }
         rows = await self._fetch("SELECT asset, total FROM legato_trading_balances ORDER BY asset")
         return {row[0]: Balance(row[0], max(Decimal(row[1]), Decimal(0))) for row in rows}
 

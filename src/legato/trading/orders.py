@@ -10,7 +10,6 @@ sending the order again. docs/concepts/orders.md draws the lifecycle.
 
 from __future__ import annotations
 
-import dataclasses
 import enum
 import re
 from collections.abc import Collection, Mapping
@@ -20,7 +19,7 @@ from decimal import Decimal
 from typing import Any
 
 from legato.kernel.errors import ValidationError
-from legato.trading.copies import check_field_names, unchecked_copy
+from legato.trading.copies import RecordCopier
 from legato.trading.errors import InvalidOrderTransition
 
 __all__ = [
@@ -234,8 +233,8 @@ class Order:
         validated once. Raises TypeError for a name that is not a field, ValidationError
         (and builds nothing) for a value the order does not accept.
         """
-        check_field_names("Order", _ORDER_FIELD_SET, changes)
-        copy = unchecked_copy(self, _ORDER_FIELDS, changes)
+        _ORDER_COPIER.check(changes)
+        copy = _ORDER_COPIER.copy(self, changes)
         if _STATE_FIELDS.issuperset(changes):
             # The request (ids, side, type, quantity, prices) is this order's, already
             # checked: only the checks that involve the changed state are left.
@@ -328,8 +327,7 @@ class Order:
         return self.transition(status, at=at, filled_quantity=filled, average_price=average)
 
 
-_ORDER_FIELDS: tuple[str, ...] = tuple(field.name for field in dataclasses.fields(Order))
-_ORDER_FIELD_SET = frozenset(_ORDER_FIELDS)
+_ORDER_COPIER = RecordCopier(Order)
 # What changes as an order lives (status, venue id, fills, leverage as the venue reports it,
 # times, reason); `Order.replace`
 # of these only re-checks what they take part in.

@@ -7,7 +7,6 @@ computed from prices only (fees are tracked beside it in `fees_paid`), so a trad
 
 from __future__ import annotations
 
-import dataclasses
 import enum
 from dataclasses import dataclass
 from datetime import datetime
@@ -15,7 +14,7 @@ from decimal import Decimal
 from typing import Any
 
 from legato.kernel.errors import ValidationError
-from legato.trading.copies import check_field_names, unchecked_copy
+from legato.trading.copies import RecordCopier
 from legato.trading.orders import OrderSide
 
 __all__ = ["Position", "PositionSide", "PositionStatus"]
@@ -217,8 +216,8 @@ class Position:
         `dataclasses.replace` at a fraction of its cost. Raises TypeError for a name that is
         not a field, ValidationError (and builds nothing) for a value a position refuses.
         """
-        check_field_names("Position", _POSITION_FIELD_SET, changes)
-        copy = unchecked_copy(self, _POSITION_FIELDS, changes)
+        _POSITION_COPIER.check(changes)
+        copy = _POSITION_COPIER.copy(self, changes)
         copy.__post_init__()
         return copy
 
@@ -231,5 +230,4 @@ class Position:
             )
 
 
-_POSITION_FIELDS: tuple[str, ...] = tuple(field.name for field in dataclasses.fields(Position))
-_POSITION_FIELD_SET = frozenset(_POSITION_FIELDS)
+_POSITION_COPIER = RecordCopier(Position)

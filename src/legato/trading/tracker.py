@@ -25,7 +25,13 @@ from decimal import Decimal
 from legato.kernel.clock import Clock, RealClock
 from legato.kernel.errors import ValidationError
 from legato.trading.fills import Fill
-from legato.trading.ledger import EquityMarks, LedgerTransaction, OrderRole, TradingLedger
+from legato.trading.ledger import (
+    EquityMarks,
+    LedgerOrder,
+    LedgerTransaction,
+    OrderRole,
+    TradingLedger,
+)
 from legato.trading.orders import Order, OrderStatus
 from legato.trading.positions import Position, PositionSide
 from legato.trading.risk import RiskState
@@ -37,6 +43,24 @@ _ZERO = Decimal(0)
 _STREAK_READ = 8
 
 
+async def _update_filled_order(tx: LedgerTransaction, record: LedgerOrder, at: datetime) -> None:
+    """Bring a working order's status and average price up to its recorded fills."""
+    order = record.order
+    fills = await tx.fills_of(order.client_order_id)
+    filled = sum((item.quantity for item in fills), _ZERO)
+    if order.filled_quantity < filled <= order.quantity:
+        cost = sum((item.price * item.quantity for item in fills), _ZERO)
+        status = OrderStatus.FILLED if filled == order.quantity else OrderStatus.PARTIALLY_FILLED
+        if order.can_transition(status):
+            await tx.put_order(
+                order.transition(
+                    status, at=at, filled_quantity=filled, average_price=cost / filled
+                ),
+                record.role,
+                record.intent_id,
+            )
+
+
 async def _book_fill(tx: LedgerTransaction, fill: Fill, at: datetime) -> bool:
     """Book one fill inside `tx`; return False when it was booked before."""
     if not await tx.add_fill(fill):
@@ -46,21 +70,10 @@ async def _book_fill(tx: LedgerTransaction, fill: Fill, at: datetime) -> bool:
     if record is not None:
         order = record.order
         leverage = order.leverage or Decimal(1)
-        fills = await tx.fills_of(fill.client_order_id)
-        filled = sum((item.quantity for item in fills), _ZERO)
-        if filled > order.filled_quantity and not order.is_terminal and filled <= order.quantity:
-            cost = sum((item.price * item.quantity for item in fills), _ZERO)
-            status = (
-                OrderStatus.FILLED if filled == order.quantity else OrderStatus.PARTIALLY_FILLED
-            )
-            if order.can_transition(status):
-                await tx.put_order(
-                    order.transition(
-                        status, at=at, filled_quantity=filled, average_price=cost / filled
-                    ),
-                    record.role,
-                    record.intent_id,
-                )
+        # A final order is never updated from fills: their list is not even read (a
+        # bracket's entry is recorded FILLED in the transaction that books its fills).
+        if not order.is_terminal:
+            await _update_filled_order(tx, record, at)
     position = await tx.open_position(fill.symbol)
     realized = _ZERO
     remainder = fill.quantity
@@ -219,6 +232,14 @@ class PositionTracker:
         booked.update(fill.fill_id for fill in fresh)
         return landed
 
+    def note_booked(self, fills: Iterable[Fill]) -> None:
+        """Remember `fills` as booked: the caller saw them committed to the ledger.
+
+        For writes made through `opening_writes` in a transaction of the caller's: once it
+        has committed, a later `apply_fills` skips these fills without asking the ledger.
+        """
+        self._booked.update(fill.fill_id for fill in fills)
+
     async def set_protection(
         self, symbol: str, stop_loss_order_id: str | None, take_profit_order_id: str | None
     ) -> None:
@@ -364,10 +385,10 @@ class PositionTracker:
         """
         limit = _STREAK_READ
         while True:
-            latest = await self._ledger.closed_positions(newest_first=True, limit=limit)
+            latest = await self._ledger.latest_closed_results(limit)
             losses = 0
-            for position in latest:
-                if position.realized_pnl - position.fees_paid >= 0:
+            for realized_pnl, fees_paid, _ in latest:
+                if realized_pnl - fees_paid >= 0:
                     break
                 losses += 1
             if losses < len(latest) or len(latest) < limit:
@@ -375,4 +396,4 @@ class PositionTracker:
             limit *= 4
         if not losses:
             return 0, None
-        return losses, latest[0].closed_at
+        return losses, latest[0][2]

@@ -14,7 +14,9 @@ a position. The risk engine therefore decides on an up-to-date state, and the de
 one-cancels-other rule holds at every decision point.
 
 `production_backtest` is the one-call form: a fresh SQLite store (a copy of an empty,
-migrated one), venue and simulated clock.
+migrated one), venue and simulated clock. The store is the run's alone: its ledger is the
+sole writer (`TradingLedger.assume_sole_writer`) and answers the reads of what it wrote
+from memory.
 """
 
 from __future__ import annotations
@@ -219,8 +221,11 @@ def production_backtest(
         ledger = await TradingLedger.open(url, upgrade=False, clock=clock)
         try:
             # Scratch space: commits skip the fsyncs a store that must survive an OS crash
-            # pays for (see `use_as_scratch`).
+            # pays for (see `use_as_scratch`). Locked for this run's one connection, written
+            # by this ledger alone: the ledger keeps what it wrote in memory instead of
+            # reading it back.
             await use_as_scratch(ledger.database)
+            await ledger.assume_sole_writer()
             executor = ProductionExecutor(
                 venue,
                 ledger,

@@ -58,6 +58,7 @@ from legato.trading.conflicts import (
     candidate_action,
     detect_conflicts,
 )
+from legato.trading.copies import RecordCopier
 from legato.trading.decision_log import (
     ConflictRecord,
     DecisionLog,
@@ -222,9 +223,18 @@ class PipelineOutcome:
         return self.execution is not None
 
 
+# A run's outcome is copied at each stage it passes: cheaper than `dataclasses.replace`.
+_OUTCOMES = RecordCopier(PipelineOutcome)
+
+
 def decision_key(symbol: str, bar_time: datetime) -> str:
     """The idempotency key of the run for `symbol`'s bar closing at `bar_time`."""
-    return f"{symbol}@{bar_time.isoformat()}"
+    return _key(symbol, bar_time.isoformat())
+
+
+def _key(symbol: str, bar_time: str) -> str:
+    # `decision_key` with the bar time already in ISO 8601 (a run needs that text too).
+    return f"{symbol}@{bar_time}"
 
 
 def intent_id_for(key: str) -> str:
@@ -260,6 +270,7 @@ class _Book:
 class _Run:
     # The working state of one run: its key, the chain of messages, the stage timings.
     key: str
+    bar_time: str  # the snapshot's timestamp in ISO 8601, as in `key`
     book: _Book
     snapshot: IndicatorSnapshot
     last: Message | None = None
@@ -495,7 +506,8 @@ class CoordinatorAgent:
         book = self._book(symbol)
         if snapshot.symbol != symbol:
             raise ValidationError("snapshot", snapshot.symbol, f"a snapshot of {symbol}")
-        key = decision_key(symbol, snapshot.timestamp)
+        bar_time = snapshot.timestamp.isoformat()
+        key = _key(symbol, bar_time)
         async with book.lock:
             # The book now, not the one found before waiting: `reconfigure` may have swapped
             # it meanwhile (the lock is shared), and the queued run takes the new settings.
@@ -504,7 +516,7 @@ class CoordinatorAgent:
                 return PipelineOutcome(key, symbol, snapshot.timestamp, RunDisposition.SUPERSEDED)
             if await self._log.has(key):
                 return PipelineOutcome(key, symbol, snapshot.timestamp, RunDisposition.DUPLICATE)
-            return await self._run(_Run(key, book, snapshot))
+            return await self._run(_Run(key, bar_time, book, snapshot))
 
     async def _run(self, run: _Run) -> PipelineOutcome:
         book, snapshot = run.book, run.snapshot
@@ -536,7 +548,7 @@ class CoordinatorAgent:
             {
                 "key": run.key,
                 "symbol": symbol,
-                "bar_time": snapshot.timestamp.isoformat(),
+                "bar_time": run.bar_time,
                 "close": str(snapshot.close_price),
             },
         )
@@ -656,7 +668,7 @@ class CoordinatorAgent:
                 ConflictRecord(run.key, symbol, conflicts, resolution, self._clock.now())
             )
             await self._publish(run, "conflict", _conflict_payload(conflicts, resolution))
-        outcome = replace(outcome, conflicts=conflicts, resolution=resolution)
+        outcome = _OUTCOMES.copy(outcome, {"conflicts": conflicts, "resolution": resolution})
         if not resolution.trades:
             status = (
                 PipelineStatus.ABORTED
@@ -695,18 +707,18 @@ class CoordinatorAgent:
             )
         except ValidationError as error:
             return await self._end(run, outcome, PipelineStatus.INVALID, str(error))
-        outcome = replace(outcome, proposal=proposal)
+        outcome = _OUTCOMES.copy(outcome, {"proposal": proposal})
         await self._publish(run, "proposal", proposal.as_dict())
         risk = self._risk.validate_trade(proposal, state)
         self._time("risk", started)
-        outcome = replace(outcome, risk=risk)
-        await self._publish(run, "risk", risk.as_dict())
+        outcome = _OUTCOMES.copy(outcome, {"risk": risk})
+        # The same verdict goes out on the bus and into the decision log: built once for both.
+        verdict = risk.as_dict()
+        await self._publish(run, "risk", verdict)
         approved = risk.approved_proposal
         if approved is None:
             reasons = "; ".join(reason.message for reason in risk.reasons)
-            return await self._end(
-                run, outcome, PipelineStatus.REJECTED, reasons, risk=risk.as_dict()
-            )
+            return await self._end(run, outcome, PipelineStatus.REJECTED, reasons, risk=verdict)
         intent_id = intent_id_for(run.key)
         # Linked before sending: after a crash the audit still leads to the intent's orders.
         await self._log.finish(
@@ -715,7 +727,7 @@ class CoordinatorAgent:
             self._clock.now(),
             intent_id=intent_id,
             proposal=approved.as_dict(),
-            risk=risk.as_dict(),
+            risk=verdict,
         )
         started = self._clock.monotonic()
         try:
@@ -723,7 +735,7 @@ class CoordinatorAgent:
         except ValidationError as error:
             return await self._end(run, outcome, PipelineStatus.INVALID, str(error))
         self._time("execution", started)
-        outcome = replace(outcome, execution=result)
+        outcome = _OUTCOMES.copy(outcome, {"execution": result})
         executed = (symbol, result.success)
         self._executed[executed] = self._executed.get(executed, 0) + 1
         await self._publish(
@@ -762,15 +774,14 @@ class CoordinatorAgent:
     ) -> PipelineOutcome:
         if not stored:
             await self._log.finish(run.key, status, self._clock.now(), detail=detail, risk=risk)
-        counted = (run.snapshot.symbol, status.value)
+        value = status.value
+        counted = (run.snapshot.symbol, value)
         self._decided[counted] = self._decided.get(counted, 0) + 1
-        await self._publish(
-            run, "outcome", {"key": run.key, "status": status.value, "detail": detail}
-        )
-        _log.info("desk_decision", key=run.key, status=status.value, detail=detail)
+        await self._publish(run, "outcome", {"key": run.key, "status": value, "detail": detail})
+        _log.info("desk_decision", key=run.key, status=value, detail=detail)
         if outcome.status is status and outcome.detail == detail:
             return outcome  # built finished (a no-trade run): nothing to replace
-        return replace(outcome, status=status, detail=detail)
+        return _OUTCOMES.copy(outcome, {"status": status, "detail": detail})
 
     async def _publish(self, run: _Run, stage: str, payload: Mapping[str, Any]) -> None:
         message = self._bus.create_message(

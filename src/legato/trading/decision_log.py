@@ -35,7 +35,7 @@ import enum
 import functools
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -49,6 +49,7 @@ from legato.store.sqlite import SqliteDatabase
 from legato.store.url import DEFAULT_STORE_URL, StoreUrl
 from legato.trading.agents.models import ModelDecision, TradeAction
 from legato.trading.conflicts import Conflict, ConflictKind, Resolution, ResolutionAction
+from legato.trading.copies import RecordCopier
 
 __all__ = [
     "ConflictRecord",
@@ -103,6 +104,10 @@ class DecisionRecord:
     intent_id: str | None = None
     proposal: Mapping[str, Any] | None = None
     risk: Mapping[str, Any] | None = None
+
+
+# A buffered claim's record is copied as its run ends: cheaper than `dataclasses.replace`.
+_RECORDS = RecordCopier(DecisionRecord)
 
 
 @dataclass(frozen=True, slots=True)
@@ -492,14 +497,16 @@ class DecisionLog:
             # A buffered claim: updated where it waits, as the UPDATE would update the row.
             record, votes = self._batch[index]
             self._batch[index] = (
-                replace(
+                _RECORDS.copy(
                     record,
-                    status=status,
-                    detail=record.detail if detail is None else detail,
-                    intent_id=record.intent_id if intent_id is None else intent_id,
-                    proposal=record.proposal if proposal is None else proposal,
-                    risk=record.risk if risk is None else risk,
-                    updated_at=at,
+                    {
+                        "status": status,
+                        "detail": record.detail if detail is None else detail,
+                        "intent_id": record.intent_id if intent_id is None else intent_id,
+                        "proposal": record.proposal if proposal is None else proposal,
+                        "risk": record.risk if risk is None else risk,
+                        "updated_at": at,
+                    },
                 ),
                 votes,
             )

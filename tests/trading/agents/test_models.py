@@ -24,7 +24,7 @@ from legato.trading.agents.models import (
 from legato.trading.agents.regime import Regime
 from legato.trading.positions import PositionSide
 
-from .scripted_bars import contexts, flat, trend
+from .scripted_bars import burst, contexts, flat, trend
 
 
 def test_flat_allows_entries_and_a_position_allows_only_hold_or_close() -> None:
@@ -128,6 +128,30 @@ async def test_every_rule_model_answers_only_allowed_actions_on_every_bar() -> N
                 decision = await model.decide(context)
                 assert decision.action in context.allowed
                 assert decision.model == model.name
+
+
+def test_a_model_reused_across_bars_answers_each_as_a_fresh_one_would() -> None:
+    # Rule models keep the answers that never change ("inside the bands", one per regime
+    # and bias) and give them again: each must still be exactly what this bar's reading gives.
+    scripted = (
+        trend(150, drift=0.004),
+        flat(200),
+        trend(150, drift=-0.004),
+        burst(120, 40),
+    )
+    panel = default_models()
+    seen: set[tuple[TradeAction, str]] = set()
+    for position in (None, PositionSide.LONG, PositionSide.SHORT):
+        for bars in scripted:
+            for context in contexts(bars, position):
+                for model, fresh in zip(panel, default_models(), strict=True):
+                    answer = model.decide_now(context)
+                    assert answer == fresh.decide_now(context)
+                    seen.add((answer.action, answer.reasoning))
+    # The run went through several regimes and both held sides, not one answer again and again.
+    assert any(reasoning.startswith("no trend entry: ranging") for _, reasoning in seen)
+    assert any(reasoning.startswith("not a range (trending") for _, reasoning in seen)
+    assert (TradeAction.CLOSE, "price back at the mean, or range over") in seen
 
 
 def test_a_context_must_be_built_from_one_bar() -> None:

@@ -22,6 +22,7 @@ six of them with different parameters, the desk's offline panel:
 from __future__ import annotations
 
 import enum
+from collections.abc import Hashable
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -160,10 +161,13 @@ def _mean(*values: float) -> float:
 class _RuleModel:
     """What every rule-based model shares: a name, and a decision that never waits."""
 
-    __slots__ = ("_name",)
+    __slots__ = ("_fixed", "_name")
 
     def __init__(self, name: str) -> None:
         self._name = name
+        # The answers that are the same every time they are given, by what decides them
+        # (their text, or the regime and bias their text is made of).
+        self._fixed: dict[Hashable, ModelDecision] = {}
 
     @property
     def name(self) -> str:
@@ -180,6 +184,19 @@ class _RuleModel:
 
     def _vote(self, action: TradeAction, confidence: float, reasoning: str) -> ModelDecision:
         return ModelDecision(self._name, action, confidence, reasoning)
+
+    def _fixed_vote(self, action: TradeAction, confidence: float, reasoning: str) -> ModelDecision:
+        """`_vote` for an answer whose every part is a constant: built once, then shared.
+
+        Most bars get one of a model's few fixed answers ("inside the bands"), and a
+        `ModelDecision` is immutable, so one instance serves every bar that gets it.
+        """
+        # Keyed by the text alone (hashing an Enum member runs Python code); the action and
+        # confidence are checked, so a text given with another answer never gets this one.
+        vote = self._fixed.get(reasoning)
+        if vote is None or vote.action is not action or vote.confidence != confidence:
+            vote = self._fixed[reasoning] = self._vote(action, confidence, reasoning)
+        return vote
 
 
 class TrendFollowingModel(_RuleModel):
@@ -215,11 +232,16 @@ class TrendFollowingModel(_RuleModel):
             return self._vote(TradeAction.BUY, confidence, "trending bull with a long bias")
         if trending_down and sure and technical.bias is Bias.SHORT:
             return self._vote(TradeAction.SELL, confidence, "trending bear with a short bias")
-        return self._vote(
-            TradeAction.HOLD,
-            NO_SETUP_CONFIDENCE,
-            f"no trend entry: {regime.regime.value}, bias {technical.bias.value}",
-        )
+        # The same answer for every bar of a regime and bias: built once (see `_fixed_vote`).
+        key = (regime.regime, technical.bias)
+        vote = self._fixed.get(key)
+        if vote is None:
+            vote = self._fixed[key] = self._vote(
+                TradeAction.HOLD,
+                NO_SETUP_CONFIDENCE,
+                f"no trend entry: {regime.regime.value}, bias {technical.bias.value}",
+            )
+        return vote
 
 
 class MeanReversionModel(_RuleModel):
@@ -244,26 +266,35 @@ class MeanReversionModel(_RuleModel):
         bands = snapshot.bollinger
         rsi = snapshot.rsi
         if bands is None or rsi is None:
-            return self._vote(TradeAction.HOLD, 0.0, "indicators warming up")
+            return self._fixed_vote(TradeAction.HOLD, 0.0, "indicators warming up")
         close = snapshot.close
         ranging = context.regime.regime is Regime.RANGING
+        if context.position is PositionSide.LONG:
+            if close >= bands.middle or not ranging:
+                return self._fixed_vote(
+                    TradeAction.CLOSE, 0.6, "price back at the mean, or range over"
+                )
+            return self._fixed_vote(TradeAction.HOLD, 0.5, "waiting for the return to the mean")
+        if context.position is PositionSide.SHORT:
+            if close <= bands.middle or not ranging:
+                return self._fixed_vote(
+                    TradeAction.CLOSE, 0.6, "price back at the mean, or range over"
+                )
+            return self._fixed_vote(TradeAction.HOLD, 0.5, "waiting for the return to the mean")
+        if not ranging:
+            # One answer per regime (see `_fixed_vote`); a tuple key, never equal to a text.
+            key = ("not a range", context.regime.regime)
+            vote = self._fixed.get(key)
+            if vote is None:
+                vote = self._fixed[key] = self._vote(
+                    TradeAction.HOLD,
+                    NO_SETUP_CONFIDENCE,
+                    f"not a range ({context.regime.regime.value})",
+                )
+            return vote
         # How far outside the bands the close is, in band widths: 0 at the band, 1 a width out.
         stretch = max(bands.percent_b - 1.0, -bands.percent_b, 0.0)
         confidence = _mean(min(1.0, 0.5 + stretch), context.regime.confidence)
-        if context.position is PositionSide.LONG:
-            if close >= bands.middle or not ranging:
-                return self._vote(TradeAction.CLOSE, 0.6, "price back at the mean, or range over")
-            return self._vote(TradeAction.HOLD, 0.5, "waiting for the return to the mean")
-        if context.position is PositionSide.SHORT:
-            if close <= bands.middle or not ranging:
-                return self._vote(TradeAction.CLOSE, 0.6, "price back at the mean, or range over")
-            return self._vote(TradeAction.HOLD, 0.5, "waiting for the return to the mean")
-        if not ranging:
-            return self._vote(
-                TradeAction.HOLD,
-                NO_SETUP_CONFIDENCE,
-                f"not a range ({context.regime.regime.value})",
-            )
         if close <= bands.lower and rsi <= self._rsi_low:
             return self._vote(
                 TradeAction.BUY, confidence, f"below the lower band, RSI {rsi:.1f} oversold"
@@ -272,7 +303,7 @@ class MeanReversionModel(_RuleModel):
             return self._vote(
                 TradeAction.SELL, confidence, f"above the upper band, RSI {rsi:.1f} overbought"
             )
-        return self._vote(TradeAction.HOLD, NO_SETUP_CONFIDENCE, "inside the bands")
+        return self._fixed_vote(TradeAction.HOLD, NO_SETUP_CONFIDENCE, "inside the bands")
 
 
 class BreakoutModel(_RuleModel):
@@ -293,19 +324,19 @@ class BreakoutModel(_RuleModel):
         atr = snapshot.atr
         macd = snapshot.macd
         if channel is None or atr is None or macd is None:
-            return self._vote(TradeAction.HOLD, 0.0, "indicators warming up")
+            return self._fixed_vote(TradeAction.HOLD, 0.0, "indicators warming up")
         close = snapshot.close
         buffer = self._atr_buffer * atr
         if context.position is PositionSide.LONG:
             if close < channel.middle:
-                return self._vote(TradeAction.CLOSE, 0.6, "fell back into the channel")
-            return self._vote(TradeAction.HOLD, 0.5, "breakout holding")
+                return self._fixed_vote(TradeAction.CLOSE, 0.6, "fell back into the channel")
+            return self._fixed_vote(TradeAction.HOLD, 0.5, "breakout holding")
         if context.position is PositionSide.SHORT:
             if close > channel.middle:
-                return self._vote(TradeAction.CLOSE, 0.6, "rose back into the channel")
-            return self._vote(TradeAction.HOLD, 0.5, "breakdown holding")
+                return self._fixed_vote(TradeAction.CLOSE, 0.6, "rose back into the channel")
+            return self._fixed_vote(TradeAction.HOLD, 0.5, "breakdown holding")
         if context.regime.regime is Regime.HIGH_VOLATILITY:
-            return self._vote(
+            return self._fixed_vote(
                 TradeAction.HOLD, NO_SETUP_CONFIDENCE, "no breakouts in high volatility"
             )
         # Confidence grows with how far past the channel the close went, in ATRs.
@@ -323,7 +354,7 @@ class BreakoutModel(_RuleModel):
                 min(1.0, 0.5 + reach / 2),
                 f"close {close:.6g} below the channel low {channel.lower:.6g}",
             )
-        return self._vote(TradeAction.HOLD, NO_SETUP_CONFIDENCE, "inside the channel")
+        return self._fixed_vote(TradeAction.HOLD, NO_SETUP_CONFIDENCE, "inside the channel")
 
 
 def default_models() -> tuple[TrendFollowingModel | MeanReversionModel | BreakoutModel, ...]:

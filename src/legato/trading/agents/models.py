@@ -22,7 +22,7 @@ six of them with different parameters, the desk's offline panel:
 from __future__ import annotations
 
 import enum
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -198,6 +198,17 @@ class _RuleModel:
             vote = self._fixed[reasoning] = self._vote(action, confidence, reasoning)
         return vote
 
+    def _no_setup(self, key: tuple[Hashable, ...], reasoning: Callable[[], str]) -> ModelDecision:
+        """The HOLD for no setup whose text is made of `key`'s parts: built once per key.
+
+        The text is only formatted the first time (`reasoning`); a tuple key is never equal
+        to the text keys of `_fixed_vote`.
+        """
+        vote = self._fixed.get(key)
+        if vote is None:
+            vote = self._fixed[key] = self._vote(TradeAction.HOLD, NO_SETUP_CONFIDENCE, reasoning())
+        return vote
+
 
 class TrendFollowingModel(_RuleModel):
     """Trades with a trending regime when the technical bias agrees."""
@@ -232,16 +243,11 @@ class TrendFollowingModel(_RuleModel):
             return self._vote(TradeAction.BUY, confidence, "trending bull with a long bias")
         if trending_down and sure and technical.bias is Bias.SHORT:
             return self._vote(TradeAction.SELL, confidence, "trending bear with a short bias")
-        # The same answer for every bar of a regime and bias: built once (see `_fixed_vote`).
-        key = (regime.regime, technical.bias)
-        vote = self._fixed.get(key)
-        if vote is None:
-            vote = self._fixed[key] = self._vote(
-                TradeAction.HOLD,
-                NO_SETUP_CONFIDENCE,
-                f"no trend entry: {regime.regime.value}, bias {technical.bias.value}",
-            )
-        return vote
+        # The same answer for every bar of a regime and bias.
+        return self._no_setup(
+            ("no trend entry", regime.regime, technical.bias),
+            lambda: f"no trend entry: {regime.regime.value}, bias {technical.bias.value}",
+        )
 
 
 class MeanReversionModel(_RuleModel):
@@ -282,16 +288,9 @@ class MeanReversionModel(_RuleModel):
                 )
             return self._fixed_vote(TradeAction.HOLD, 0.5, "waiting for the return to the mean")
         if not ranging:
-            # One answer per regime (see `_fixed_vote`); a tuple key, never equal to a text.
-            key = ("not a range", context.regime.regime)
-            vote = self._fixed.get(key)
-            if vote is None:
-                vote = self._fixed[key] = self._vote(
-                    TradeAction.HOLD,
-                    NO_SETUP_CONFIDENCE,
-                    f"not a range ({context.regime.regime.value})",
-                )
-            return vote
+            # One answer per regime.
+            regime = context.regime.regime
+            return self._no_setup(("not a range", regime), lambda: f"not a range ({regime.value})")
         # How far outside the bands the close is, in band widths: 0 at the band, 1 a width out.
         stretch = max(bands.percent_b - 1.0, -bands.percent_b, 0.0)
         confidence = _mean(min(1.0, 0.5 + stretch), context.regime.confidence)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -40,6 +40,19 @@ def desk_url(store_url: str) -> str:
     return store_url
 
 
+# The bar of the trend fixture at which the kill-switch tests pull it: two bars after the
+# entry was decided.
+KILL_AT = 71
+
+
+def kill_at(bars: Sequence[Bar], at: int, kill: Callable[[], None]) -> Iterator[Bar]:
+    """Yield `bars`, calling `kill` just before bar `at` goes out."""
+    for index, bar in enumerate(bars):
+        if index == at:
+            kill()
+        yield bar
+
+
 async def test_a_backtest_run_trades_the_uptrend_into_a_protected_position(
     clock: Clock, desk_url: str
 ) -> None:
@@ -71,11 +84,8 @@ async def test_the_kill_switch_stops_new_trades_and_closes_the_position(
     desk: Desk
 
     def feed() -> Iterator[Bar]:
-        for index, bar in enumerate(bars):
-            # Two bars after the entry was decided: the position is open and protected.
-            if index == 71:
-                desk.kill_switch()
-            yield bar
+        # Two bars after the entry was decided: the position is open and protected.
+        return kill_at(bars, KILL_AT, lambda: desk.kill_switch())
 
     # Ten virtual seconds a bar: the bracket is complete before the next bar arrives.
     slower = dataclasses.replace(CONFIG, data=DataSettings(speed=30.0))
@@ -320,10 +330,7 @@ def _kill_switch_run(
     desk: Desk
 
     def feed() -> Iterator[Bar]:
-        for index, bar in enumerate(bars):
-            if index == 71:
-                desk.kill_switch()
-            yield bar
+        return kill_at(bars, KILL_AT, lambda: desk.kill_switch())
 
     desk = Desk(slower, store_url=url, clock=clock, bars=feed(), scratch_store=scratch_store)
 

@@ -748,7 +748,19 @@ async def test_a_sole_writer_answers_its_reads_from_memory_as_the_store_would(
             await ledger.orphaned_protection(),
             await ledger.latest_closed_results(5),
             *await ledger.read(in_transaction),
+            await ledger.has_open_positions_or_orders(),
         ]
+
+    async def flat(tx: LedgerTransaction) -> None:
+        # No position open; one order still working (ext-1).
+        position = await tx.open_position(other)
+        assert position is not None
+        await tx.put_position(position.reduce(position.quantity, Decimal(1500), Decimal(0), None))
+        for cid in ("lg-1-SL", "lg-1-TP"):
+            await tx.update_order(accepted(cid).transition(OrderStatus.CANCELLED))
+
+    async def idle(tx: LedgerTransaction) -> None:
+        await tx.update_order(accepted("ext-1", other).transition(OrderStatus.CANCELLED))
 
     plain = await TradingLedger.open(ledger_url, upgrade=False, clock=clock)
     counting = CountingDatabase(plain.database)
@@ -764,11 +776,21 @@ async def test_a_sole_writer_answers_its_reads_from_memory_as_the_store_would(
         await sole.write(close)
         after_close = await reads(sole)
         stored_after_close = await reads(plain)
+        await sole.write(flat)
+        after_flat = await reads(sole)
+        stored_after_flat = await reads(plain)
+        await sole.write(idle)
+        after_idle = await reads(sole)
+        stored_after_idle = await reads(plain)
     finally:
         await plain.close()
     assert added == (False, True)
     assert statements_to_read == 0  # no statement but the read transaction's own
     assert after_trade == stored_after_trade
     assert after_close == stored_after_close
+    assert after_flat == stored_after_flat
+    assert after_idle == stored_after_idle
+    # A position open; then only an order working; then nothing at all.
+    assert (after_close[-1], after_flat[-1], after_idle[-1]) == (True, True, False)
     assert [record.order.client_order_id for record in after_close[5]] == ["lg-1-SL", "lg-1-TP"]
     assert len(after_close[6]) == 2  # the closed position from before, and this one

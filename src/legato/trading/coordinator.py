@@ -69,7 +69,6 @@ from legato.trading.desk_config import StrategyConfig
 from legato.trading.instruments import Instrument
 from legato.trading.market_data import Bar
 from legato.trading.orders import Order, OrderSide
-from legato.trading.positions import Position
 from legato.trading.proposals import TradeProposal
 from legato.trading.risk import RiskDecision, RiskManagementEngine
 from legato.trading.tracker import PositionTracker
@@ -80,7 +79,6 @@ __all__ = [
     "ExecutionOutcome",
     "PipelineOutcome",
     "PositionCloser",
-    "PositionReader",
     "RunDisposition",
     "StageLatency",
     "TradeExecutor",
@@ -171,14 +169,6 @@ class TradeExecutor(Protocol):
         self, proposal: TradeProposal, *, intent_id: str | None = None
     ) -> ExecutionOutcome:
         """Execute `proposal`; the same `intent_id` resumes instead of trading again."""
-        ...
-
-
-class PositionReader(Protocol):
-    """Where the coordinator reads a symbol's open position (the ledger, or a cache of it)."""
-
-    async def position(self, symbol: str) -> Position | None:
-        """The open position on `symbol`, or None."""
         ...
 
 
@@ -284,8 +274,6 @@ class CoordinatorAgent:
     lot sizes. `resolvers` maps a strategy name to its conflict resolver (default: the
     rules). `models` builds a strategy's decision panel (default: the offline rule models).
     `closer` acts on CLOSE decisions (without one they are stored and not acted on).
-    `positions` is where each run reads the symbol's open position (default: the tracker's
-    ledger).
     """
 
     def __init__(
@@ -304,14 +292,12 @@ class CoordinatorAgent:
         models: Mapping[str, Sequence[DecisionModel]] | None = None,
         closer: PositionCloser | None = None,
         indicator_settings: IndicatorSettings | None = None,
-        positions: PositionReader | None = None,
     ) -> None:
         by_symbol = {instrument.symbol: instrument for instrument in instruments}
         self._clock: Clock = clock if clock is not None else RealClock()
         self._risk = risk_engine
         self._executor = executor
         self._tracker = tracker
-        self._positions: PositionReader = positions if positions is not None else tracker.ledger
         self._log = decision_log
         self._bus = bus
         self._quote = quote_asset
@@ -528,7 +514,7 @@ class CoordinatorAgent:
             return PipelineOutcome(run.key, symbol, snapshot.timestamp, RunDisposition.WARMING_UP)
         self._time("analysis", started)
 
-        position = await self._positions.position(symbol)
+        position = await self._tracker.ledger.position(symbol)
         context = DecisionContext(
             symbol=symbol,
             timestamp=snapshot.timestamp,

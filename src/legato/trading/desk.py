@@ -54,12 +54,11 @@ from collections.abc import (
     Mapping,
     Sequence,
 )
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import structlog
 
@@ -67,7 +66,6 @@ from legato.kernel.bus import MessageBus
 from legato.kernel.clock import Clock, RealClock
 from legato.kernel.errors import LegatoError, ValidationError
 from legato.kernel.supervisor import LoopHealth, Supervisor
-from legato.store.database import Database, Row, Transaction
 from legato.store.scratch import use_as_scratch
 from legato.trading.agents.llm import LLMClient
 from legato.trading.agents.snapshot import IndicatorSnapshot
@@ -394,16 +392,14 @@ class Desk:
         config = self._config
         ledger = await TradingLedger.open(self._store_url, clock=self._clock)
         try:
-            reads: _DeskReads = ledger
             if self._scratch_store:
                 await use_as_scratch(ledger.database)
                 if ledger.database.dialect == "sqlite":
-                    # The exclusive lock keeps every other connection out: each write to the
-                    # store goes through this one, so reads can be kept until it writes.
-                    watched = _WatchedDatabase(ledger.database)
-                    ledger = TradingLedger(watched)
-                    reads = _CachedReads(ledger, watched)
-            self._parts = await self._build(ledger, reads)
+                    # The exclusive lock keeps every other connection out, and every part
+                    # of the desk writes the trading tables through this one ledger: it can
+                    # answer the reads of what it wrote from memory.
+                    await ledger.assume_sole_writer()
+            self._parts = await self._build(ledger)
         except BaseException:
             await ledger.close()
             raise
@@ -832,7 +828,7 @@ class Desk:
         parts = self._running()
         if (
             not parts.coordinator.kill_switch
-            and not await parts.reads.has_open_positions_or_orders()
+            and not await parts.ledger.has_open_positions_or_orders()
         ):
             # No position and no working order: the guards could neither close nor cancel
             # anything, so the pass (and the equity marks it writes) is skipped. Halts are
@@ -931,7 +927,7 @@ class Desk:
 
     # ------------------------------------------------------------------ wiring
 
-    async def _build(self, ledger: TradingLedger, reads: _DeskReads) -> _Parts:
+    async def _build(self, ledger: TradingLedger) -> _Parts:
         config = self._config
         quote = config.venue.quote_asset
         tracker = PositionTracker(
@@ -1004,11 +1000,9 @@ class Desk:
             clock=self._clock,
             resolvers=self._resolvers(config),
             closer=_PipelineCloser(self),
-            positions=reads,
         )
         return _Parts(
             ledger=ledger,
-            reads=reads,
             bus=bus,
             venue=venue,
             tracker=tracker,
@@ -1057,7 +1051,6 @@ class Desk:
 @dataclass(frozen=True, slots=True)
 class _Parts:
     ledger: TradingLedger
-    reads: _DeskReads
     bus: MessageBus
     venue: PaperVenue
     tracker: PositionTracker
@@ -1067,92 +1060,6 @@ class _Parts:
     decisions: DecisionLog
     coordinator: CoordinatorAgent
     supervisor: Supervisor
-
-
-class _DeskReads(Protocol):
-    # The ledger reads the desk makes on every bar: the ledger itself, or `_CachedReads`.
-
-    async def position(self, symbol: str) -> Position | None: ...
-
-    async def has_open_positions_or_orders(self) -> bool: ...
-
-
-class _WatchedDatabase:
-    """A `Database` that counts the writes made through it (transactions and statements)."""
-
-    __slots__ = ("_database", "writes")
-
-    def __init__(self, database: Database) -> None:
-        self._database = database
-        self.writes = 0
-
-    @property
-    def dialect(self) -> str:
-        return self._database.dialect
-
-    @asynccontextmanager
-    async def transaction(
-        self, *, write: bool = True, durable: bool = True
-    ) -> AsyncIterator[Transaction]:
-        try:
-            async with self._database.transaction(write=write, durable=durable) as tx:
-                yield tx
-        finally:
-            # Counted once it has ended (committed or not): a read made while it ran, on
-            # another connection, may have seen the rows before it.
-            if write:
-                self.writes += 1
-
-    async def run(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
-        try:
-            return await self._database.run(sql, params)
-        finally:
-            if sql.lstrip()[:6].upper() != "SELECT":
-                self.writes += 1
-
-    def notifications(self, channel: str) -> AsyncIterator[str]:
-        return self._database.notifications(channel)
-
-    async def notify(self, channel: str, payload: str) -> None:
-        await self._database.notify(channel, payload)
-
-    async def close(self) -> None:
-        await self._database.close()
-
-
-class _CachedReads:
-    """The desk's per-bar ledger reads, answered from memory until the store is written.
-
-    Only on a store nothing else writes (a scratch store, locked by the desk's connection):
-    every write then goes through `database`, and an answer read under one count of its
-    writes is what the store would still answer while the count stays the same.
-    """
-
-    __slots__ = ("_database", "_ledger", "_open_anything", "_positions")
-
-    def __init__(self, ledger: TradingLedger, database: _WatchedDatabase) -> None:
-        self._ledger = ledger
-        self._database = database
-        self._positions: dict[str, tuple[int, Position | None]] = {}
-        self._open_anything: tuple[int, bool] | None = None
-
-    async def position(self, symbol: str) -> Position | None:
-        writes = self._database.writes
-        cached = self._positions.get(symbol)
-        if cached is not None and cached[0] == writes:
-            return cached[1]
-        position = await self._ledger.position(symbol)
-        self._positions[symbol] = (writes, position)
-        return position
-
-    async def has_open_positions_or_orders(self) -> bool:
-        writes = self._database.writes
-        cached = self._open_anything
-        if cached is not None and cached[0] == writes:
-            return cached[1]
-        found = await self._ledger.has_open_positions_or_orders()
-        self._open_anything = (writes, found)
-        return found
 
 
 class _PipelineCloser:

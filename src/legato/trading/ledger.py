@@ -507,8 +507,10 @@ class _KnownState:
     them; `marks` are the latest day's equity marks. `orders` are kept as written, and
     built as a read would build them when first asked for (`order`): most are never read.
     `protective` holds the client ids of the protective orders the venue holds (what
-    `TradingLedger.orphaned_protection` looks through). `closed_results` are the closed
-    positions' (row id, realized PnL, fees paid, close time), in row id order.
+    `TradingLedger.orphaned_protection` looks through), `working` those of every order
+    still working (what `TradingLedger.has_open_positions_or_orders` asks about).
+    `closed_results` are the closed positions' (row id, realized PnL, fees paid, close
+    time), in row id order.
     """
 
     open_positions: dict[str, Position]
@@ -519,6 +521,7 @@ class _KnownState:
     fill_ids: set[str]
     orders: dict[str, LedgerOrder]
     protective: set[str]
+    working: set[str] = dataclasses.field(default_factory=set)
     stored_orders: dict[str, LedgerOrder] = dataclasses.field(default_factory=dict)
 
     def order(self, client_order_id: str) -> LedgerOrder | None:
@@ -545,6 +548,10 @@ class _KnownState:
             self.protective.add(cid)
         else:
             self.protective.discard(cid)
+        if record.order.status.value in _OPEN_STATUSES:
+            self.working.add(cid)
+        else:
+            self.working.discard(cid)
 
 
 # ---------------------------------------------------------------- the transaction
@@ -914,7 +921,8 @@ class TradingLedger:
         The ledger reads them once, here; after that, the reads that only re-read what this
         ledger wrote (the open positions, the positions watermark, the latest closed
         results, balances, the latest equity marks, which fills are recorded, an order by
-        client id, the protective orders left on flat symbols) are answered from memory,
+        client id, the protective orders left on flat symbols, whether any position is open
+        or any order working) are answered from memory,
         kept up to date with each transaction that commits (lists come sorted as SQLite's
         binary collation sorts them). Never for a store that another process, another
         connection or another ledger object may write: it would not see their writes.
@@ -1143,6 +1151,8 @@ class TradingLedger:
         What `open_positions()` and `orders(open_only=True)` would both have to show empty
         for, without building either list.
         """
+        if self._known is not None:
+            return bool(self._known.open_positions or self._known.working)
         rows = await self._fetch(_OPEN_ANYTHING, _OPEN_STATUSES)
         return bool(rows[0][0])
 

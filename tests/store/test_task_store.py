@@ -67,6 +67,31 @@ async def test_submit_returns_ids_in_order_and_records_a_submitted_event(
         ]
 
 
+async def test_a_batch_mixing_int_and_float_times_and_optional_values_keeps_every_value(
+    open_store: OpenStore, clock: Clock
+) -> None:
+    # PostgreSQL takes a batch as binary arrays, one Python type per column: ints where the
+    # column is a float, and None next to values, must arrive as given.
+    tasks = [
+        NewTask("a", "default", "{}", 2, run_at=5, retry="{}", timeout=30),
+        NewTask("b", "default", "{}", 0, run_at=6.5, retry="{}", protected=True),
+        NewTask("c", "other", "{}", -1, run_at=7, retry="{}", timeout=1.5, idempotency_key="k"),
+    ]
+    async with open_store(clock) as store:
+        ids = [s.task_id for s in await store.submit(tasks, now=10)]
+        records = [await store.get_task(task_id, history=False) for task_id in ids]
+    assert [
+        (r.name, r.queue, r.priority, r.run_at, r.timeout, r.protected, r.idempotency_key)
+        for r in records
+        if r is not None
+    ] == [
+        ("a", "default", 2, 5.0, 30.0, False, None),
+        ("b", "default", 0, 6.5, None, True, None),
+        ("c", "other", -1, 7.0, 1.5, False, "k"),
+    ]
+    assert {r.created_at for r in records if r is not None} == {10.0}
+
+
 async def test_existing_idempotency_key_returns_the_existing_task_and_writes_nothing(
     open_store: OpenStore, clock: Clock
 ) -> None:

@@ -113,21 +113,26 @@ TASK_INSERT_COLUMNS = (
 
 
 def task_row(task: NewTask, now: float) -> tuple[Any, ...]:
-    """The values of `task` as a new pending row submitted at `now` (see TASK_INSERT_COLUMNS)."""
+    """The values of `task` as a new pending row submitted at `now` (see TASK_INSERT_COLUMNS).
+
+    Each value has the one Python type of its column (an int time becomes a float), so a
+    batch of rows can travel as binary arrays (`row_set`'s `binary`).
+    """
+    timeout = task.timeout
     return (
         task.name,
         task.queue,
         task.payload,
-        task.priority,
+        int(task.priority),
         "pending",
         task.idempotency_key,
-        task.run_at,
-        now,
-        now,
+        float(task.run_at),
+        float(now),
+        float(now),
         task.retry,
-        task.timeout,
+        None if timeout is None else float(timeout),
         task.resources,
-        task.protected,
+        bool(task.protected),
     )
 
 
@@ -333,7 +338,7 @@ class TaskStore:
     def _insert_tasks(
         self, rows: Sequence[Sequence[Any]], due: Sequence[str]
     ) -> tuple[str, list[Any]]:
-        table, params = self._rows(TASK_INSERT_TYPES, rows)
+        table, params = self._rows(TASK_INSERT_TYPES, rows, binary=True)
         # No event row for the submission: the task row itself (created_at) describes it, and
         # `get_task` puts it first in the history. `WHERE true` tells SQLite's parser that
         # ON CONFLICT belongs to the INSERT, not to the SELECT's join.

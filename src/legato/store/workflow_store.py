@@ -362,13 +362,14 @@ class WorkflowStore:
         columns = ["w_name", "w_payload", "w_key", "at", *task_columns]
         arrays: list[list[Any]] = [[] for _ in columns]
         for workflow, task, now in calls:
-            values = (workflow.name, workflow.payload, workflow.idempotency_key, now)
+            values = (workflow.name, workflow.payload, workflow.idempotency_key, float(now))
             for array, value in zip(arrays, (*values, *task_row(task, now)), strict=True):
                 array.append(value)
         due = sorted({task.queue for _, task, now in calls if task.run_at <= now})
         notify = ", (SELECT pg_notify(?, ?)) AS notified" if due else ""
         notify_params = [NOTIFY_CHANNEL, ",".join(due)] if due else []
-        unnest = ", ".join(f"CAST(? AS {sql_type}[])" for sql_type in types)
+        # Binary arrays (`%b`, see `row_set`): each column holds values of one Python type.
+        unnest = ", ".join(f"CAST(%b AS {sql_type}[])" for sql_type in types)
         rows = await self.database.run(
             "WITH v AS (SELECT nextval(pg_get_serial_sequence('legato_tasks', 'id')) AS task_id, "
             f"u.* FROM unnest({unnest}) WITH ORDINALITY AS u({', '.join(columns)}, ord)), "
@@ -744,22 +745,29 @@ class WorkflowStore:
 
     async def get(self, workflow_id: int) -> WorkflowRecord | None:
         """Return one workflow with its journal and history (oldest first), or None."""
+        # The three reads travel together: one round trip on PostgreSQL.
         async with self.database.transaction(write=False) as tx:
-            rows = await tx.fetch(
-                f"SELECT {_WORKFLOW_COLUMNS} FROM legato_workflows WHERE id = ?", (workflow_id,)
+            rows, steps, events = await tx.fetch_many(
+                [
+                    (
+                        f"SELECT {_WORKFLOW_COLUMNS} FROM legato_workflows WHERE id = ?",
+                        (workflow_id,),
+                    ),
+                    (
+                        f"SELECT {_STEP_COLUMNS} FROM legato_workflow_steps "
+                        "WHERE workflow_id = ? ORDER BY step_index",
+                        (workflow_id,),
+                    ),
+                    (
+                        "SELECT at, from_state, to_state, reason, task_id, detail "
+                        "FROM legato_workflow_events WHERE workflow_id = ? ORDER BY id",
+                        (workflow_id,),
+                    ),
+                ],
+                commit=True,
             )
-            if not rows:
-                return None
-            steps = await tx.fetch(
-                f"SELECT {_STEP_COLUMNS} FROM legato_workflow_steps WHERE workflow_id = ? "
-                "ORDER BY step_index",
-                (workflow_id,),
-            )
-            events = await tx.fetch(
-                "SELECT at, from_state, to_state, reason, task_id, detail "
-                "FROM legato_workflow_events WHERE workflow_id = ? ORDER BY id",
-                (workflow_id,),
-            )
+        if not rows:
+            return None
         return _workflow(
             rows[0],
             tuple(_entry(row) for row in steps),

@@ -22,13 +22,21 @@ async def test_a_by_key_statement_runs_without_sequential_scans_and_the_setting_
             )
         async with database.transaction(durable=False) as tx:
             alone = await tx.fetch(ByKey(SETTING))
+            # Consecutive ByKey statements, in one call or across calls, keep it off.
+            run_of_two = await tx.fetch_many([(ByKey(SETTING), ()), (ByKey(SETTING), ())])
+            third = await tx.fetch(ByKey(SETTING))
             following = await tx.fetch(SETTING)
         autocommitted = await database.run(ByKey(SETTING))
         next_statement = await database.run(SETTING)
     finally:
         await database.close()
     assert (before, marked, after) == ([("on",)], [("off",)], [("on",)])
-    assert (alone, following) == ([("off",)], [("on",)])
+    assert (alone, run_of_two, third, following) == (
+        [("off",)],
+        [[("off",)], [("off",)]],
+        [("off",)],
+        [("on",)],
+    )
     assert (autocommitted, next_statement) == ([("off",)], [("on",)])
 
 

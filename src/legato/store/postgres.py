@@ -54,7 +54,7 @@ class _PostgresTransaction:
     a list of statements, and optionally the COMMIT, in one round trip (libpq pipeline mode).
     """
 
-    __slots__ = ("_cache", "_connection", "_opening", "committed")
+    __slots__ = ("_cache", "_connection", "_opening", "_seqscan_off", "committed")
 
     def __init__(
         self,
@@ -65,6 +65,7 @@ class _PostgresTransaction:
         self._connection = connection
         self._cache = cache
         self._opening = list(opening)
+        self._seqscan_off = False
         self.committed = False
 
     @property
@@ -91,13 +92,17 @@ class _PostgresTransaction:
             raise RuntimeError("this transaction already committed")
         # (sql, params, rows wanted): psycopg prepares a statement once it is used often.
         queue: list[tuple[str, Sequence[Any], bool]] = [(sql, (), False) for sql in self._opening]
+        # Sequential scans go off before a ByKey statement and back on before the next
+        # other statement: a run of ByKey statements shares one switch, and one that ends
+        # the transaction needs no switch back.
+        seqscan_off = self._seqscan_off
         for sql, params in statements:
-            if isinstance(sql, ByKey):
-                queue.append((_NO_SEQSCAN, (), False))
-                queue.append((_placeholders(sql, self._cache), params, True))
-                queue.append((_SEQSCAN_AS_BEFORE, (), False))
-            else:
-                queue.append((_placeholders(sql, self._cache), params, True))
+            by_key = isinstance(sql, ByKey)
+            if by_key != seqscan_off:
+                queue.append((_NO_SEQSCAN if by_key else _SEQSCAN_AS_BEFORE, (), False))
+                seqscan_off = by_key
+            queue.append((_placeholders(sql, self._cache), params, True))
+        self._seqscan_off = seqscan_off
         if commit:
             queue.append(("COMMIT", (), False))
         self._opening = []

@@ -114,6 +114,24 @@ def _workflow(
     )
 
 
+def _begun(rows: Sequence[Row], steps: Sequence[Row], now: float) -> dict[int, WorkflowRecord]:
+    """`begin_many`'s answer from the workflow rows as they were and their journals' rows.
+
+    A pending or sleeping workflow was woken at `now` and is now running.
+    """
+    journals: dict[int, list[JournalEntry]] = {}
+    for step in steps:
+        journals.setdefault(step[0], []).append(_entry(step[1:]))
+    woken = (WorkflowState.PENDING.value, WorkflowState.SLEEPING.value)
+    return {
+        row[4]: _workflow(
+            row, tuple(journals.get(row[0], ())), running_since=now if row[2] in woken else None
+        )
+        for row in rows
+        if row[4] is not None
+    }
+
+
 def _entry(row: Row) -> JournalEntry:
     return JournalEntry(
         index=row[0],
@@ -409,6 +427,8 @@ class WorkflowStore:
         """
         if not task_ids:
             return {}
+        if self._postgres:
+            return await self._begin_many_postgres(task_ids, now, durable=durable)
         async with self.database.transaction(durable=durable) as tx:
             where, in_params = self._in("task_id", task_ids, "bigint")
             rows = await tx.fetch(
@@ -471,19 +491,44 @@ class WorkflowStore:
                 )
             results = await tx.fetch_many(statements, commit=True)
             steps = results[-1] if replaying else []
-        journals: dict[int, list[JournalEntry]] = {}
-        for row in steps:
-            journals.setdefault(row[0], []).append(_entry(row[1:]))
-        woken = {row[0] for row, _ in waking}
-        return {
-            row[4]: _workflow(
-                row,
-                tuple(journals.get(row[0], ())),
-                running_since=now if row[0] in woken else None,
+        return _begun(rows, steps, now)
+
+    async def _begin_many_postgres(
+        self, task_ids: Sequence[int], now: float, *, durable: bool
+    ) -> dict[int, WorkflowRecord]:
+        # `begin_many` in one statement, so BEGIN, it and the COMMIT are one round trip: the
+        # rows are locked in id order, the pending and sleeping ones marked running with an
+        # event each, and the rows come back as they were before (the statement's snapshot).
+        # The journals of the workflows that ran before are read after the commit, in a
+        # second round trip only when there are any: the rows now name these runs' tasks,
+        # whose leases fence off any other writer of their steps.
+        where, in_params = self._in("task_id", task_ids, "bigint")
+        waking = "state IN ('pending', 'sleeping')"
+        statement = ByKey(
+            f"WITH sel AS (SELECT {_WORKFLOW_COLUMNS} FROM legato_workflows WHERE {where} "
+            "ORDER BY id FOR UPDATE), "
+            "upd AS (UPDATE legato_workflows w SET state = 'running', wake_at = NULL, "
+            f"updated_at = ? FROM sel WHERE w.id = sel.id AND sel.{waking}), "
+            "ev AS (INSERT INTO legato_workflow_events (workflow_id, at, from_state, to_state, "
+            "reason, task_id, detail) SELECT id, ?, state, 'running', CASE state "
+            "WHEN 'sleeping' THEN 'resumed' ELSE 'running' END, task_id, NULL FROM sel "
+            f"WHERE {waking} ORDER BY id) "
+            f"SELECT {_WORKFLOW_COLUMNS} FROM sel ORDER BY id"
+        )
+        async with self.database.transaction(durable=durable) as tx:
+            rows = (await tx.fetch_many([(statement, [*in_params, now, now])], commit=True))[0]
+        replaying = [row[0] for row in rows if row[2] != WorkflowState.PENDING.value]
+        steps: list[Row] = []
+        if replaying:
+            where, in_params = self._in("workflow_id", replaying, "bigint")
+            steps = await self.database.run(
+                ByKey(
+                    f"SELECT workflow_id, {_STEP_COLUMNS} FROM legato_workflow_steps "
+                    f"WHERE {where} ORDER BY workflow_id, step_index"
+                ),
+                in_params,
             )
-            for row, _ in found
-            if row[4] is not None
-        }
+        return _begun(rows, steps, now)
 
     async def _append_many(
         self, tx: Transaction, writes: Sequence[JournalWrite], *, commit: bool = False
@@ -613,6 +658,8 @@ class WorkflowStore:
         """Apply many transitions in one transaction; per change, whether it was applied."""
         if not changes:
             return []
+        if self._postgres:
+            return await self._transition_many_postgres(changes, now, durable=durable)
         async with self.database.transaction(durable=durable) as tx:
             ids = sorted({c.workflow_id for c in changes})
             where, in_params = self._in("id", ids, "bigint")
@@ -668,6 +715,45 @@ class WorkflowStore:
             )
             await tx.fetch_many([update, *events], commit=True)
             return applied
+
+    async def _transition_many_postgres(
+        self, changes: Sequence[Transition], now: float, *, durable: bool
+    ) -> list[bool]:
+        # `transition_many` in one statement (one round trip with BEGIN and COMMIT): lock the
+        # rows in id order, keep per active workflow the first change (input order) whose
+        # task the workflow points at, update those rows and write their events. The rows
+        # are found by id alone: with the state in the WHERE clause as well, PostgreSQL may
+        # read the state index instead, every active workflow of the table.
+        values, params = self._values(
+            ("bigint", "bigint", "text", "text", "text", "text", "integer"),
+            [
+                (c.workflow_id, c.task_id, c.to_state.value, c.result, c.error, c.reason[:32], n)
+                for n, c in enumerate(changes)
+            ],
+            binary=True,
+        )
+        where, in_params = self._in("w.id", sorted({c.workflow_id for c in changes}), "bigint")
+        statement = ByKey(
+            f"WITH v AS (SELECT * FROM {values}), "
+            "cur AS (SELECT w.id, w.state, w.task_id FROM legato_workflows w "
+            f"WHERE {where} ORDER BY w.id FOR UPDATE), "
+            "pick AS (SELECT DISTINCT ON (v.column1) v.*, cur.state AS from_state FROM v "
+            "JOIN cur ON cur.id = v.column1 AND cur.task_id = v.column2 "
+            f"WHERE cur.state IN {_ACTIVE} ORDER BY v.column1, v.column7), "
+            "upd AS (UPDATE legato_workflows w SET state = pick.column3, "
+            "result = COALESCE(pick.column4, w.result), error = COALESCE(pick.column5, w.error), "
+            "updated_at = ? FROM pick WHERE w.id = pick.column1), "
+            "ev AS (INSERT INTO legato_workflow_events (workflow_id, at, from_state, to_state, "
+            "reason, task_id, detail) SELECT column1, ?, from_state, column3, column6, column2, "
+            "column5 FROM pick ORDER BY column1) "
+            "SELECT column7 FROM pick"
+        )
+        async with self.database.transaction(durable=durable) as tx:
+            rows = (
+                await tx.fetch_many([(statement, [*params, *in_params, now, now])], commit=True)
+            )[0]
+        applied = {row[0] for row in rows}
+        return [n in applied for n in range(len(changes))]
 
     async def record_compensation(
         self,

@@ -1,0 +1,119 @@
+"""The workflow store's batch operations, identical on SQLite and PostgreSQL.
+
+A worker runs workflows in batches: `begin_many` loads (and wakes) the workflows of the run
+tasks it claimed, `transition_many` ends them. PostgreSQL does each in one statement, SQLite
+in several; these tests hold both to the same answers and the same rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
+
+from legato.kernel.clock import Clock
+from legato.store import NewTask, TaskStore
+from legato.store.workflow_records import (
+    JournalEntry,
+    JournalWrite,
+    NewWorkflow,
+    StepKind,
+    StepState,
+    Transition,
+    WorkflowState,
+)
+from legato.store.workflow_store import WorkflowStore
+
+OpenStore = Callable[[Clock], AbstractAsyncContextManager[TaskStore]]
+
+
+def _run_task() -> NewTask:
+    return NewTask(name="wf.run", queue="default", payload="{}", priority=0, run_at=0.0, retry="{}")
+
+
+async def _start(store: WorkflowStore, count: int) -> list[tuple[int, int]]:
+    """Start `count` workflows; return (workflow id, run task id) of each."""
+    started = []
+    for n in range(count):
+        workflow_id, _ = await store.start(
+            NewWorkflow(name="flow", payload=f'{{"n":{n}}}'), _run_task(), 1.0
+        )
+        record = await store.get(workflow_id)
+        assert record is not None
+        assert record.task_id is not None
+        started.append((workflow_id, record.task_id))
+    return started
+
+
+async def test_begin_many_wakes_pending_workflows_and_replays_running_ones_with_journal(
+    open_store: OpenStore, clock: Clock
+) -> None:
+    async with open_store(clock) as tasks:
+        store = WorkflowStore(tasks.database)
+        (w1, t1), (w2, t2) = await _start(store, 2)
+        leases = {lease.task_id: lease for lease in await tasks.claim("w", ["default"], 5, 2.0, 30)}
+        first = await store.begin_many([t1, t2, 10**9], 2.0)
+        assert set(first) == {t1, t2}  # a task no workflow points at is absent
+        assert [(r.state, r.updated_at, r.journal) for r in first.values()] == [
+            (WorkflowState.RUNNING, 2.0, ()),
+            (WorkflowState.RUNNING, 2.0, ()),
+        ]
+        entry = JournalEntry(
+            0, "charge", StepKind.STEP, StepState.SUCCEEDED, "7", None, "f", None, None, None,
+            1, 2.5, 2.6,
+        )  # fmt: skip
+        assert await store.append_many([JournalWrite(w2, t2, leases[t2].fencing_token, entry)])
+        # The same tasks again (a replay after a lost lease): running ones are not woken
+        # twice, and come back with their journals.
+        again = await store.begin_many([t2, t1], 3.0)
+        assert again[t2].state is WorkflowState.RUNNING
+        assert again[t2].updated_at == 2.0
+        assert again[t2].journal == (entry,)
+        assert again[t1].journal == ()
+        record = await store.get(w1)
+    assert record is not None
+    assert [(e.from_state, e.to_state, e.reason, e.task_id) for e in record.history] == [
+        (None, WorkflowState.PENDING, "started", t1),
+        (WorkflowState.PENDING, WorkflowState.RUNNING, "running", t1),
+    ]
+
+
+async def test_transition_many_applies_the_first_current_change_per_workflow_only(
+    open_store: OpenStore, clock: Clock
+) -> None:
+    async with open_store(clock) as tasks:
+        store = WorkflowStore(tasks.database)
+        (w1, t1), (w2, t2), (w3, t3) = await _start(store, 3)
+        await store.begin_many([t1, t2, t3], 2.0)
+        applied = await store.transition_many(
+            [
+                Transition(w1, t1, WorkflowState.SUCCEEDED, "succeeded", result='"done"'),
+                # A second change for the same workflow in one batch: not applied.
+                Transition(w1, t1, WorkflowState.DEAD, "bug", error="late"),
+                # A change from a task the workflow does not point at: not applied.
+                Transition(w2, t1, WorkflowState.SUCCEEDED, "succeeded"),
+                Transition(w3, t3, WorkflowState.COMPENSATING, "step failed", error="boom"),
+            ],
+            3.0,
+        )
+        assert applied == [True, False, False, True]
+        # An ended workflow takes no further change.
+        later = [
+            Transition(w1, t1, WorkflowState.DEAD, "bug"),
+            Transition(w2, t2, WorkflowState.CANCELLED, "cancelled"),
+        ]
+        assert await store.transition_many(later, 4.0) == [False, True]
+        records = [await store.get(w) for w in (w1, w2, w3)]
+    one, two, three = (r for r in records if r is not None)
+    assert (one.state, one.result, one.error, one.updated_at) == (
+        WorkflowState.SUCCEEDED,
+        '"done"',
+        None,
+        3.0,
+    )
+    assert (two.state, two.updated_at) == (WorkflowState.CANCELLED, 4.0)
+    assert (three.state, three.error) == (WorkflowState.COMPENSATING, "boom")
+    assert [(e.from_state, e.to_state, e.reason, e.task_id, e.at) for e in one.history[2:]] == [
+        (WorkflowState.RUNNING, WorkflowState.SUCCEEDED, "succeeded", t1, 3.0)
+    ]
+    assert [(e.reason, e.detail) for e in three.history[2:]] == [("step failed", "boom")]
+    assert [e.reason for e in two.history] == ["started", "running", "cancelled"]

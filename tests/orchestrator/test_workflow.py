@@ -100,6 +100,35 @@ async def test_steps_run_once_and_their_results_are_journaled_in_order(
     ]
 
 
+async def test_a_steps_entry_is_in_the_store_before_the_next_step_runs(
+    app: Orchestrator, engine: WorkflowEngine, running_worker: RunWorker, wait_until: WaitUntil
+) -> None:
+    # The last step's entry travels with the workflow's end; any earlier one must be
+    # stored before the next step can act on the world.
+    seen: list[list[int]] = []
+
+    async def first() -> int:
+        return 1
+
+    async def second(previous: int) -> int:
+        record = await engine.get_workflow(current_step().workflow_id)
+        assert record is not None
+        seen.append([entry.index for entry in record.journal])
+        return previous + 1
+
+    @engine.workflow(name="two-steps")
+    async def two_steps(ctx: WorkflowContext, _: None) -> int:
+        value: int = await ctx.step(first)
+        return int(await ctx.step(second, value))
+
+    async with app, running_worker():
+        workflow_id = await engine.start("two-steps")
+        record: WorkflowRecord = await wait_until(ended(engine, workflow_id), within=10)
+    assert seen == [[0]]
+    assert record.state is WorkflowState.SUCCEEDED
+    assert [(e.index, e.result) for e in record.journal] == [(0, "1"), (1, "2")]
+
+
 async def test_after_a_crash_completed_steps_are_replayed_and_the_next_step_runs(
     app: Orchestrator, engine: WorkflowEngine, wait_until: WaitUntil
 ) -> None:

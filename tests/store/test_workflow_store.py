@@ -117,3 +117,39 @@ async def test_transition_many_applies_the_first_current_change_per_workflow_onl
     ]
     assert [(e.reason, e.detail) for e in three.history[2:]] == [("step failed", "boom")]
     assert [e.reason for e in two.history] == ["started", "running", "cancelled"]
+
+
+async def test_end_many_journals_each_last_entry_with_its_end_and_refuses_a_stale_run(
+    open_store: OpenStore, clock: Clock
+) -> None:
+    async with open_store(clock) as tasks:
+        store = WorkflowStore(tasks.database)
+        (w1, t1), (w2, t2), (w3, t3) = await _start(store, 3)
+        leases = {lease.task_id: lease for lease in await tasks.claim("w", ["default"], 5, 2.0, 30)}
+        await store.begin_many([t1, t2, t3], 2.0)
+
+        def last(workflow_id: int, task_id: int, token: int) -> JournalWrite:
+            entry = JournalEntry(
+                0, "charge", StepKind.STEP, StepState.SUCCEEDED, "1", None, "f", None, None,
+                None, 1, 2.5, 2.6,
+            )  # fmt: skip
+            return JournalWrite(workflow_id, task_id, token, entry)
+
+        ends = await store.end_many(
+            [
+                (Transition(w1, t1, WorkflowState.SUCCEEDED, "succeeded", result="1"),
+                 last(w1, t1, leases[t1].fencing_token)),
+                # A run whose lease was taken over (its token is old): neither is written.
+                (Transition(w2, t2, WorkflowState.SUCCEEDED, "succeeded", result="1"),
+                 last(w2, t2, leases[t2].fencing_token - 1)),
+                # An end with no entry to journal.
+                (Transition(w3, t3, WorkflowState.SUCCEEDED, "succeeded", result="2"), None),
+            ],
+            3.0,
+        )  # fmt: skip
+        assert ends == [(True, True), (False, False), (True, True)]
+        records = [await store.get(w) for w in (w1, w2, w3)]
+    one, two, three = (r for r in records if r is not None)
+    assert (one.state, [e.result for e in one.journal]) == (WorkflowState.SUCCEEDED, ["1"])
+    assert (two.state, two.journal) == (WorkflowState.RUNNING, ())
+    assert (three.state, three.result, three.journal) == (WorkflowState.SUCCEEDED, "2", ())

@@ -21,6 +21,7 @@ the task that runs it; a run replays the function from the top against the journ
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import json
 from collections.abc import Awaitable, Callable, Sequence
@@ -113,7 +114,9 @@ class WorkflowEngine:
         # Group commits: concurrent runs in this process share transactions (and fsyncs).
         self._begins: GroupCommit[int, WorkflowRecord | None] = GroupCommit(self._flush_begins)
         self._journal: GroupCommit[JournalWrite, bool] = GroupCommit(self._flush_journal)
-        self._successes: GroupCommit[Transition, bool] = GroupCommit(self._flush_successes)
+        self._ends: GroupCommit[tuple[Transition, JournalWrite | None], tuple[bool, bool]] = (
+            GroupCommit(self._flush_ends)
+        )
 
     @property
     def store(self) -> WorkflowStore:
@@ -288,9 +291,12 @@ class WorkflowEngine:
     async def _flush_journal(self, writes: Sequence[JournalWrite]) -> list[bool]:
         return await self.store.append_many(writes)
 
-    async def _flush_successes(self, changes: Sequence[Transition]) -> list[bool]:
-        # Not durable: if this commit is lost, the task runs again and replays to the end.
-        return await self.store.transition_many(changes, self.app.clock.timestamp(), durable=False)
+    async def _flush_ends(
+        self, ends: Sequence[tuple[Transition, JournalWrite | None]]
+    ) -> list[tuple[bool, bool]]:
+        # Durable only if a step's entry rides along: a lost end alone only means the task
+        # runs again and replays to it.
+        return await self.store.end_many(ends, self.app.clock.timestamp())
 
     async def journal(self, write: JournalWrite) -> bool:
         """Journal one entry, grouped with concurrent writes into one durable transaction."""
@@ -374,19 +380,22 @@ class WorkflowEngine:
         except Suspended:
             return {**summary, "state": WorkflowState.SLEEPING.value}
         except asyncio.CancelledError:
+            # The step that ended last stays journaled, so a later run does not repeat it.
+            with contextlib.suppress(StaleLeaseError, StoreUnavailableError):
+                await ctx.flush_journal()
             if await store.cancel_requested(task.task_id):
                 await self._end(record, task, WorkflowState.CANCELLED, "cancelled")
             raise
         except NonDeterminismError as error:
-            return await self._dead(record, task, error)
+            return await self._dead(record, task, ctx, error)
         except Exception as error:
             if ctx.violation is not None:
-                return await self._dead(record, task, ctx.violation)
+                return await self._dead(record, task, ctx, ctx.violation)
             if _lost_lease(error):
                 raise
             return await self._compensate(record, task, ctx, error, compensating)
         if ctx.violation is not None:
-            return await self._dead(record, task, ctx.violation)
+            return await self._dead(record, task, ctx, ctx.violation)
         if compensating:
             # The journal says this workflow failed, yet its replay succeeded.
             violation = NonDeterminismError(
@@ -395,17 +404,30 @@ class WorkflowEngine:
                 "a failure (the workflow was compensating)",
                 "a successful return",
             )
-            return await self._dead(record, task, violation)
+            return await self._dead(record, task, ctx, violation)
         try:
             result = json.dumps(value, allow_nan=False, separators=(",", ":"))
         except (TypeError, ValueError) as error:
             invalid = ValidationError("result", value, f"a JSON-serializable value ({error})")
             return await self._compensate(record, task, ctx, invalid, compensating)
-        await self._successes.submit(
-            Transition(
-                record.workflow_id, task.task_id, WorkflowState.SUCCEEDED, "succeeded", result
+        # The last step's entry and the success commit together (one durable transaction).
+        last = ctx.take_deferred()
+        journaled, _ = await self._ends.submit(
+            (
+                Transition(
+                    record.workflow_id, task.task_id, WorkflowState.SUCCEEDED, "succeeded", result
+                ),
+                last,
             )
         )
+        if not journaled:
+            assert last is not None  # only an entry can fail to be journaled
+            raise StaleLeaseError(
+                task.task_id,
+                task.fencing_token,
+                workflow_id=record.workflow_id,
+                step_index=last.entry.index,
+            )
         return {**summary, "state": WorkflowState.SUCCEEDED.value}
 
     async def _end(
@@ -434,8 +456,13 @@ class WorkflowEngine:
         return changed
 
     async def _dead(
-        self, record: WorkflowRecord, task: TaskContext, error: NonDeterminismError
+        self,
+        record: WorkflowRecord,
+        task: TaskContext,
+        ctx: WorkflowContext,
+        error: NonDeterminismError,
     ) -> dict[str, Any]:
+        await ctx.flush_journal()
         _log.error(
             "workflow is not deterministic", workflow_id=record.workflow_id, error=str(error)
         )
@@ -450,6 +477,8 @@ class WorkflowEngine:
         failure: Exception,
         already: bool,
     ) -> dict[str, Any]:
+        # Compensations record their outcome on the journal's rows: write them all first.
+        await ctx.flush_journal()
         summary: dict[str, Any] = {"workflow_id": record.workflow_id}
         reason = "step_failed" if isinstance(failure, StepFailedError) else "failed"
         if not already:

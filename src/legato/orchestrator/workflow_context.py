@@ -126,6 +126,7 @@ class WorkflowContext:
     """
 
     __slots__ = (
+        "_deferred",
         "_engine",
         "_journal",
         "_position",
@@ -153,6 +154,8 @@ class WorkflowContext:
         self.input = input
         self.task = task
         self._journal = {entry.index: entry for entry in journal}
+        # A succeeded step's entry, held until the workflow moves on (see `flush_journal`).
+        self._deferred: JournalEntry | None = None
         self._position = 0
         self._undo: list[Compensation] = []
         self._violation: NonDeterminismError | None = None
@@ -205,9 +208,11 @@ class WorkflowContext:
         return entry
 
     async def _write(self, entry: JournalEntry) -> None:
-        written = await self._engine.journal(
-            JournalWrite(self.workflow_id, self.task.task_id, self.task.fencing_token, entry)
-        )
+        await self.flush_journal()
+        await self._journal_now(entry)
+
+    async def _journal_now(self, entry: JournalEntry) -> None:
+        written = await self._engine.journal(self._journal_write(entry))
         if not written:
             raise StaleLeaseError(
                 self.task.task_id,
@@ -216,6 +221,28 @@ class WorkflowContext:
                 step_index=entry.index,
             )
         self._journal[entry.index] = entry
+
+    def _journal_write(self, entry: JournalEntry) -> JournalWrite:
+        return JournalWrite(self.workflow_id, self.task.task_id, self.task.fencing_token, entry)
+
+    async def flush_journal(self) -> None:
+        """Journal the succeeded step held back, if any (durably, before going on).
+
+        A step's entry is written when the workflow moves on: before the next step runs,
+        before a sleep or any other journal write, before compensations, and at the latest
+        with the workflow's end, in the end's own transaction (`take_deferred`). Until then
+        only deterministic workflow code has run since the step, so a crash in between
+        replays to the same point and runs the step again, as a crash just before its
+        journal commit always did.
+        """
+        entry, self._deferred = self._deferred, None
+        if entry is not None:
+            await self._journal_now(entry)
+
+    def take_deferred(self) -> JournalWrite | None:
+        """Hand over the entry held back, for the engine to write with the workflow's end."""
+        entry, self._deferred = self._deferred, None
+        return None if entry is None else self._journal_write(entry)
 
     def _entry(
         self,
@@ -304,6 +331,8 @@ class WorkflowContext:
         policy: RetryPolicy,
     ) -> JournalEntry:
         clock = self._engine.app.clock
+        # The previous step's entry is durable before this step can act on the world.
+        await self.flush_journal()
         started = clock.timestamp()
         undo_name = qualified_name(compensate) if compensate is not None else None
         attempt = 0
@@ -345,7 +374,8 @@ class WorkflowContext:
                 compensation=undo_name,
                 attempts=attempt,
             )
-            await self._write(entry)
+            self._deferred = entry
+            self._journal[index] = entry
             return entry
 
     # ------------------------------------------------------------ time and randomness
@@ -389,6 +419,7 @@ class WorkflowContext:
         if wake_at <= now:
             await self._write(entry)
             return
+        await self.flush_journal()
         await self._engine.suspend(self, entry, wake_at)
         raise Suspended
 

@@ -530,13 +530,10 @@ class WorkflowStore:
             )
         return _begun(rows, steps, now)
 
-    async def _append_many(
-        self, tx: Transaction, writes: Sequence[JournalWrite], *, commit: bool = False
-    ) -> list[bool]:
-        """Journal `writes` in `tx`; with `commit`, the last INSERT carries the COMMIT."""
-        written: set[tuple[int, int]] = set()
-        batches = list(chunks(writes, 200))
-        for number, chunk in enumerate(batches, start=1):
+    def _append_statements(self, writes: Sequence[JournalWrite]) -> list[tuple[str, Sequence[Any]]]:
+        """The INSERTs journaling `writes`; each returns (workflow_id, step_index) written."""
+        statements: list[tuple[str, Sequence[Any]]] = []
+        for chunk in chunks(writes, 200):
             values, params = self._values(
                 _ENTRY_TYPES,
                 [
@@ -560,18 +557,29 @@ class WorkflowStore:
                 ],
                 binary=True,
             )
-            insert = (
-                "INSERT INTO legato_workflow_steps (workflow_id, step_index, step_name, kind, "
-                "state, result, error, function, compensation, attempts, started_at, "
-                "finished_at) SELECT v.column1, v.column2, v.column3, v.column4, v.column5, "
-                "v.column6, v.column7, v.column8, v.column9, v.column10, v.column11, v.column12 "
-                f"FROM {values} WHERE {_FENCE_V} "
-                "ON CONFLICT (workflow_id, step_index) DO NOTHING "
-                "RETURNING workflow_id, step_index",
-                params,
+            statements.append(
+                (
+                    "INSERT INTO legato_workflow_steps (workflow_id, step_index, step_name, "
+                    "kind, state, result, error, function, compensation, attempts, "
+                    "started_at, finished_at) SELECT v.column1, v.column2, v.column3, "
+                    "v.column4, v.column5, v.column6, v.column7, v.column8, v.column9, "
+                    f"v.column10, v.column11, v.column12 FROM {values} WHERE {_FENCE_V} "
+                    "ON CONFLICT (workflow_id, step_index) DO NOTHING "
+                    "RETURNING workflow_id, step_index",
+                    params,
+                )
             )
-            last = commit and number == len(batches)
-            rows = (await tx.fetch_many([insert], commit=last))[0]
+        return statements
+
+    async def _append_many(
+        self, tx: Transaction, writes: Sequence[JournalWrite], *, commit: bool = False
+    ) -> list[bool]:
+        """Journal `writes` in `tx`; with `commit`, the last INSERT carries the COMMIT."""
+        written: set[tuple[int, int]] = set()
+        statements = self._append_statements(writes)
+        for number, statement in enumerate(statements, start=1):
+            last = commit and number == len(statements)
+            rows = (await tx.fetch_many([statement], commit=last))[0]
             written.update((row[0], row[1]) for row in rows)
         return [(w.workflow_id, w.entry.index) in written for w in writes]
 
@@ -658,77 +666,144 @@ class WorkflowStore:
         """Apply many transitions in one transaction; per change, whether it was applied."""
         if not changes:
             return []
-        if self._postgres:
-            return await self._transition_many_postgres(changes, now, durable=durable)
         async with self.database.transaction(durable=durable) as tx:
-            ids = sorted({c.workflow_id for c in changes})
-            where, in_params = self._in("id", ids, "bigint")
-            rows = await tx.fetch(
-                ByKey(
-                    f"SELECT id, state, task_id FROM legato_workflows WHERE {where} "
-                    f"AND state IN {_ACTIVE} ORDER BY id" + self._for_update
-                ),
-                in_params,
-            )
-            current = {row[0]: (WorkflowState(row[1]), row[2]) for row in rows}
-            applied: list[bool] = []
-            chosen: list[Transition] = []
-            for change in changes:
-                found = current.get(change.workflow_id)
-                ok = found is not None and found[1] == change.task_id
-                if ok:
-                    # A second change for the same workflow in this batch is not applied.
-                    current.pop(change.workflow_id)
-                    chosen.append(change)
-                applied.append(ok)
-            if not chosen:
-                return applied
-            values, params = self._values(
-                ("bigint", "text", "text", "text"),
-                [(c.workflow_id, c.to_state.value, c.result, c.error) for c in chosen],
-                binary=True,
-            )
-            update = (
-                ByKey(
-                    "UPDATE legato_workflows SET state = v.column2, "
-                    "result = COALESCE(v.column3, legato_workflows.result), "
-                    "error = COALESCE(v.column4, legato_workflows.error), updated_at = ? "
-                    f"FROM {values} WHERE legato_workflows.id = v.column1"
-                ),
-                [now, *params],
-            )
-            states = {row[0]: WorkflowState(row[1]) for row in rows}
-            # The update, its events and the COMMIT: one round trip on PostgreSQL.
-            events = self._event_statements(
-                [
-                    (
-                        c.workflow_id,
-                        now,
-                        states[c.workflow_id],
-                        c.to_state,
-                        c.reason,
-                        c.task_id,
-                        c.error,
-                    )
-                    for c in chosen
-                ]
-            )
-            await tx.fetch_many([update, *events], commit=True)
-            return applied
+            if self._postgres:
+                statement = self._transition_statement(changes, now)
+                rows = (await tx.fetch_many([statement], commit=True))[0]
+                applied = {row[0] for row in rows}
+                return [n in applied for n in range(len(changes))]
+            return await self._transition_sqlite(tx, changes, now)
 
-    async def _transition_many_postgres(
-        self, changes: Sequence[Transition], now: float, *, durable: bool
+    async def end_many(
+        self, ends: Sequence[tuple[Transition, JournalWrite | None]], now: float
+    ) -> list[tuple[bool, bool]]:
+        """Journal each run's last entry and apply its transition, all in one transaction.
+
+        A run that ends right after a step ends here: the step's entry and the workflow's
+        end commit together, durably when there is any entry (without waiting for the flush
+        otherwise, as a lost end only means the run replays to it). A transition whose
+        entry could not be journaled (the run no longer holds its task's lease) is not
+        applied. Returns, per end, (its entry is journaled, or there was none; its
+        transition was applied).
+        """
+        if not ends:
+            return []
+        writes = [write for _, write in ends if write is not None]
+        changes = [change for change, _ in ends]
+        async with self.database.transaction(durable=bool(writes)) as tx:
+            if self._postgres:
+                # The INSERTs and the update travel together: the update sees the rows the
+                # INSERTs wrote and requires, for each change with an entry, that row.
+                required = [None if write is None else write.entry.index for _, write in ends]
+                statements = [
+                    *self._append_statements(writes),
+                    self._transition_statement(changes, now, required),
+                ]
+                results = await tx.fetch_many(statements, commit=True)
+                written = {(row[0], row[1]) for rows in results[:-1] for row in rows}
+                applied_at = {row[0] for row in results[-1]}
+                applied = [n in applied_at for n in range(len(ends))]
+            else:
+                written = {
+                    (w.workflow_id, w.entry.index)
+                    for w, ok in zip(writes, await self._append_many(tx, writes), strict=True)
+                    if ok
+                }
+                kept = [
+                    n
+                    for n, (_, write) in enumerate(ends)
+                    if write is None or (write.workflow_id, write.entry.index) in written
+                ]
+                done = await self._transition_sqlite(tx, [changes[n] for n in kept], now)
+                applied_at = {n for n, ok in zip(kept, done, strict=True) if ok}
+                applied = [n in applied_at for n in range(len(ends))]
+        return [
+            (write is None or (write.workflow_id, write.entry.index) in written, ok)
+            for (_, write), ok in zip(ends, applied, strict=True)
+        ]
+
+    async def _transition_sqlite(
+        self, tx: Transaction, changes: Sequence[Transition], now: float
     ) -> list[bool]:
-        # `transition_many` in one statement (one round trip with BEGIN and COMMIT): lock the
-        # rows in id order, keep per active workflow the first change (input order) whose
-        # task the workflow points at, update those rows and write their events. The rows
-        # are found by id alone: with the state in the WHERE clause as well, PostgreSQL may
-        # read the state index instead, every active workflow of the table.
+        if not changes:
+            return []
+        ids = sorted({c.workflow_id for c in changes})
+        where, in_params = self._in("id", ids, "bigint")
+        rows = await tx.fetch(
+            f"SELECT id, state, task_id FROM legato_workflows WHERE {where} "
+            f"AND state IN {_ACTIVE} ORDER BY id",
+            in_params,
+        )
+        current = {row[0]: (WorkflowState(row[1]), row[2]) for row in rows}
+        applied: list[bool] = []
+        chosen: list[Transition] = []
+        for change in changes:
+            found = current.get(change.workflow_id)
+            ok = found is not None and found[1] == change.task_id
+            if ok:
+                # A second change for the same workflow in this batch is not applied.
+                current.pop(change.workflow_id)
+                chosen.append(change)
+            applied.append(ok)
+        if not chosen:
+            return applied
         values, params = self._values(
-            ("bigint", "bigint", "text", "text", "text", "text", "integer"),
+            ("bigint", "text", "text", "text"),
+            [(c.workflow_id, c.to_state.value, c.result, c.error) for c in chosen],
+        )
+        states = {row[0]: WorkflowState(row[1]) for row in rows}
+        events = self._event_statements(
             [
-                (c.workflow_id, c.task_id, c.to_state.value, c.result, c.error, c.reason[:32], n)
-                for n, c in enumerate(changes)
+                (
+                    c.workflow_id,
+                    now,
+                    states[c.workflow_id],
+                    c.to_state,
+                    c.reason,
+                    c.task_id,
+                    c.error,
+                )
+                for c in chosen
+            ]
+        )
+        update = (
+            "UPDATE legato_workflows SET state = v.column2, "
+            "result = COALESCE(v.column3, legato_workflows.result), "
+            "error = COALESCE(v.column4, legato_workflows.error), updated_at = ? "
+            f"FROM {values} WHERE legato_workflows.id = v.column1"
+        )
+        await tx.fetch_many([(update, [now, *params]), *events])
+        return applied
+
+    def _transition_statement(
+        self,
+        changes: Sequence[Transition],
+        now: float,
+        required: Sequence[int | None] | None = None,
+    ) -> tuple[str, Sequence[Any]]:
+        """PostgreSQL: `changes` in one statement, returning the input position of each applied.
+
+        It locks the rows in id order, keeps per active workflow the first change (input
+        order) whose task the workflow points at and, where `required` gives a step index,
+        whose journal holds that step; then updates those rows and writes their events. The
+        rows are found by id alone: with the state in the WHERE clause as well, PostgreSQL
+        may read the state index instead, every active workflow of the table.
+        """
+        steps = required if required is not None else [None] * len(changes)
+        values, params = self._values(
+            ("bigint", "bigint", "text", "text", "text", "text", "integer", "integer"),
+            [
+                (
+                    c.workflow_id,
+                    c.task_id,
+                    c.to_state.value,
+                    c.result,
+                    c.error,
+                    c.reason[:32],
+                    n,
+                    step,
+                )
+                for n, (c, step) in enumerate(zip(changes, steps, strict=True))
             ],
             binary=True,
         )
@@ -739,7 +814,9 @@ class WorkflowStore:
             f"WHERE {where} ORDER BY w.id FOR UPDATE), "
             "pick AS (SELECT DISTINCT ON (v.column1) v.*, cur.state AS from_state FROM v "
             "JOIN cur ON cur.id = v.column1 AND cur.task_id = v.column2 "
-            f"WHERE cur.state IN {_ACTIVE} ORDER BY v.column1, v.column7), "
+            f"WHERE cur.state IN {_ACTIVE} AND (v.column8 IS NULL OR EXISTS (SELECT 1 FROM "
+            "legato_workflow_steps s WHERE s.workflow_id = v.column1 "
+            "AND s.step_index = v.column8)) ORDER BY v.column1, v.column7), "
             "upd AS (UPDATE legato_workflows w SET state = pick.column3, "
             "result = COALESCE(pick.column4, w.result), error = COALESCE(pick.column5, w.error), "
             "updated_at = ? FROM pick WHERE w.id = pick.column1), "
@@ -748,12 +825,7 @@ class WorkflowStore:
             "column5 FROM pick ORDER BY column1) "
             "SELECT column7 FROM pick"
         )
-        async with self.database.transaction(durable=durable) as tx:
-            rows = (
-                await tx.fetch_many([(statement, [*params, *in_params, now, now])], commit=True)
-            )[0]
-        applied = {row[0] for row in rows}
-        return [n in applied for n in range(len(changes))]
+        return statement, [*params, *in_params, now, now]
 
     async def record_compensation(
         self,

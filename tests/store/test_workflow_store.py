@@ -11,7 +11,7 @@ from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 
 from legato.kernel.clock import Clock
-from legato.store import NewTask, TaskStore
+from legato.store import Lease, NewTask, TaskStore
 from legato.store.workflow_records import (
     JournalEntry,
     JournalWrite,
@@ -42,6 +42,17 @@ async def _start(store: WorkflowStore, count: int) -> list[tuple[int, int]]:
         assert record.task_id is not None
         started.append((workflow_id, record.task_id))
     return started
+
+
+async def _three_running(
+    tasks: TaskStore,
+) -> tuple[WorkflowStore, list[tuple[int, int]], dict[int, Lease]]:
+    """Three started workflows whose run tasks are claimed and whose runs have begun."""
+    store = WorkflowStore(tasks.database)
+    started = await _start(store, 3)
+    leases = {lease.task_id: lease for lease in await tasks.claim("w", ["default"], 5, 2.0, 30)}
+    await store.begin_many([task_id for _, task_id in started], 2.0)
+    return store, started, leases
 
 
 async def test_begin_many_wakes_pending_workflows_and_replays_running_ones_with_journal(
@@ -81,9 +92,7 @@ async def test_transition_many_applies_the_first_current_change_per_workflow_onl
     open_store: OpenStore, clock: Clock
 ) -> None:
     async with open_store(clock) as tasks:
-        store = WorkflowStore(tasks.database)
-        (w1, t1), (w2, t2), (w3, t3) = await _start(store, 3)
-        await store.begin_many([t1, t2, t3], 2.0)
+        store, ((w1, t1), (w2, t2), (w3, t3)), _ = await _three_running(tasks)
         applied = await store.transition_many(
             [
                 Transition(w1, t1, WorkflowState.SUCCEEDED, "succeeded", result='"done"'),
@@ -123,10 +132,7 @@ async def test_end_many_journals_each_last_entry_with_its_end_and_refuses_a_stal
     open_store: OpenStore, clock: Clock
 ) -> None:
     async with open_store(clock) as tasks:
-        store = WorkflowStore(tasks.database)
-        (w1, t1), (w2, t2), (w3, t3) = await _start(store, 3)
-        leases = {lease.task_id: lease for lease in await tasks.claim("w", ["default"], 5, 2.0, 30)}
-        await store.begin_many([t1, t2, t3], 2.0)
+        store, ((w1, t1), (w2, t2), (w3, t3)), leases = await _three_running(tasks)
 
         def last(workflow_id: int, task_id: int, token: int) -> JournalWrite:
             entry = JournalEntry(

@@ -15,9 +15,11 @@ Prints one JSON object:
 - ``drain_per_s``: those workflows, run by one worker process started afterwards: first
   run to last success, from the store's own timestamps (the worker's capacity alone).
 
-Each workflow is one step, an async no-op, journaled durably (its own committed
-transaction) before the workflow is marked succeeded. One worker process, concurrency 64.
-Each figure is one run on a fresh database.
+Each workflow is one step, an async no-op, journaled durably (with the workflow's end, in
+one committed transaction). One worker process, concurrency 64 (``--concurrency N`` to
+change it: an async workflow spends most of its run waiting on the store, so a worker
+with more runs in flight keeps both its own CPU and the server's busier). Each figure is
+one run on a fresh database.
 """
 
 from __future__ import annotations
@@ -68,16 +70,26 @@ def build(store_url: str) -> tuple[Orchestrator, WorkflowEngine]:
     return app, engine
 
 
-def run_worker(store_url: str) -> None:
+def run_worker(store_url: str, concurrency: int) -> None:
     """Worker process body."""
     app, _ = build(store_url)
-    app.worker_main(["default"], concurrency=CONCURRENCY, config=CONFIG)
+    app.worker_main(["default"], concurrency=concurrency, config=CONFIG)
 
 
-def spawn_worker(store_url: str) -> subprocess.Popen[bytes]:
+def spawn_worker(store_url: str, concurrency: int = CONCURRENCY) -> subprocess.Popen[bytes]:
     """Start one worker process on the store."""
     return subprocess.Popen(
-        [sys.executable, "-m", "benchmarks.workflows", "--role", "worker", "--store", store_url]
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.workflows",
+            "--role",
+            "worker",
+            "--store",
+            store_url,
+            "--concurrency",
+            str(concurrency),
+        ]
     )
 
 
@@ -116,9 +128,9 @@ async def wait_registered(app: Orchestrator, within: float = 60.0) -> None:
     raise SystemExit(f"the worker did not register within {within}s")
 
 
-async def one_at_a_time(store_url: str, workflows: int) -> dict[str, float]:
+async def one_at_a_time(store_url: str, workflows: int, concurrency: int) -> dict[str, float]:
     """Start `workflows` one at a time while a worker runs them."""
-    worker = spawn_worker(store_url)
+    worker = spawn_worker(store_url, concurrency)
     try:
         app, engine = build(store_url)
         async with app:
@@ -138,9 +150,11 @@ async def one_at_a_time(store_url: str, workflows: int) -> dict[str, float]:
     }
 
 
-async def concurrent(store_url: str, workflows: int, done_before: int) -> dict[str, float]:
+async def concurrent(
+    store_url: str, workflows: int, done_before: int, concurrency: int
+) -> dict[str, float]:
     """Start `workflows` from PRODUCERS concurrent tasks while a worker runs them."""
-    worker = spawn_worker(store_url)
+    worker = spawn_worker(store_url, concurrency)
     try:
         app, engine = build(store_url)
         async with app:
@@ -173,7 +187,9 @@ async def concurrent(store_url: str, workflows: int, done_before: int) -> dict[s
     }
 
 
-async def drain(store_url: str, workflows: int, done_before: int) -> dict[str, float]:
+async def drain(
+    store_url: str, workflows: int, done_before: int, concurrency: int
+) -> dict[str, float]:
     """Start `workflows` with no worker, then measure one worker running them all."""
     app, engine = build(store_url)
     async with app:
@@ -182,7 +198,7 @@ async def drain(store_url: str, workflows: int, done_before: int) -> dict[str, f
         for _ in range(workflows):
             last_id = await engine.start("one-step")
         start_idle = workflows / (time.perf_counter() - started)
-        worker = spawn_worker(store_url)
+        worker = spawn_worker(store_url, concurrency)
         try:
             await wait_succeeded(engine, last_id, done_before + workflows)
         finally:
@@ -200,7 +216,9 @@ async def drain(store_url: str, workflows: int, done_before: int) -> dict[str, f
     }
 
 
-async def measure(store_url: str, workflows: int, backend: str) -> dict[str, object]:
+async def measure(
+    store_url: str, workflows: int, backend: str, concurrency: int
+) -> dict[str, object]:
     """Run both phases on a migrated, empty store and return the figures."""
     result: dict[str, object] = {
         "benchmark": "workflows",
@@ -208,7 +226,7 @@ async def measure(store_url: str, workflows: int, backend: str) -> dict[str, obj
         "workflows": workflows,
         "steps_per_workflow": 1,
         "worker_processes": 1,
-        "worker_concurrency": CONCURRENCY,
+        "worker_concurrency": concurrency,
         "python": platform.python_version(),
         "cpus": os.cpu_count(),
         "durability": durability(store_url, backend)
@@ -217,9 +235,9 @@ async def measure(store_url: str, workflows: int, backend: str) -> dict[str, obj
             "the running and succeeded marks without waiting for the flush (replayable)"
         },
     }
-    result |= await one_at_a_time(store_url, workflows)
-    result |= await concurrent(store_url, workflows, workflows)
-    result |= await drain(store_url, workflows, 2 * workflows)
+    result |= await one_at_a_time(store_url, workflows, concurrency)
+    result |= await concurrent(store_url, workflows, workflows, concurrency)
+    result |= await drain(store_url, workflows, 2 * workflows, concurrency)
     return result
 
 
@@ -232,15 +250,20 @@ def main() -> None:
     parser.add_argument("--workflows", type=int, default=2_000)
     parser.add_argument("--role", choices=["bench", "worker"], default="bench")
     parser.add_argument("--store", default="")
+    parser.add_argument("--concurrency", type=int, default=CONCURRENCY)
     options = parser.parse_args()
     if options.role == "worker":
-        run_worker(options.store)
+        run_worker(options.store, options.concurrency)
         return
     if options.backend == "sqlite":
         directory = tempfile.mkdtemp(prefix="legato-bench-")
         store_url = f"sqlite:///{Path(directory) / 'legato.db'}"
         upgrade(store_url)
-        print(json.dumps(asyncio.run(measure(store_url, options.workflows, "sqlite"))))
+        print(
+            json.dumps(
+                asyncio.run(measure(store_url, options.workflows, "sqlite", options.concurrency))
+            )
+        )
         return
     name = f"legato_bench_wf_{os.getpid()}"
     with psycopg.connect(POSTGRES_DSN, autocommit=True) as admin:
@@ -248,7 +271,11 @@ def main() -> None:
     store_url = POSTGRES_DSN.rpartition("/")[0] + "/" + name
     try:
         upgrade(store_url)
-        print(json.dumps(asyncio.run(measure(store_url, options.workflows, "postgres"))))
+        print(
+            json.dumps(
+                asyncio.run(measure(store_url, options.workflows, "postgres", options.concurrency))
+            )
+        )
     finally:
         with psycopg.connect(POSTGRES_DSN, autocommit=True) as admin:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -424,6 +424,53 @@ async def test_waiting_only_on_a_registered_socket_is_not_a_deadlock(
     assert clock.monotonic() == 0
 
 
+@pytest.mark.timeout(10)
+def test_a_socket_no_longer_registered_no_longer_holds_off_a_deadlock() -> None:
+    # The loop keeps count of foreign descriptors as they are registered and removed.
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        ours, theirs = socket.socketpair()
+        with ours, theirs:
+            loop.add_reader(ours, lambda: None)
+            loop.remove_reader(ours)
+            await asyncio.Event().wait()
+
+    with pytest.raises(SimulationDeadlock):
+        run_simulated(main())
+
+
+async def test_a_registered_socket_makes_every_jump_poll_it_first(
+    clock: SimulatedClock,
+) -> None:
+    loop = asyncio.get_running_loop()
+    selector = loop._selector  # type: ignore[attr-defined]
+    assert not selector._has_foreign_fds()
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        loop.add_reader(ours, lambda: None)
+        assert selector._has_foreign_fds()
+        await asyncio.sleep(5)  # jumps, after polling the socket for `settle` real seconds
+        loop.remove_reader(ours)
+    assert not selector._has_foreign_fds()
+    assert clock.monotonic() == 5
+
+
+@pytest.mark.parametrize("seconds", [2, 0, 1.5, -0.0])
+def test_advance_takes_ints_and_floats_alike(seconds: float) -> None:
+    clock = SimulatedClock()
+    clock.advance(seconds)
+    assert clock.monotonic() == seconds
+    assert type(clock.monotonic()) is float
+
+
+@pytest.mark.parametrize("seconds", [True, "1", None, -1, -1e-300, 10**400])
+def test_advance_rejects_what_is_not_a_duration(seconds: object) -> None:
+    clock = SimulatedClock()
+    with pytest.raises((ValidationError, OverflowError)):
+        clock.advance(seconds)  # type: ignore[arg-type]
+    assert clock.monotonic() == 0.0
+
+
 # --- determinism --------------------------------------------------------------------------
 
 

@@ -471,7 +471,10 @@ class SlidingWindowRateLimiter(_FairLimiter):
         return wait if wait > 0.0 else 0.0
 
     def _take(self, tokens: int, now: float) -> None:
-        self._grants.extend(itertools.repeat(now, tokens))
+        if tokens == 1:  # nearly every call: no iterator to build
+            self._grants.append(now)
+        else:
+            self._grants.extend(itertools.repeat(now, tokens))
 
     def drain_until(self, deadline: float) -> None:
         """Grant nothing before `deadline`; the window's own accounting carries on."""

@@ -50,10 +50,13 @@ import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar, TypeVarTuple
+from typing import TYPE_CHECKING, Any, TypeVar, TypeVarTuple
 
 from legato.kernel.clock import Clock, RealClock
 from legato.kernel.errors import PermanentError, ValidationError
+
+if TYPE_CHECKING:
+    from _typeshed import FileDescriptorLike
 
 __all__ = [
     "DEFAULT_START",
@@ -112,7 +115,15 @@ class SimulatedClock:
     when sockets other than the loop's own are registered); see the module docstring.
     """
 
-    __slots__ = ("_elapsed", "_loop", "_settle", "_start", "_start_timestamp")
+    __slots__ = (
+        "_elapsed",
+        "_loop",
+        "_now",
+        "_now_elapsed",
+        "_settle",
+        "_start",
+        "_start_timestamp",
+    )
 
     def __init__(self, start: datetime | None = None, *, settle: float = _DEFAULT_SETTLE) -> None:
         if start is None:
@@ -126,6 +137,9 @@ class SimulatedClock:
         self._start = start.astimezone(UTC)
         self._start_timestamp = self._start.timestamp()
         self._elapsed = 0.0
+        # `now()` at `_now_elapsed`: code stamping one event asks for it several times.
+        self._now = self._start
+        self._now_elapsed = 0.0
         self._loop: SimulatedEventLoop | None = None
         self._settle = float(settle)
 
@@ -146,7 +160,11 @@ class SimulatedClock:
 
     def now(self) -> datetime:
         """Return `start` plus the virtual seconds elapsed, as an aware UTC datetime."""
-        return self._start + timedelta(seconds=self._elapsed)
+        elapsed = self._elapsed
+        if elapsed != self._now_elapsed:
+            self._now = self._start + timedelta(seconds=elapsed)
+            self._now_elapsed = elapsed
+        return self._now
 
     def timestamp(self) -> float:
         """Return `now()` as POSIX seconds."""
@@ -158,7 +176,8 @@ class SimulatedClock:
 
     async def sleep(self, seconds: float) -> None:
         """Suspend the calling task for `seconds` of virtual time (negative means zero)."""
-        if not _is_finite_number(seconds):
+        finite = math.isfinite(seconds) if type(seconds) is float else _is_finite_number(seconds)
+        if not finite:
             # An infinite timer would jump virtual time to infinity and break now().
             raise ValidationError("seconds", seconds, "a finite number of seconds")
         self._require_running_loop("sleep")
@@ -170,9 +189,12 @@ class SimulatedClock:
         For sync tests that need time to pass without a loop, and for async tests that model a
         pause no timer stands for (a process frozen, a laptop lid closed).
         """
-        if not (_is_finite_number(seconds) and seconds >= 0):
-            raise ValidationError("seconds", seconds, "a finite number of seconds >= 0")
-        self._elapsed += float(seconds)
+        # A plain float in range, the backtest runner's every bar, skips the general check.
+        if type(seconds) is not float or not 0.0 <= seconds < math.inf:
+            if not (_is_finite_number(seconds) and seconds >= 0):
+                raise ValidationError("seconds", seconds, "a finite number of seconds >= 0")
+            seconds = float(seconds)
+        self._elapsed += seconds
 
     @contextlib.asynccontextmanager
     async def real_io(self) -> AsyncIterator[None]:
@@ -315,13 +337,30 @@ class _SimulatedSelector(selectors.DefaultSelector):
         super().__init__()
         self._owner = loop
         self._internal_fds: frozenset[int] = frozenset()
+        # Registered descriptors that are not the loop's own, kept as they are registered:
+        # every jump asks whether there are any.
+        self._foreign_fds: set[int] = set()
 
     def mark_internal(self) -> None:
         """Remember the file descriptors the loop registered itself (its self-pipe)."""
         self._internal_fds = frozenset(key.fd for key in self.get_map().values())
+        self._foreign_fds = set()
+
+    def register(
+        self, fileobj: FileDescriptorLike, events: int, data: Any = None
+    ) -> selectors.SelectorKey:
+        key = super().register(fileobj, events, data)
+        if key.fd not in self._internal_fds:
+            self._foreign_fds.add(key.fd)
+        return key
+
+    def unregister(self, fileobj: FileDescriptorLike) -> selectors.SelectorKey:
+        key = super().unregister(fileobj)
+        self._foreign_fds.discard(key.fd)
+        return key
 
     def _has_foreign_fds(self) -> bool:
-        return any(key.fd not in self._internal_fds for key in self.get_map().values())
+        return bool(self._foreign_fds)
 
     def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
         loop = self._owner

@@ -259,6 +259,8 @@ class PaperVenue:
         self._triggers: dict[str, tuple[Order, tuple[Decimal, bool] | None]] = {}
         self._hidden_until: dict[str, float] = {}
         self._positions: dict[str, Position] = {}
+        # Symbols whose position is still to be marked at the last price (see `_close_bar`).
+        self._unmarked: set[str] = set()
         self._closed_positions: list[Position] = []
         self._fills: list[Fill] = []
         self._last_price: dict[str, Decimal] = {}
@@ -329,6 +331,7 @@ class PaperVenue:
 
     def state(self) -> PaperVenueState:
         """Snapshot the account and the book (see `PaperVenueState`); no call, no budget."""
+        self._mark_positions()
         return PaperVenueState(
             name=self._name,
             saved_at=self._clock.now(),
@@ -377,6 +380,7 @@ class PaperVenue:
         self._triggers = {}
         self._hidden_until = {}
         self._positions = {position.symbol: position for position in state.positions}
+        self._unmarked = set()
         self._closed_positions = list(state.closed_positions)
         self._fills = list(state.fills)
         self._last_price = dict(state.last_prices)
@@ -445,6 +449,7 @@ class PaperVenue:
     async def positions(self) -> Sequence[Position]:
         """Return the open positions, marked at the last price, one per symbol."""
         fault = await self._enter("positions", None)
+        self._mark_positions()
         return await self._leave("positions", None, fault, list(self._positions.values()))
 
     async def balances(self) -> Mapping[str, Balance]:
@@ -517,14 +522,31 @@ class PaperVenue:
 
     def _close_bar(self, bar: Bar) -> None:
         # The bar's last step, matched or not: its close is the last price and the mark of
-        # the symbol's position, then subscribers see it.
+        # the symbol's position, then subscribers see it. The mark is only noted here and
+        # made when something reads the position's mark (`_mark_positions`): a copy of the
+        # position per bar would cost more than the rest of an idle bar.
         symbol = bar.symbol
         self._last_price[symbol] = bar.close
-        marked = self._positions.get(symbol)
-        if marked is not None:
-            self._positions[symbol] = marked.mark(bar.close)
+        if symbol in self._positions:
+            self._unmarked.add(symbol)
         if self._subscriptions:
             self._publish(bar)
+
+    def _mark_positions(self) -> None:
+        """Mark each position noted by `_close_bar` at its symbol's last price.
+
+        Before `positions()`, `state()` and any change of a position, so that no one ever
+        sees a position that is not marked at the close of its symbol's last bar (what
+        marking it on every bar would show). Nothing else reads a position's mark.
+        """
+        if not self._unmarked:
+            return
+        positions = self._positions
+        for symbol in self._unmarked:
+            position = positions.get(symbol)
+            if position is not None:
+                positions[symbol] = position.mark(self._last_price[symbol])
+        self._unmarked.clear()
 
     def _publish(self, bar: Bar) -> None:
         for subscription in list(self._subscriptions):
@@ -578,15 +600,38 @@ class PaperVenue:
             result[asset] = Balance(asset=asset, free=free, locked=held_back)
         return result
 
+    def _free(self, asset: str) -> Decimal:
+        """`snapshot_balances()[asset].free` (0 for an asset not held), for that asset alone."""
+        locked = Decimal(0)
+        orders = self._orders
+        for cid, (locked_asset, per_unit) in self._lock_per_unit.items():
+            if locked_asset == asset:
+                locked += orders[cid].remaining_quantity * per_unit
+        for position in self._positions.values():
+            if self._instruments[position.symbol].quote_asset == asset:
+                locked += position.margin
+        holding = self._holdings.get(asset, Decimal(0))
+        held_back = min(locked, max(holding, Decimal(0)))
+        return max(holding - held_back, Decimal(0))
+
     # ------------------------------------------------------------------ call plumbing
 
     async def _enter(self, method: str, key: str | None) -> Fault | None:
         """Wait on the client limits, pass the server budget, apply latency and faults."""
         pools = CALL_POOLS[method]
-        await self._limits.acquire(*pools)
+        limits = self._limits
+        # A client within its budget is served at once: no coroutine to wait in line.
+        if not limits.try_acquire(*pools):
+            await limits.acquire(*pools)
         self._admit(pools, key)
-        self._calls[method] += 1
-        extra, fault = self.faults.select(method, self._calls[method], self._clock.now(), key)
+        calls = self._calls[method] + 1
+        self._calls[method] = calls
+        faults = self.faults
+        if faults.active:
+            extra, fault = faults.select(method, calls, self._clock.now(), key)
+        else:
+            # Nothing armed: `select` would pick nothing and change nothing.
+            extra, fault = 0.0, None
         delay = self._config.latency + extra
         if delay > 0:
             await self._clock.sleep(delay)
@@ -748,7 +793,7 @@ class PaperVenue:
         if lock is not None:
             asset, per_unit = lock
             needed = order.quantity * per_unit
-            free = self.snapshot_balances().get(asset, Balance(asset, Decimal(0))).free
+            free = self._free(asset)
             if needed > free:
                 raise OrderRejected(
                     f"insufficient balance: needs {needed} {asset}, {free} {asset} free",
@@ -863,7 +908,7 @@ class PaperVenue:
         reserved = Decimal(0)
         if order.client_order_id in self._lock_per_unit:
             reserved = quantity * self._lock_per_unit[order.client_order_id][1]
-        free = self.snapshot_balances().get(asset, Balance(asset, Decimal(0))).free
+        free = self._free(asset)
         budget = free + reserved
         if quantity * unit_cost <= budget:
             return quantity
@@ -924,6 +969,7 @@ class PaperVenue:
         now = self._clock.now()
         symbol = order.symbol
         assert order.leverage is not None
+        self._mark_positions()
         position = self._positions.get(symbol)
         opening = quantity
         if position is not None and order.side is position.side.opening_side:

@@ -3,7 +3,12 @@
 - A stop or take-profit that is not triggered yet triggers exactly when the bar reaches its
   level in the trigger's direction (the matcher now answers "not reached" from the bar's
   high or low before walking the intrabar path).
-- A bar with no working order still marks the venue's position at its close.
+- A bar with no working order still marks the venue's position at its close; the venue
+  makes that mark only when something reads it, and nothing it does or shows differs from a
+  venue whose position is read (so marked) after every bar.
+- A venue call with no fault armed skips the fault plan, and still counts toward the call
+  numbers a fault armed later fires on.
+- `TradeBook.point` is the `EquityPoint` of the book's equity and position.
 - A backtest's store is a copy of an empty database at the current schema, replacing any
   file (and stale write-ahead log) at that path; while a run writes it, it is scratch space
   (no fsync, one exclusive connection) and still holds every row after the run.
@@ -14,26 +19,35 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sqlite3
+from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
 
-from hypothesis import given
+import pytest
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from legato.kernel.errors import TransientError
 from legato.kernel.simulation import SimulatedClock, run_simulated
 from legato.store import migrate
 from legato.trading.backtest.production import production_backtest
 from legato.trading.backtest.store import fresh_store, use_as_scratch
+from legato.trading.backtest.trades import EquityPoint, TradeBook
+from legato.trading.balances import Balance
+from legato.trading.errors import OrderRejected
+from legato.trading.faults import Fault
+from legato.trading.fills import Fill, Liquidity
 from legato.trading.instruments import Instrument
 from legato.trading.ledger import OrderRole, TradingLedger
 from legato.trading.market_data import Bar
 from legato.trading.matching import MatchingRules, intrabar_path, match_order
 from legato.trading.orders import Order, OrderSide, OrderStatus, OrderType
 from legato.trading.paper_venue import PaperVenue, PaperVenueConfig
-from legato.trading.positions import PositionSide
+from legato.trading.positions import Position, PositionSide
 
-from ..conftest import PERP, T0, BarMaker
+from ..conftest import PERP, SPOT, T0, BarMaker, make_bar
 from .scripted_strategy import ScriptedStrategy, buy
 
 NO_SLIP = MatchingRules(slippage_bps=Decimal(0), participation=Decimal(1))
@@ -99,6 +113,169 @@ async def test_a_bar_without_working_orders_still_marks_the_position(
     (position,) = await venue.positions()
     assert position.mark_price == Decimal(108)
     assert position.unrealized_pnl == Decimal(8)
+
+
+_ACTIONS = st.sampled_from([None, None, "buy", "sell", "reduce", "stop", "read"])
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    steps=st.lists(
+        st.tuples(st.integers(min_value=-3, max_value=3), _ACTIONS), min_size=1, max_size=25
+    )
+)
+def test_a_position_marked_only_when_read_shows_what_marking_every_bar_shows(
+    perp: Instrument, steps: list[tuple[int, str | None]]
+) -> None:
+    # Two venues get the same orders and bars; `eager` has its positions read after every
+    # bar (so marked at every close), `lazy` only when the step says so.
+    async def run() -> None:
+        venues = [
+            PaperVenue(
+                [perp],
+                balances={"USDT": Decimal(100_000)},
+                config=PaperVenueConfig(rules=NO_SLIP),
+                clock=clock,
+            )
+            for _ in range(2)
+        ]
+        eager, lazy = venues
+        price = 100
+        for index, (move, action) in enumerate(steps):
+            close = price + move
+            low, high = min(price, close) - 1, max(price, close) + 1
+            bar = make_bar(index, str(price), str(high), str(low), str(close))
+            clock.advance(300.0)
+            assert eager.process_bar(bar) == lazy.process_bar(bar)
+            price = close
+            assert await eager.positions() is not None
+            if action == "read":
+                assert await lazy.positions() == await eager.positions()
+            for asset in ("USDT", "BTC"):
+                assert lazy._free(asset) == _free_in_snapshot(eager, asset)
+            if action is not None and action != "read":
+                answers: list[Order | str] = []
+                order = _order_for(action, index, list(await eager.positions()))
+                for venue in venues:
+                    try:
+                        answers.append(await venue.place_order(order))
+                    except OrderRejected as rejected:
+                        answers.append(str(rejected))
+                assert answers[0] == answers[1]
+        assert lazy.state() == eager.state()
+        assert await lazy.positions() == await eager.positions()
+        for position in await lazy.positions():
+            assert position.mark_price == Decimal(price)
+
+    clock = SimulatedClock(start=T0 - timedelta(minutes=5))
+    run_simulated(run(), clock=clock)
+
+
+def _free_in_snapshot(venue: PaperVenue, asset: str) -> Decimal:
+    return venue.snapshot_balances().get(asset, Balance(asset, Decimal(0))).free
+
+
+async def test_the_free_balance_of_one_asset_is_what_the_snapshot_says(
+    spot: Instrument, perp: Instrument, clock: SimulatedClock, bar: BarMaker
+) -> None:
+    venue = PaperVenue(
+        [spot, perp],
+        balances={"USDT": Decimal(1000), "ETH": Decimal(2)},
+        config=PaperVenueConfig(rules=NO_SLIP),
+        clock=clock,
+    )
+    venue.process_bar(bar(0, "100", "101", "99", "100", symbol=SPOT))
+    venue.process_bar(bar(0, "100", "101", "99", "100"))
+    orders = [
+        Order("b1", SPOT, OrderSide.BUY, OrderType.LIMIT, Decimal(3), price=Decimal(95)),
+        Order("s1", SPOT, OrderSide.SELL, OrderType.LIMIT, Decimal("1.5"), price=Decimal(120)),
+        Order("m1", SPOT, OrderSide.BUY, OrderType.MARKET, Decimal(1)),
+        Order("p1", PERP, OrderSide.BUY, OrderType.MARKET, Decimal(2), leverage=Decimal(4)),
+    ]
+    seen = []
+    for order in orders:
+        await venue.place_order(order)
+        seen.append([venue._free(a) == _free_in_snapshot(venue, a) for a in ("USDT", "ETH", "X")])
+    venue.process_bar(bar(1, "100", "101", "99", "100"))  # the perpetual's margin is taken
+    seen.append([venue._free(a) == _free_in_snapshot(venue, a) for a in ("USDT", "ETH", "X")])
+    assert seen == [[True, True, True]] * 5
+    assert venue._free("USDT") < Decimal(1000)
+    with pytest.raises(OrderRejected, match="insufficient balance"):
+        await venue.place_order(
+            Order("b2", SPOT, OrderSide.BUY, OrderType.LIMIT, Decimal(100), price=Decimal(95))
+        )
+
+
+def _order_for(action: str, index: int, positions: list[Position]) -> Order:
+    cid = f"{action}-{index}"
+    held = positions[0] if positions else None
+    if action in ("buy", "sell"):
+        side = OrderSide.BUY if action == "buy" else OrderSide.SELL
+        return Order(cid, PERP, side, OrderType.MARKET, Decimal(1), leverage=Decimal(5))
+    closing = OrderSide.SELL if held is None or held.side is PositionSide.LONG else OrderSide.BUY
+    if action == "reduce":
+        return Order(cid, PERP, closing, OrderType.MARKET, Decimal("0.5"), reduce_only=True)
+    trigger = Decimal(90) if closing is OrderSide.SELL else Decimal(110)
+    return Order(
+        cid, PERP, closing, OrderType.STOP, Decimal(1), stop_price=trigger, reduce_only=True
+    )
+
+
+async def test_a_call_with_no_fault_armed_still_counts_for_a_fault_armed_later(
+    perp: Instrument, clock: SimulatedClock, bar: BarMaker
+) -> None:
+    venue = PaperVenue([perp], balances={"USDT": Decimal(1000)}, clock=clock)
+    venue.process_bar(bar(0, "100", "101", "99", "100"))
+    assert await venue.open_orders() == []
+    assert await venue.open_orders() == []
+    assert venue.call_counts["open_orders"] == 2
+    assert venue.faults.history == []
+    venue.faults.add(Fault.transient("open_orders", on_call=3))
+    venue.faults.add(Fault.latency(7.0, "open_orders"))
+    before = clock.monotonic()
+    with pytest.raises(TransientError):
+        await venue.open_orders()
+    assert clock.monotonic() == before + 7.0
+    assert [(record.call_number, record.kind.value) for record in venue.faults.history] == [
+        (3, "transient"),
+        (3, "latency"),
+    ]
+
+
+@pytest.mark.parametrize("signed", ["0", "1.5", "-2"])
+def test_a_trade_books_point_is_the_equity_point_of_its_equity_and_position(
+    signed: str,
+) -> None:
+    book = TradeBook(PERP, Decimal(10_000))
+    quantity = Decimal(signed)
+    if quantity:
+        side = OrderSide.BUY if quantity > 0 else OrderSide.SELL
+        book.apply(
+            Fill(
+                "f1",
+                "e1",
+                "v1",
+                PERP,
+                side,
+                abs(quantity),
+                Decimal(100),
+                Decimal("0.06"),
+                "USDT",
+                Liquidity.TAKER,
+                T0,
+            )
+        )
+    point = book.point(T0, Decimal("103.5"))
+    expected = EquityPoint(T0, book.equity(Decimal("103.5")), book.position)
+    assert type(point) is EquityPoint
+    assert point == expected
+    assert [getattr(point, f.name) for f in dataclasses.fields(EquityPoint)] == [
+        T0,
+        expected.equity,
+        quantity,
+    ]
 
 
 def test_a_fresh_store_replaces_the_file_with_an_empty_current_schema(tmp_path: Path) -> None:

@@ -163,7 +163,7 @@ def desk_backtest(
         for fill in new_fills:
             fills.append(fill)
             book.apply(fill)
-        equity.append(EquityPoint(bar.timestamp, book.equity(bar.close), book.position))
+        equity.append(book.point(bar.timestamp, bar.close))
         if progress is not None and not len(equity) % PROGRESS_EVERY:
             progress(len(equity))
 

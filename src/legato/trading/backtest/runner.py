@@ -155,6 +155,7 @@ async def run_backtest(
     advance = clock.advance if isinstance(clock, SimulatedClock) and not sleep_every_bar else None
     process_bar = venue.process_bar
     apply_fill = book.apply
+    point = book.point
     record = equity.append
     async with asyncio.TaskGroup() as group:
         try:
@@ -171,7 +172,7 @@ async def run_backtest(
                     for fill in new_fills:
                         apply_fill(fill)
                     ctx.position = book.position
-                record(EquityPoint(bar.timestamp, book.equity(bar.close), book.position))
+                record(point(bar.timestamp, bar.close))
                 if progress is not None and not len(equity) % PROGRESS_EVERY:
                     progress(len(equity))
                 ctx.pending = in_flight > 0

@@ -12,6 +12,7 @@ last digit.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -79,6 +80,13 @@ class EquityPoint:
     position: Decimal
 
 
+# `TradeBook.point` makes one point per bar: it sets the slots through their descriptors,
+# without the frozen `__init__`'s `object.__setattr__` per field (a third of the point's cost).
+_POINT_SLOTS: tuple[Callable[[EquityPoint, object], None], ...] = tuple(
+    EquityPoint.__dict__[name].__set__ for name in ("timestamp", "equity", "position")
+)
+
+
 class TradeBook:
     """Folds fills of one symbol into closed trades, cash and a signed position."""
 
@@ -129,6 +137,17 @@ class TradeBook:
         if not self._position:
             return self._cash
         return self._cash + (mark - self._entry_price) * self._position
+
+    def point(self, timestamp: datetime, mark: Decimal) -> EquityPoint:
+        """The equity point of a bar at `timestamp` that closed at `mark` (its equity, position)."""
+        position = self._position
+        equity = self._cash + (mark - self._entry_price) * position if position else self._cash
+        point: EquityPoint = object.__new__(EquityPoint)
+        put_timestamp, put_equity, put_position = _POINT_SLOTS
+        put_timestamp(point, timestamp)
+        put_equity(point, equity)
+        put_position(point, position)
+        return point
 
     def apply(self, fill: Fill) -> ClosedTrade | None:
         """Book one fill; return the trade it closed, if it brought the position to flat."""

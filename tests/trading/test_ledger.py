@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
-from datetime import timedelta
+import sqlite3
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager, closing
+from datetime import datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,6 +17,7 @@ from legato.kernel.errors import ValidationError
 from legato.store.database import Database, Row, Transaction
 from legato.store.errors import StoreUnavailableError
 from legato.trading.alerts import Alert, AlertCode, AlertLevel
+from legato.trading.backtest.store import fresh_store
 from legato.trading.fills import Fill, Liquidity
 from legato.trading.ledger import (
     EquityMarks,
@@ -31,6 +34,44 @@ from legato.trading.positions import Position, PositionSide
 
 from .conftest import PERP
 from .execution_harness import ledger_opener, long_proposal
+
+
+def entry_intent(
+    at: datetime,
+    intent_id: str = "abc",
+    *,
+    take_profit: bool = True,
+    outcome: dict[str, Any] | None = None,
+) -> ExecutionIntent:
+    """A long bracket's intent at its entry stage, with the desk's order ids."""
+    return ExecutionIntent(
+        intent_id=intent_id,
+        proposal=long_proposal(),
+        stage=IntentStage.ENTRY,
+        entry_order_id=f"lg-{intent_id}-E",
+        stop_loss_order_id=f"lg-{intent_id}-SL",
+        take_profit_order_id=f"lg-{intent_id}-TP" if take_profit else None,
+        created_at=at,
+        updated_at=at,
+        outcome=outcome if outcome is not None else {},
+    )
+
+
+def entry_fill(order_id: str, at: datetime) -> Fill:
+    """The taker fill of a 0.010 long entry at 20000.1."""
+    return Fill(
+        "F-1",
+        order_id,
+        "V-1",
+        PERP,
+        OrderSide.BUY,
+        Decimal("0.010"),
+        Decimal("20000.1"),
+        Decimal("0.080004"),
+        "USDT",
+        Liquidity.TAKER,
+        at,
+    )
 
 
 def stop_order(clock: Clock, cid: str = "lg-1-SL") -> Order:
@@ -71,17 +112,7 @@ async def test_an_intent_round_trips_and_a_second_with_the_same_id_is_refused(
     clock: Clock, ledger_url: str
 ) -> None:
     now = clock.now()
-    intent = ExecutionIntent(
-        intent_id="abc",
-        proposal=long_proposal(),
-        stage=IntentStage.ENTRY,
-        entry_order_id="lg-abc-E",
-        stop_loss_order_id="lg-abc-SL",
-        take_profit_order_id="lg-abc-TP",
-        created_at=now,
-        updated_at=now,
-        outcome={"warnings": ["one"]},
-    )
+    intent = entry_intent(now, outcome={"warnings": ["one"]})
     async with ledger_opener(ledger_url, clock)() as (ledger, _):
         await ledger.write(lambda tx: tx.insert_intent(intent))
         with pytest.raises(ValidationError) as duplicate:
@@ -109,19 +140,7 @@ async def test_a_failing_write_leaves_none_of_its_records(clock: Clock, ledger_u
 async def test_fills_positions_balances_and_alerts_round_trip(
     clock: Clock, ledger_url: str
 ) -> None:
-    fill = Fill(
-        "F-1",
-        "lg-1-E",
-        "V-1",
-        PERP,
-        OrderSide.BUY,
-        Decimal("0.010"),
-        Decimal("20000.1"),
-        Decimal("0.080004"),
-        "USDT",
-        Liquidity.TAKER,
-        clock.now(),
-    )
+    fill = entry_fill("lg-1-E", clock.now())
     position = Position.open(PERP, PositionSide.LONG, Decimal("0.010"), Decimal("20000.1"))
     alert = Alert(AlertLevel.HIGH, AlertCode.ORDER_UNKNOWN, "lost", clock.now(), symbol=PERP)
 
@@ -256,16 +275,7 @@ async def test_single_statement_reads_run_as_one_statement_without_a_transaction
     clock: Clock, ledger_url: str
 ) -> None:
     order = stop_order(clock).transition(OrderStatus.ACCEPTED, at=clock.now())
-    intent = ExecutionIntent(
-        intent_id="1",
-        proposal=long_proposal(),
-        stage=IntentStage.ENTRY,
-        entry_order_id="lg-1-E",
-        stop_loss_order_id="lg-1-SL",
-        take_profit_order_id=None,
-        created_at=clock.now(),
-        updated_at=clock.now(),
-    )
+    intent = entry_intent(clock.now(), "1", take_profit=False)
     position = Position.open(PERP, PositionSide.LONG, Decimal("0.010"), Decimal("20000.1"))
     async with counted_ledger(ledger_url, clock) as (ledger, counting):
 
@@ -472,17 +482,7 @@ async def test_has_open_positions_or_orders_answers_what_both_lists_would(
 
 def test_an_intent_advances_and_merges_outcomes_as_a_checked_copy(clock: Clock) -> None:
     now = clock.now()
-    intent = ExecutionIntent(
-        intent_id="abc",
-        proposal=long_proposal(),
-        stage=IntentStage.ENTRY,
-        entry_order_id="lg-abc-E",
-        stop_loss_order_id="lg-abc-SL",
-        take_profit_order_id=None,
-        created_at=now,
-        updated_at=now,
-        outcome={"warnings": ["one"]},
-    )
+    intent = entry_intent(now, take_profit=False, outcome={"warnings": ["one"]})
     later = now + timedelta(seconds=5)
 
     moved = intent.advance(IntentStage.PROTECT, later, filled_quantity=Decimal(1))
@@ -794,3 +794,164 @@ async def test_a_sole_writer_answers_its_reads_from_memory_as_the_store_would(
     assert (after_close[-1], after_flat[-1], after_idle[-1]) == (True, True, False)
     assert [record.order.client_order_id for record in after_close[5]] == ["lg-1-SL", "lg-1-TP"]
     assert len(after_close[6]) == 2  # the closed position from before, and this one
+
+
+# ---------------------------------------------------------------- batched commits
+
+
+def _rows_of(path: Path) -> dict[str, list[tuple[Any, ...]]]:
+    """Every row of every table (with SQLite's own rowid), in rowid order."""
+    with closing(sqlite3.connect(path)) as connection:
+        tables = [
+            name
+            for (name,) in connection.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name"
+            )
+        ]
+        return {
+            table: connection.execute(f'SELECT rowid, * FROM "{table}" ORDER BY rowid').fetchall()
+            for table in tables
+        }
+
+
+async def _sole_writer(path: Path, clock: Clock) -> TradingLedger:
+    ledger = await TradingLedger.open(fresh_store(path), upgrade=False, clock=clock)
+    await ledger.assume_sole_writer()
+    return ledger
+
+
+def _journal_writes(clock: Clock) -> list[Callable[[LedgerTransaction], Awaitable[object]]]:
+    """A trade's writes, a failing one and a refused duplicate among them."""
+    now = clock.now()
+    intent = entry_intent(now)
+    fill = entry_fill("lg-abc-E", now)
+    opened = Position.open(PERP, PositionSide.LONG, Decimal("0.010"), Decimal("20000.1"), at=now)
+    stop = stop_order(clock, "lg-abc-SL")
+    marks = EquityMarks("2024-01-01", Decimal(1000), Decimal(990), Decimal(1010), Decimal(990))
+
+    async def protect(tx: LedgerTransaction) -> None:
+        await tx.put_order(stop, OrderRole.STOP_LOSS, "abc")
+        await tx.put_position(opened.with_protection("lg-abc-SL", None))
+
+    async def half_then_fail(tx: LedgerTransaction) -> None:
+        await tx.put_order(stop_order(clock, "lg-bad-SL"), OrderRole.STOP_LOSS)
+        await tx.add_alert(Alert(AlertLevel.HIGH, AlertCode.ORDER_UNKNOWN, "lost", now))
+        raise ValidationError("stage", "bogus", "a failure half-way through the write")
+
+    async def close(tx: LedgerTransaction) -> None:
+        position = await tx.open_position(PERP)
+        assert position is not None
+        await tx.put_position(position.reduce(position.quantity, Decimal(20100), Decimal(0), now))
+        await tx.update_order(stop.transition(OrderStatus.CANCELLED, at=now))
+
+    return [
+        lambda tx: tx.insert_intent(intent),
+        lambda tx: tx.insert_intent(intent),  # refused: the id is taken
+        lambda tx: tx.add_fill(fill),
+        lambda tx: tx.add_fill(fill),  # already recorded
+        protect,
+        half_then_fail,
+        lambda tx: tx.set_balance("USDT", Decimal("99999.919996"), now),
+        lambda tx: tx.put_equity_marks(marks, now),
+        close,
+        lambda tx: tx.put_intent(intent.advance(IntentStage.BRACKETED, now)),
+        lambda tx: tx.add_alert(Alert(AlertLevel.INFO, AlertCode.ORDER_UNKNOWN, "late", now)),
+    ]
+
+
+async def _replay(
+    ledger: TradingLedger, writes: list[Callable[[LedgerTransaction], Awaitable[object]]]
+) -> list[object]:
+    answers: list[object] = []
+    for write in writes:
+        try:
+            answers.append(await ledger.write(write))
+        except ValidationError as error:
+            answers.append(error.field)
+    return answers
+
+
+@pytest.mark.parametrize("batch", [1, 3, 1000])
+async def test_batched_commits_leave_the_rows_one_commit_per_write_leaves(
+    clock: Clock, tmp_path: Path, batch: int
+) -> None:
+    one_by_one = await _sole_writer(tmp_path / "each.db", clock)
+    batched = await _sole_writer(tmp_path / "batched.db", clock)
+    await batched.batch_commits(batch)
+    try:
+        expected = await _replay(one_by_one, _journal_writes(clock))
+        answers = await _replay(batched, _journal_writes(clock))
+    finally:
+        await one_by_one.close()
+        await batched.close()
+    assert answers == expected
+    assert "intent_id" in answers  # the refused write
+    assert "stage" in answers  # the failed one
+    assert _rows_of(tmp_path / "batched.db") == _rows_of(tmp_path / "each.db")
+
+
+async def test_a_read_that_goes_to_the_store_sees_every_batched_write(
+    clock: Clock, tmp_path: Path
+) -> None:
+    ledger = await _sole_writer(tmp_path / "batched.db", clock)
+    await ledger.batch_commits(1000)
+    try:
+        await _replay(ledger, _journal_writes(clock))
+        alerts = await ledger.alerts()
+        fills = await ledger.read(lambda tx: tx.fills_of("lg-abc-E"))
+        intent = await ledger.get_intent("abc")
+        closed = await ledger.closed_positions()
+        await ledger.write(
+            lambda tx: tx.add_alert(
+                Alert(AlertLevel.HIGH, AlertCode.ORDER_UNKNOWN, "x", clock.now())
+            )
+        )
+        later = await ledger.alert_counts()
+    finally:
+        await ledger.close()
+    assert [alert.message for alert in alerts] == ["late"]  # not the failed write's
+    assert [fill.fill_id for fill in fills] == ["F-1"]
+    assert intent is not None
+    assert intent.stage is IntentStage.BRACKETED
+    assert len(closed) == 1
+    assert (later[AlertLevel.HIGH], later[AlertLevel.INFO]) == (1, 1)
+
+
+async def test_batched_writes_reach_the_store_a_batch_at_a_time_and_all_at_close(
+    clock: Clock, tmp_path: Path
+) -> None:
+    path = tmp_path / "batched.db"
+    ledger = await _sole_writer(path, clock)
+    await ledger.batch_commits(2)
+
+    def committed() -> int:
+        # Another connection sees only what was committed.
+        with closing(sqlite3.connect(path)) as connection:
+            (count,) = connection.execute("SELECT COUNT(*) FROM legato_trading_alerts").fetchone()
+        return int(count)
+
+    seen = []
+    try:
+        for number in range(3):
+            alert = Alert(AlertLevel.INFO, AlertCode.ORDER_UNKNOWN, f"a{number}", clock.now())
+            await ledger.record_alert(alert)
+            seen.append(committed())
+    finally:
+        await ledger.close()
+    assert seen == [0, 2, 2]
+    assert committed() == 3
+
+
+async def test_batched_commits_need_a_sole_writer_of_a_sqlite_store(
+    clock: Clock, tmp_path: Path
+) -> None:
+    ledger = await TradingLedger.open(fresh_store(tmp_path / "s.db"), upgrade=False, clock=clock)
+    try:
+        with pytest.raises(ValidationError) as shared:
+            await ledger.batch_commits()
+        await ledger.assume_sole_writer()
+        with pytest.raises(ValidationError) as empty:
+            await ledger.batch_commits(0)
+    finally:
+        await ledger.close()
+    assert (shared.value.field, empty.value.field) == ("ledger", "writes")

@@ -19,6 +19,7 @@ the client order ids it will use, and the stage it has reached (`IntentStage`).
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 import dataclasses
 import enum
@@ -26,7 +27,7 @@ import json
 import sqlite3
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
-from contextlib import asynccontextmanager, suppress
+from contextlib import AsyncExitStack, asynccontextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -872,6 +873,43 @@ class LedgerTransaction:
 
 # ---------------------------------------------------------------- the ledger
 
+# Each write of a batch (`TradingLedger.batch_commits`) in a savepoint of its own.
+_BEGIN_WRITE = "SAVEPOINT legato_ledger_write"
+_UNDO_WRITE = "ROLLBACK TO legato_ledger_write"
+_END_WRITE = "RELEASE legato_ledger_write"
+
+
+class _HeldTransaction:
+    """A SQLite write transaction held open across a sole writer's writes (`batch_commits`).
+
+    `begin()` opens it when none is open; `commit()` ends it. `lock` lets one write at a
+    time in, as the database's own lock does for transactions of their own.
+    """
+
+    __slots__ = ("_database", "_open", "every", "lock", "tx", "writes")
+
+    def __init__(self, database: Database, every: int) -> None:
+        self._database = database
+        self._open: AsyncExitStack | None = None
+        self.tx: Transaction | None = None
+        self.every = every
+        self.writes = 0
+        self.lock = asyncio.Lock()
+
+    async def begin(self) -> Transaction:
+        """The open transaction, opened now if there is none."""
+        if self.tx is None:
+            stack = AsyncExitStack()
+            self.tx = await stack.enter_async_context(self._database.transaction(write=True))
+            self._open = stack
+        return self.tx
+
+    async def commit(self) -> None:
+        """Commit the open transaction, if any (StoreUnavailableError if it cannot)."""
+        stack, self._open, self.tx, self.writes = self._open, None, None, 0
+        if stack is not None:
+            await stack.aclose()
+
 
 class TradingLedger:
     """The desk's orders, fills, positions, balances, intents and alerts, in the store.
@@ -881,12 +919,14 @@ class TradingLedger:
     reads no clock itself.
     """
 
-    __slots__ = ("_database", "_known")
+    __slots__ = ("_database", "_held", "_known")
 
     def __init__(self, database: Database) -> None:
         self._database = database
         # A sole writer's memory of the store (see `assume_sole_writer`).
         self._known: _KnownState | None = None
+        # The transaction a sole writer's writes land in (see `batch_commits`).
+        self._held: _HeldTransaction | None = None
 
     @classmethod
     async def open(
@@ -910,8 +950,11 @@ class TradingLedger:
         return self._database
 
     async def close(self) -> None:
-        """Close the database connection."""
-        await self._database.close()
+        """Commit any writes held by `batch_commits`, then close the database connection."""
+        try:
+            await self._commit_held()
+        finally:
+            await self._database.close()
 
     async def assume_sole_writer(self) -> None:
         """Keep positions, balances, equity marks, fill ids and orders in memory from now on.
@@ -953,8 +996,49 @@ class TradingLedger:
         for record in orders:
             self._known.keep_order(record)
 
+    async def batch_commits(self, writes: int = 1000) -> None:
+        """Commit a sole writer's writes in batches of `writes`, not one by one.
+
+        For a SQLite store this ledger is the sole writer of (`assume_sole_writer` first)
+        and that nothing else reads or writes through its database while it is open (a
+        backtest's scratch store): the writes land in one transaction held open across
+        them, each inside a savepoint of its own, so a write that fails is rolled back alone
+        and its rows never reach the store, as before. The transaction is committed after
+        every `writes` writes, before any read that goes to the store (the plain reads and
+        `read`), and by `close()`.
+
+        The invariant: every statement runs on the one connection, in the order and with
+        the parameters it ran with before, and a write that fails leaves nothing, so the
+        rows in the store once committed are the rows one transaction per write would have
+        left; a read that goes to the store runs after a commit of every earlier write.
+        What changes is durability: a write acknowledged here is lost if the process dies
+        (or the commit fails) before the batch is committed, which a scratch store that
+        nothing resumes from accepts. Raises ValidationError for a store of another
+        backend, a ledger that has not assumed it is the sole writer, or a count below 1.
+        """
+        if self._database.dialect != "sqlite":
+            raise ValidationError("database", self._database.dialect, "a SQLite store")
+        if self._known is None:
+            raise ValidationError("ledger", "shared", "a sole writer (assume_sole_writer first)")
+        if isinstance(writes, bool) or not isinstance(writes, int) or writes < 1:
+            raise ValidationError("writes", writes, "a whole number >= 1")
+        await self._commit_held()
+        self._held = _HeldTransaction(self._database, writes)
+
+    async def _commit_held(self) -> None:
+        """Commit the writes `batch_commits` holds, if any."""
+        held = self._held
+        if held is None or held.tx is None:
+            return
+        async with held.lock:
+            try:
+                await held.commit()
+            except _UNAVAILABLE as error:
+                raise StoreUnavailableError(f"trading ledger: {error}") from error
+
     @asynccontextmanager
     async def _transaction(self, *, write: bool) -> AsyncIterator[LedgerTransaction]:
+        await self._commit_held()
         try:
             async with self._database.transaction(write=write) as tx:
                 ledger_tx = LedgerTransaction(tx, known=self._known)
@@ -969,6 +1053,8 @@ class TradingLedger:
 
         Raises StoreUnavailableError (a TransientError) when the store cannot be reached.
         """
+        if self._held is not None:
+            return await self._write_held(self._held, fn)
         # `_transaction` written out (one context manager less per journal write). A SQLite
         # write transaction holds the write lock from its start: it runs serialized.
         try:
@@ -984,6 +1070,35 @@ class TradingLedger:
         ledger_tx.remember()
         return result
 
+    async def _write_held(
+        self, held: _HeldTransaction, fn: Callable[[LedgerTransaction], Awaitable[_T]]
+    ) -> _T:
+        """`write` for `batch_commits`: `fn` in a savepoint of the held transaction."""
+        async with held.lock:
+            try:
+                tx = await held.begin()
+                await tx.execute(_BEGIN_WRITE)
+                ledger_tx = LedgerTransaction(tx, serialized=True, known=self._known)
+                try:
+                    result = await fn(ledger_tx)
+                    await ledger_tx.send_held_positions()
+                except BaseException:
+                    await tx.execute(_UNDO_WRITE)
+                    await tx.execute(_END_WRITE)
+                    raise
+                await tx.execute(_END_WRITE)
+            except _UNAVAILABLE as error:
+                raise StoreUnavailableError(f"trading ledger: {error}") from error
+            # In the store once the batch commits: a sole writer's memory takes it in now.
+            ledger_tx.remember()
+            held.writes += 1
+            if held.writes >= held.every:
+                try:
+                    await held.commit()
+                except _UNAVAILABLE as error:
+                    raise StoreUnavailableError(f"trading ledger: {error}") from error
+        return result
+
     async def read(self, fn: Callable[[LedgerTransaction], Awaitable[_T]]) -> _T:
         """Run `fn` in one read transaction (a consistent view) and return its result."""
         async with self._transaction(write=False) as tx:
@@ -994,6 +1109,7 @@ class TradingLedger:
     async def _fetch(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
         # One SELECT is consistent on its own: it runs as a single autocommit statement
         # (no BEGIN/COMMIT around it), on SQLite and PostgreSQL alike.
+        await self._commit_held()
         try:
             return await self._database.run(sql, params)
         except _UNAVAILABLE as error:

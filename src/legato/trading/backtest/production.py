@@ -15,8 +15,8 @@ one-cancels-other rule holds at every decision point.
 
 `production_backtest` is the one-call form: a fresh SQLite store (a copy of an empty,
 migrated one), venue and simulated clock. The store is the run's alone: its ledger is the
-sole writer (`TradingLedger.assume_sole_writer`) and answers the reads of what it wrote
-from memory.
+sole writer (`TradingLedger.assume_sole_writer`), answers the reads of what it wrote from
+memory, and commits its writes in batches (`TradingLedger.batch_commits`).
 """
 
 from __future__ import annotations
@@ -223,9 +223,11 @@ def production_backtest(
             # Scratch space: commits skip the fsyncs a store that must survive an OS crash
             # pays for (see `use_as_scratch`). Locked for this run's one connection, written
             # by this ledger alone: the ledger keeps what it wrote in memory instead of
-            # reading it back.
+            # reading it back, and commits its writes in batches (the same rows; a crash
+            # loses the last batch, and nothing resumes from this store).
             await use_as_scratch(ledger.database)
             await ledger.assume_sole_writer()
+            await ledger.batch_commits()
             executor = ProductionExecutor(
                 venue,
                 ledger,

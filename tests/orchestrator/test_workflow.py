@@ -14,7 +14,7 @@ from legato.kernel.errors import PermanentError, TransientError, ValidationError
 from legato.kernel.retry import Jitter, RetryPolicy
 from legato.orchestrator import Orchestrator, TaskState, WorkerConfig
 from legato.orchestrator.worker import Worker
-from legato.orchestrator.workflow import WorkflowEngine
+from legato.orchestrator.workflow import WakeOnClaim, WorkflowEngine
 from legato.orchestrator.workflow_context import WorkflowContext, current_step
 from legato.orchestrator.workflow_errors import StepFailedError
 from legato.store.workflow_records import StepKind, StepState, WorkflowRecord, WorkflowState
@@ -127,6 +127,38 @@ async def test_a_steps_entry_is_in_the_store_before_the_next_step_runs(
     assert seen == [[0]]
     assert record.state is WorkflowState.SUCCEEDED
     assert [(e.index, e.result) for e in record.journal] == [(0, "1"), (1, "2")]
+
+
+async def test_claiming_a_run_task_on_postgresql_wakes_its_workflow_in_the_same_commit(
+    app: Orchestrator, engine: WorkflowEngine
+) -> None:
+    async def noop() -> None:
+        return None
+
+    @engine.workflow(name="one-step")
+    async def one_step(ctx: WorkflowContext, _: None) -> None:
+        await ctx.step(noop)
+
+    rider = app.claim_rider
+    assert isinstance(rider, WakeOnClaim)
+    async with app:
+        workflow_id = await engine.start("one-step")
+        _, leases = await app.store.complete_and_claim(
+            [], "w-1", ["default"], 10, app.clock.timestamp(), 30.0, None, None, rider
+        )
+        record = await engine.get_workflow(workflow_id)
+        dialect = app.store.database.dialect
+    assert record is not None
+    assert [lease.task_id for lease in leases] == [record.task_id]
+    if dialect == "postgresql":
+        # Marked running by the claim's own transaction, its record kept for the run.
+        assert record.state is WorkflowState.RUNNING
+        assert [e.reason for e in record.history] == ["started", "running"]
+        assert rider.woken[leases[0].task_id].workflow_id == workflow_id
+    else:
+        # SQLite: the run itself wakes the workflow (a round trip costs nothing there).
+        assert record.state is WorkflowState.PENDING
+        assert rider.woken == {}
 
 
 async def test_after_a_crash_completed_steps_are_replayed_and_the_next_step_runs(

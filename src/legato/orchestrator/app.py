@@ -32,7 +32,7 @@ from legato.orchestrator.task import DEFAULT_RETRY, TaskDefinition
 from legato.orchestrator.worker import Worker, WorkerConfig
 from legato.orchestrator.workflow import WORKFLOW_RUN_RETRY, WorkflowEngine
 from legato.store.records import NewTask, QueueLimits, TaskRecord, TaskState
-from legato.store.task_store import TaskStore
+from legato.store.task_store import ClaimRider, TaskStore
 from legato.store.url import DEFAULT_STORE_URL, StoreUrl
 from legato.store.workflow_records import WorkflowRecord, WorkflowState
 
@@ -77,6 +77,9 @@ class Orchestrator:
         # Workers of this process, woken on submit without a database round trip.
         self._local_wakeups: set[asyncio.Event] = set()
         self.dead_letters = DeadLetterQueue(self)
+        # What this app's workers send with each claim (PostgreSQL): the first workflow
+        # engine sets it, so that claiming a workflow's run task also wakes the workflow.
+        self.claim_rider: ClaimRider | None = None
         self.workflows = WorkflowEngine(self)
         """Durable workflows (sagas) on this app; see docs/concepts/workflows.md."""
         self.schedules = Scheduler(self)

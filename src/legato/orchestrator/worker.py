@@ -343,6 +343,7 @@ class Worker:
                     self.config.lease_seconds,
                     self._accept,
                     self._task_names,
+                    self.app.claim_rider,
                 )
             except StoreUnavailableError as error:
                 # Nothing was applied: keep the outcomes and try again after a backoff.

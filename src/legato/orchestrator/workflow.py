@@ -44,6 +44,7 @@ from legato.orchestrator.workflow_context import (
     step_scope,
 )
 from legato.orchestrator.workflow_errors import NonDeterminismError, StepFailedError
+from legato.store.database import Row
 from legato.store.errors import StaleLeaseError, StoreUnavailableError
 from legato.store.workflow_records import (
     JournalEntry,
@@ -117,6 +118,12 @@ class WorkflowEngine:
         self._ends: GroupCommit[tuple[Transition, JournalWrite | None], tuple[bool, bool]] = (
             GroupCommit(self._flush_ends)
         )
+        # Workers claiming a run task wake its workflow in the claim's transaction
+        # (PostgreSQL); every engine of the app shares the one rider.
+        if app.claim_rider is None:
+            app.claim_rider = WakeOnClaim(app)
+        rider = app.claim_rider
+        self._wake = rider if isinstance(rider, WakeOnClaim) else None
 
     @property
     def store(self) -> WorkflowStore:
@@ -354,7 +361,10 @@ class WorkflowEngine:
         Returns a summary for the task's result: the workflow id and where this run left it.
         """
         store = self.store
-        record = await self._begins.submit(task.task_id)
+        # A first run woken by its claim (`WakeOnClaim`) is ready; any other is begun here.
+        record = self._wake.woken.pop(task.task_id, None) if self._wake is not None else None
+        if record is None:
+            record = await self._begins.submit(task.task_id)
         if record is None:
             # A later task runs this workflow now (this one was superseded): nothing to do.
             return {"workflow_id": None, "state": "superseded"}
@@ -535,6 +545,41 @@ class WorkflowEngine:
         if not written:
             raise StaleLeaseError(task.task_id, task.fencing_token, workflow_id=record.workflow_id)
         return problem
+
+
+class WakeOnClaim:
+    """A `ClaimRider`: claiming workflow run tasks marks their workflows running.
+
+    The wake-up (`WorkflowStore.wake_statement`) rides in the claim's last round trip and
+    commits with it: one transaction and one round trip less per batch of runs, and no
+    moment when a run task is leased while its workflow still reads pending. The records
+    of first runs wait in `woken` until their run takes them; a workflow woken from a
+    sleep, or run again, needs its journal, which its run reads as before.
+    """
+
+    __slots__ = ("_app", "_store", "woken")
+
+    def __init__(self, app: Orchestrator) -> None:
+        self._app = app
+        self._store: WorkflowStore | None = None
+        self.woken: dict[int, WorkflowRecord] = {}
+
+    def claim_statements(
+        self, tasks: Sequence[tuple[int, str]], now: float
+    ) -> Sequence[tuple[str, Sequence[Any]]]:
+        """The wake-up of the workflows of the run tasks among `tasks`, if there are any."""
+        runs = [task_id for task_id, name in tasks if name.startswith(TASK_PREFIX)]
+        if not runs:
+            return ()
+        database = self._app.store.database
+        if self._store is None or self._store.database is not database:
+            self._store = WorkflowStore(database)
+        return [self._store.wake_statement(runs, now)]
+
+    def claimed(self, results: Sequence[list[Row]], now: float) -> None:
+        """Keep the records of the first runs the claim woke, for their runs."""
+        if results:
+            self.woken.update(WorkflowStore.first_runs(results[0], now))
 
 
 def _lost_lease(error: BaseException) -> bool:

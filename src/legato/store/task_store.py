@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from legato.kernel.clock import Clock
 from legato.kernel.errors import ValidationError
@@ -47,6 +47,7 @@ __all__ = [
     "SUBMIT_GROUP_LIMIT",
     "TASK_INSERT_COLUMNS",
     "TASK_INSERT_TYPES",
+    "ClaimRider",
     "TaskStore",
     "task_row",
 ]
@@ -192,6 +193,26 @@ def _task_record(row: Row, history: tuple[TaskEvent, ...] = ()) -> TaskRecord:
         traceback=row[25],
         history=history,
     )
+
+
+class ClaimRider(Protocol):
+    """Statements about the tasks a claim takes, sent in the claim's last round trip.
+
+    PostgreSQL only (`complete_and_claim` ignores a rider on SQLite, where a round trip costs
+    nothing): the statements run in the claim's transaction, after the claim and before its
+    COMMIT, so what they change commits with the claim. The workflow engine rides this way
+    to mark the workflows of the run tasks it claims running.
+    """
+
+    def claim_statements(
+        self, tasks: Sequence[tuple[int, str]], now: float
+    ) -> Sequence[tuple[str, Sequence[Any]]]:
+        """The statements to send for the tasks about to be claimed: (id, name) of each."""
+        ...
+
+    def claimed(self, results: Sequence[list[Row]], now: float) -> None:
+        """The rows each statement returned, once the claim has committed."""
+        ...
 
 
 class TaskStore:
@@ -437,11 +458,12 @@ class TaskStore:
         lease_seconds: float,
         accept: Callable[[str], bool] | None,
         names: Sequence[str] | None,
+        rider: ClaimRider | None = None,
     ) -> list[Lease]:
         """The claim, given the queues' limit rows (read and locked by the caller).
 
         Commits the transaction with its last statement (one round trip less): the caller
-        must run nothing after it.
+        must run nothing after it. `rider`'s statements (PostgreSQL) go in that round trip.
         """
         allowance: dict[str, int] = {}
         buckets: dict[str, float] = {}
@@ -479,7 +501,7 @@ class TaskStore:
         for rows in await tx.fetch_many(
             [
                 (
-                    "SELECT id, queue, resources, state, priority FROM legato_tasks "
+                    "SELECT id, queue, resources, state, priority, name FROM legato_tasks "
                     f"WHERE state IN {_CLAIMABLE} AND queue = ? AND run_at <= ?{name_filter} "
                     "ORDER BY priority DESC, id LIMIT ?" + self._skip_locked,
                     (queue, now, *name_params, window),
@@ -493,7 +515,8 @@ class TaskStore:
         chosen: list[int] = []
         from_state: dict[int, str] = {}
         taken: dict[str, int] = {}
-        for task_id, queue, resources, state, _ in candidates:
+        names_of: dict[int, str] = {}
+        for task_id, queue, resources, state, _, name in candidates:
             if len(chosen) >= limit:
                 break
             if taken.get(queue, 0) >= allowance.get(queue, limit):
@@ -501,6 +524,7 @@ class TaskStore:
             if accept is not None and not accept(resources):
                 continue
             chosen.append(task_id)
+            names_of[task_id] = name
             from_state[task_id] = state
             taken[queue] = taken.get(queue, 0) + 1
         if not chosen:
@@ -542,7 +566,17 @@ class TaskStore:
             )
         else:
             claim = (update, [worker_id, expires, now, now, *params])
-        rows = (await tx.fetch_many([claim, *bucket_updates], commit=self._postgres))[0]
+        # The candidates were locked by this transaction (SKIP LOCKED): every chosen id is
+        # claimed, so a rider may name them before the claim's rows come back.
+        riding = (
+            rider.claim_statements([(i, names_of[i]) for i in chosen], now)
+            if rider is not None
+            else ()
+        )
+        results = await tx.fetch_many([claim, *bucket_updates, *riding], commit=self._postgres)
+        rows = results[0]
+        if rider is not None:
+            rider.claimed(results[len(results) - len(riding) :], now)
         position = {task_id: index for index, task_id in enumerate(chosen)}
         leases = sorted(
             (
@@ -609,8 +643,12 @@ class TaskStore:
         lease_seconds: float,
         accept: Callable[[str], bool] | None = None,
         names: Sequence[str] | None = None,
+        rider: ClaimRider | None = None,
     ) -> tuple[list[bool], list[Lease]]:
-        """`complete` then `claim` in one transaction: the worker's group commit."""
+        """`complete` then `claim` in one transaction: the worker's group commit.
+
+        On PostgreSQL, `rider`'s statements about the claimed tasks commit with the claim.
+        """
         claiming = limit > 0 and bool(queues)
         async with self.database.transaction(durable=False) as tx:
             # Completions and the queue limits travel together (one round trip on PostgreSQL).
@@ -618,7 +656,16 @@ class TaskStore:
             accepted, results = await self._complete_with(tx, outcomes, worker_id, now, extra)
             leases = (
                 await self._claim(
-                    tx, results[0], worker_id, queues, limit, now, lease_seconds, accept, names
+                    tx,
+                    results[0],
+                    worker_id,
+                    queues,
+                    limit,
+                    now,
+                    lease_seconds,
+                    accept,
+                    names,
+                    rider if self._postgres else None,
                 )
                 if claiming
                 else []

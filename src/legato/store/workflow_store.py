@@ -502,6 +502,30 @@ class WorkflowStore:
         # The journals of the workflows that ran before are read after the commit, in a
         # second round trip only when there are any: the rows now name these runs' tasks,
         # whose leases fence off any other writer of their steps.
+        statement = self.wake_statement(task_ids, now)
+        async with self.database.transaction(durable=durable) as tx:
+            rows = (await tx.fetch_many([statement], commit=True))[0]
+        replaying = [row[0] for row in rows if row[2] != WorkflowState.PENDING.value]
+        steps: list[Row] = []
+        if replaying:
+            where, in_params = self._in("workflow_id", replaying, "bigint")
+            steps = await self.database.run(
+                ByKey(
+                    f"SELECT workflow_id, {_STEP_COLUMNS} FROM legato_workflow_steps "
+                    f"WHERE {where} ORDER BY workflow_id, step_index"
+                ),
+                in_params,
+            )
+        return _begun(rows, steps, now)
+
+    def wake_statement(self, task_ids: Sequence[int], now: float) -> tuple[str, Sequence[Any]]:
+        """PostgreSQL: `begin_many`'s one statement, without the journals.
+
+        It locks the workflows these tasks run in id order, marks the pending and sleeping
+        ones running with an event each, and returns their rows as they were before (see
+        `first_runs`). Sent with a claim (a `ClaimRider`), it wakes the workflows of the run
+        tasks claimed, in the claim's own transaction.
+        """
         where, in_params = self._in("task_id", task_ids, "bigint")
         waking = "state IN ('pending', 'sleeping')"
         statement = ByKey(
@@ -515,20 +539,17 @@ class WorkflowStore:
             f"WHERE {waking} ORDER BY id) "
             f"SELECT {_WORKFLOW_COLUMNS} FROM sel ORDER BY id"
         )
-        async with self.database.transaction(durable=durable) as tx:
-            rows = (await tx.fetch_many([(statement, [*in_params, now, now])], commit=True))[0]
-        replaying = [row[0] for row in rows if row[2] != WorkflowState.PENDING.value]
-        steps: list[Row] = []
-        if replaying:
-            where, in_params = self._in("workflow_id", replaying, "bigint")
-            steps = await self.database.run(
-                ByKey(
-                    f"SELECT workflow_id, {_STEP_COLUMNS} FROM legato_workflow_steps "
-                    f"WHERE {where} ORDER BY workflow_id, step_index"
-                ),
-                in_params,
-            )
-        return _begun(rows, steps, now)
+        return statement, [*in_params, now, now]
+
+    @staticmethod
+    def first_runs(rows: Sequence[Row], now: float) -> dict[int, WorkflowRecord]:
+        """From `wake_statement`'s rows, {task_id: record} of the workflows that were pending.
+
+        They are running since `now` and have no journal yet; the others (woken from a
+        sleep, or running already) need theirs read, which `begin_many` does.
+        """
+        pending = [row for row in rows if row[2] == WorkflowState.PENDING.value]
+        return _begun(pending, (), now)
 
     def _append_statements(self, writes: Sequence[JournalWrite]) -> list[tuple[str, Sequence[Any]]]:
         """The INSERTs journaling `writes`; each returns (workflow_id, step_index) written."""

@@ -479,16 +479,7 @@ class WorkflowStore:
                     ]
                 )
             if replaying:
-                where, in_params = self._in("workflow_id", replaying, "bigint")
-                statements.append(
-                    (
-                        ByKey(
-                            f"SELECT workflow_id, {_STEP_COLUMNS} FROM legato_workflow_steps "
-                            f"WHERE {where} ORDER BY workflow_id, step_index"
-                        ),
-                        in_params,
-                    )
-                )
+                statements.append(self._journals_statement(replaying))
             results = await tx.fetch_many(statements, commit=True)
             steps = results[-1] if replaying else []
         return _begun(rows, steps, now)
@@ -508,15 +499,19 @@ class WorkflowStore:
         replaying = [row[0] for row in rows if row[2] != WorkflowState.PENDING.value]
         steps: list[Row] = []
         if replaying:
-            where, in_params = self._in("workflow_id", replaying, "bigint")
-            steps = await self.database.run(
-                ByKey(
-                    f"SELECT workflow_id, {_STEP_COLUMNS} FROM legato_workflow_steps "
-                    f"WHERE {where} ORDER BY workflow_id, step_index"
-                ),
-                in_params,
-            )
+            steps = await self.database.run(*self._journals_statement(replaying))
         return _begun(rows, steps, now)
+
+    def _journals_statement(self, workflow_ids: Sequence[int]) -> tuple[ByKey, list[Any]]:
+        """The journal rows of these workflows, each prefixed with its workflow id, in order."""
+        where, in_params = self._in("workflow_id", workflow_ids, "bigint")
+        return (
+            ByKey(
+                f"SELECT workflow_id, {_STEP_COLUMNS} FROM legato_workflow_steps "
+                f"WHERE {where} ORDER BY workflow_id, step_index"
+            ),
+            in_params,
+        )
 
     def wake_statement(self, task_ids: Sequence[int], now: float) -> tuple[str, Sequence[Any]]:
         """PostgreSQL: `begin_many`'s one statement, without the journals.

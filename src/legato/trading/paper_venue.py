@@ -587,32 +587,34 @@ class PaperVenue:
 
     def snapshot_balances(self) -> dict[str, Balance]:
         """The balances right now, without a call (for tests and reports, not for strategies)."""
-        locked: defaultdict[str, Decimal] = defaultdict(Decimal)
-        for cid, (asset, per_unit) in self._lock_per_unit.items():
-            locked[asset] += self._orders[cid].remaining_quantity * per_unit
-        for position in self._positions.values():
-            locked[self._instruments[position.symbol].quote_asset] += position.margin
-        result: dict[str, Balance] = {}
-        for asset in sorted(set(self._holdings) | set(locked)):
-            holding = self._holdings.get(asset, Decimal(0))
-            held_back = min(locked[asset], max(holding, Decimal(0)))
-            free = max(holding - held_back, Decimal(0))
-            result[asset] = Balance(asset=asset, free=free, locked=held_back)
-        return result
+        locked = self._locked()
+        return {
+            asset: self._balance(asset, locked.get(asset, Decimal(0)))
+            for asset in sorted(set(self._holdings) | set(locked))
+        }
 
     def _free(self, asset: str) -> Decimal:
         """`snapshot_balances()[asset].free` (0 for an asset not held), for that asset alone."""
-        locked = Decimal(0)
+        return self._balance(asset, self._locked(asset).get(asset, Decimal(0))).free
+
+    def _locked(self, only: str | None = None) -> dict[str, Decimal]:
+        """What open orders and position margins hold back, by asset (of `only`, if given)."""
+        locked: defaultdict[str, Decimal] = defaultdict(Decimal)
         orders = self._orders
-        for cid, (locked_asset, per_unit) in self._lock_per_unit.items():
-            if locked_asset == asset:
-                locked += orders[cid].remaining_quantity * per_unit
+        for cid, (asset, per_unit) in self._lock_per_unit.items():
+            if only is None or asset == only:
+                locked[asset] += orders[cid].remaining_quantity * per_unit
         for position in self._positions.values():
-            if self._instruments[position.symbol].quote_asset == asset:
-                locked += position.margin
+            asset = self._instruments[position.symbol].quote_asset
+            if only is None or asset == only:
+                locked[asset] += position.margin
+        return locked
+
+    def _balance(self, asset: str, locked: Decimal) -> Balance:
+        """`asset`'s balance with `locked` held back (never more than is held, never < 0)."""
         holding = self._holdings.get(asset, Decimal(0))
         held_back = min(locked, max(holding, Decimal(0)))
-        return max(holding - held_back, Decimal(0))
+        return Balance(asset=asset, free=max(holding - held_back, Decimal(0)), locked=held_back)
 
     # ------------------------------------------------------------------ call plumbing
 

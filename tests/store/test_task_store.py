@@ -722,3 +722,49 @@ async def test_on_postgresql_claims_read_tasks_by_key_in_a_table_never_analyzed(
     assert updated >= 2 * claimed  # the claims and completions were counted
     assert index_scans > 0
     assert seq_scans == 0
+
+
+async def test_on_postgresql_completions_and_heartbeats_read_no_index_of_the_running_set(
+    postgres_database: str, clock: Clock
+) -> None:
+    # A completion or heartbeat names its tasks by id and checks that each is still running.
+    # Written plainly, that check let PostgreSQL read the whole running set (the partial
+    # lease index, or the state index, with the entries of every earlier lease) and hash-join
+    # it with the ids, which it did while the table was young: work in the number of running
+    # tasks on every batch. Here 600 tasks run, and a batch of 20 must find its rows by key.
+    with psycopg.connect(postgres_database, autocommit=True) as connection:
+        connection.execute("TRUNCATE legato_tasks, legato_task_events RESTART IDENTITY CASCADE")
+    store = await TaskStore.open(postgres_database, upgrade=False, clock=clock)
+    indexes = ("ix_legato_tasks_lease", "ix_legato_tasks_state_queue")
+    try:
+        await store.submit([new_task() for _ in range(600)], now=0.0)
+        leases = await store.claim("w", ["default"], 600, now=1.0, lease_seconds=30)
+        # Counters reach the shared statistics when the server process next goes idle.
+        await store.database.run("SELECT pg_stat_force_next_flush()")
+        (backend,) = await store.database.backend_pids()
+        with psycopg.connect(postgres_database, autocommit=True) as connection:
+            for index in indexes:
+                connection.execute(
+                    "SELECT pg_stat_reset_single_table_counters(%s::regclass)", [index]
+                )
+        batch = leases[:20]
+        held = {lease.task_id: lease.fencing_token for lease in batch}
+        reply = await store.heartbeat("w", held, now=2.0, lease_seconds=30)
+        outcomes = [success(lease.task_id, lease.fencing_token) for lease in batch]
+        accepted = await store.complete(outcomes, "w", 3.0)
+        with psycopg.connect(postgres_database, autocommit=True) as connection:
+            # A server process reports its counters when it exits: end it, waiting (up to
+            # 10 s) until it has, and read what it did.
+            ended = connection.execute("SELECT pg_terminate_backend(%s, 10000)", [backend])
+            assert ended.fetchone() == (True,)
+            reads = connection.execute(
+                "SELECT indexrelname, idx_tup_read FROM pg_stat_user_indexes "
+                "WHERE indexrelname = ANY(%s) ORDER BY indexrelname",
+                [list(indexes)],
+            ).fetchall()
+    finally:
+        await store.close()
+    assert len(leases) == 600
+    assert sorted(reply.leases) == sorted(held)
+    assert accepted == [True] * 20
+    assert reads == [("ix_legato_tasks_lease", 0), ("ix_legato_tasks_state_queue", 0)]

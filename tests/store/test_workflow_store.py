@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 
+import psycopg
+
 from legato.kernel.clock import Clock
 from legato.store import Lease, NewTask, TaskStore
 from legato.store.workflow_records import (
@@ -159,3 +161,72 @@ async def test_end_many_journals_each_last_entry_with_its_end_and_refuses_a_stal
     assert (one.state, [e.result for e in one.journal]) == (WorkflowState.SUCCEEDED, ["1"])
     assert (two.state, two.journal) == (WorkflowState.RUNNING, ())
     assert (three.state, three.result, three.journal) == (WorkflowState.SUCCEEDED, "2", ())
+
+
+async def test_on_postgresql_ending_a_batch_reads_its_journal_and_tasks_by_key(
+    postgres_database: str, clock: Clock
+) -> None:
+    # An end checks that its run still holds the task's lease (journal fence) and that the
+    # step it requires is journaled. Planned while the tables were young, the first read
+    # every running task through the lease index, the second hashed the whole journal
+    # table: work in the size of the tables on every batch. 300 workflows run, each with a
+    # journaled step; ending 20 of them must read about 20 journal keys and no task index.
+    with psycopg.connect(postgres_database, autocommit=True) as connection:
+        connection.execute(
+            "TRUNCATE legato_tasks, legato_task_events, legato_workflows, "
+            "legato_workflow_steps, legato_workflow_events RESTART IDENTITY CASCADE"
+        )
+    tasks = await TaskStore.open(postgres_database, upgrade=False, clock=clock)
+    store = WorkflowStore(tasks.database)
+    indexes = ("ix_legato_tasks_lease", "ix_legato_tasks_state_queue", "legato_workflow_steps_pkey")
+
+    def entry(workflow_id: int, task_id: int, index: int) -> JournalWrite:
+        step = JournalEntry(
+            index, f"s{index}", StepKind.STEP, StepState.SUCCEEDED, "1", None, "f", None, None,
+            None, 1, 2.5, 2.6,
+        )  # fmt: skip
+        return JournalWrite(workflow_id, task_id, leases[task_id].fencing_token, step)
+
+    try:
+        started = [
+            await store.start(NewWorkflow(name="flow", payload="{}"), _run_task(), 1.0)
+            for _ in range(300)
+        ]
+        leases = {
+            lease.task_id: lease for lease in await tasks.claim("w", ["default"], 300, 2.0, 30)
+        }
+        records = await store.begin_many(sorted(leases), 2.0)
+        runs = sorted((r.workflow_id, r.task_id) for r in records.values() if r.task_id)
+        assert await store.append_many([entry(w, t, 0) for w, t in runs]) == [True] * 300
+        await tasks.database.run("SELECT pg_stat_force_next_flush()")
+        (backend,) = await tasks.database.backend_pids()
+        with psycopg.connect(postgres_database, autocommit=True) as connection:
+            for index in indexes:
+                connection.execute(
+                    "SELECT pg_stat_reset_single_table_counters(%s::regclass)", [index]
+                )
+        ends = await store.end_many(
+            [
+                (Transition(w, t, WorkflowState.SUCCEEDED, "succeeded", result="1"), entry(w, t, 1))
+                for w, t in runs[:20]
+            ],
+            3.0,
+        )
+        with psycopg.connect(postgres_database, autocommit=True) as connection:
+            # A server process reports its counters when it exits: end it and read them.
+            ended = connection.execute("SELECT pg_terminate_backend(%s, 10000)", [backend])
+            assert ended.fetchone() == (True,)
+            reads = dict(
+                connection.execute(
+                    "SELECT indexrelname, idx_tup_read FROM pg_stat_user_indexes "
+                    "WHERE indexrelname = ANY(%s)",
+                    [list(indexes)],
+                ).fetchall()
+            )
+    finally:
+        await tasks.close()
+    assert len(started) == len(runs) == 300
+    assert ends == [(True, True)] * 20
+    assert reads["ix_legato_tasks_lease"] == reads["ix_legato_tasks_state_queue"] == 0
+    # The 20 required entries, and the 20 new keys checked for conflicts: not the 320 rows.
+    assert reads["legato_workflow_steps_pkey"] <= 40

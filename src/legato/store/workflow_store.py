@@ -25,6 +25,7 @@ from legato.store.task_store import (
     TASK_INSERT_COLUMNS,
     TASK_INSERT_TYPES,
     TaskStore,
+    running,
     task_row,
 )
 from legato.store.workflow_records import (
@@ -60,7 +61,7 @@ _ACTIVE = "('pending', 'running', 'sleeping', 'compensating')"
 # The run writing must be the one the workflow points at, and still hold its task's lease.
 _FENCE = (
     "EXISTS (SELECT 1 FROM legato_workflows w JOIN legato_tasks t ON t.id = w.task_id "
-    "WHERE w.id = ? AND t.id = ? AND t.fencing_token = ? AND t.state = 'running')"
+    f"WHERE w.id = ? AND t.id = ? AND t.fencing_token = ? AND {running('t')})"
 )
 
 
@@ -84,7 +85,7 @@ _ENTRY_TYPES = (
 _FENCE_V = (
     "EXISTS (SELECT 1 FROM legato_workflows w JOIN legato_tasks t ON t.id = w.task_id "
     "WHERE w.id = v.column1 AND t.id = v.column13 AND t.fencing_token = v.column14 "
-    "AND t.state = 'running')"
+    f"AND {running('t')})"
 )
 
 
@@ -575,13 +576,15 @@ class WorkflowStore:
             )
             statements.append(
                 (
-                    "INSERT INTO legato_workflow_steps (workflow_id, step_index, step_name, "
-                    "kind, state, result, error, function, compensation, attempts, "
-                    "started_at, finished_at) SELECT v.column1, v.column2, v.column3, "
-                    "v.column4, v.column5, v.column6, v.column7, v.column8, v.column9, "
-                    f"v.column10, v.column11, v.column12 FROM {values} WHERE {_FENCE_V} "
-                    "ON CONFLICT (workflow_id, step_index) DO NOTHING "
-                    "RETURNING workflow_id, step_index",
+                    ByKey(
+                        "INSERT INTO legato_workflow_steps (workflow_id, step_index, step_name, "
+                        "kind, state, result, error, function, compensation, attempts, "
+                        "started_at, finished_at) SELECT v.column1, v.column2, v.column3, "
+                        "v.column4, v.column5, v.column6, v.column7, v.column8, v.column9, "
+                        f"v.column10, v.column11, v.column12 FROM {values} WHERE {_FENCE_V} "
+                        "ON CONFLICT (workflow_id, step_index) DO NOTHING "
+                        "RETURNING workflow_id, step_index"
+                    ),
                     params,
                 )
             )
@@ -803,7 +806,9 @@ class WorkflowStore:
         order) whose task the workflow points at and, where `required` gives a step index,
         whose journal holds that step; then updates those rows and writes their events. The
         rows are found by id alone: with the state in the WHERE clause as well, PostgreSQL
-        may read the state index instead, every active workflow of the table.
+        may read the state index instead, every active workflow of the table. The required
+        step is looked up per change, by the journal's key (a scalar subquery: an EXISTS
+        there may be planned as a hash of the whole journal table, read on every batch).
         """
         steps = required if required is not None else [None] * len(changes)
         values, params = self._values(
@@ -830,7 +835,7 @@ class WorkflowStore:
             f"WHERE {where} ORDER BY w.id FOR UPDATE), "
             "pick AS (SELECT DISTINCT ON (v.column1) v.*, cur.state AS from_state FROM v "
             "JOIN cur ON cur.id = v.column1 AND cur.task_id = v.column2 "
-            f"WHERE cur.state IN {_ACTIVE} AND (v.column8 IS NULL OR EXISTS (SELECT 1 FROM "
+            f"WHERE cur.state IN {_ACTIVE} AND (v.column8 IS NULL OR (SELECT true FROM "
             "legato_workflow_steps s WHERE s.workflow_id = v.column1 "
             "AND s.step_index = v.column8)) ORDER BY v.column1, v.column7), "
             "upd AS (UPDATE legato_workflows w SET state = pick.column3, "

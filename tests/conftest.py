@@ -29,9 +29,9 @@ POSTGRES_DSN = os.environ.get(
 
 _TABLES = (
     "legato_task_events, legato_tasks, legato_workers, legato_queues, legato_schedules, "
-    "legato_workflow_steps, legato_workflows, legato_trading_intents, legato_trading_orders, "
-    "legato_trading_fills, legato_trading_positions, legato_trading_balances, "
-    "legato_trading_alerts, legato_trading_equity"
+    "legato_workflow_steps, legato_workflow_events, legato_workflows, legato_trading_intents, "
+    "legato_trading_orders, legato_trading_fills, legato_trading_positions, "
+    "legato_trading_balances, legato_trading_alerts, legato_trading_equity"
 )
 
 

@@ -158,7 +158,8 @@ def urls(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, 
         with psycopg.connect(url, autocommit=True) as connection:
             connection.execute(
                 "TRUNCATE legato_task_events, legato_tasks, legato_workers, "
-                "legato_workflow_steps, legato_workflows RESTART IDENTITY CASCADE"
+                "legato_workflow_steps, legato_workflow_events, legato_workflows "
+                "RESTART IDENTITY CASCADE"
             )
         yield url, url
 

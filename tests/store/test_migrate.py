@@ -88,3 +88,56 @@ def test_an_unsupported_url_is_rejected_naming_the_field(url: str) -> None:
     with pytest.raises(ValidationError) as raised:
         upgrade(url)
     assert raised.value.field == "store_url"
+
+
+def test_workflow_history_keeps_its_rows_and_keys_when_its_foreign_keys_are_dropped(
+    tmp_path: Path,
+) -> None:
+    # Migration 0007 copies SQLite's journal and events tables into ones declared without
+    # the key to legato_workflows; their rows, primary keys and indexes stay.
+    path = tmp_path / "legato.db"
+    upgrade(f"sqlite:///{path}", "0006")
+    with sqlite3.connect(path) as connection:
+        connection.execute(
+            "INSERT INTO legato_workflows (id, name, state, payload, created_at, updated_at) "
+            "VALUES (5, 'flow', 'running', '{}', 1, 1)"
+        )
+        connection.execute(
+            "INSERT INTO legato_workflow_steps (workflow_id, step_index, step_name, kind, "
+            "state, started_at) VALUES (5, 0, 'charge', 'step', 'succeeded', 2.0)"
+        )
+        connection.execute(
+            "INSERT INTO legato_workflow_events (workflow_id, at, to_state, reason) "
+            "VALUES (5, 1.0, 'pending', 'started'), (5, 2.0, 'running', 'running')"
+        )
+    assert upgrade(f"sqlite:///{path}") == head()
+    with sqlite3.connect(path) as connection:
+        connection.execute("PRAGMA foreign_keys=ON")
+        steps = connection.execute(
+            "SELECT workflow_id, step_index, step_name FROM legato_workflow_steps"
+        ).fetchall()
+        events = connection.execute(
+            "SELECT id, workflow_id, to_state FROM legato_workflow_events ORDER BY id"
+        ).fetchall()
+        assert steps == [(5, 0, "charge")]
+        assert events == [(1, 5, "pending"), (2, 5, "running")]
+        for table in ("legato_workflow_steps", "legato_workflow_events"):
+            keys = connection.execute(f"PRAGMA foreign_key_list('{table}')").fetchall()
+            assert keys == []
+        # The journal's primary key still refuses a second entry at one position.
+        with pytest.raises(sqlite3.IntegrityError):
+            connection.execute(
+                "INSERT INTO legato_workflow_steps (workflow_id, step_index, step_name, kind, "
+                "state, started_at) VALUES (5, 0, 'again', 'step', 'succeeded', 3.0)"
+            )
+        indexes = connection.execute("PRAGMA index_list('legato_workflow_events')").fetchall()
+        assert "ix_legato_workflow_events_workflow" in {row[1] for row in indexes}
+
+
+def test_on_postgresql_only_the_workflows_key_to_its_task_remains(postgres_database: str) -> None:
+    with psycopg.connect(postgres_database) as connection:
+        keys = connection.execute(
+            "SELECT conrelid::regclass::text, confrelid::regclass::text FROM pg_constraint "
+            "WHERE contype = 'f' AND conrelid::regclass::text LIKE 'legato_workflow%'"
+        ).fetchall()
+    assert keys == [("legato_workflows", "legato_tasks")]

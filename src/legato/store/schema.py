@@ -170,7 +170,10 @@ workflows = Table(
 workflow_steps = Table(
     "legato_workflow_steps",
     metadata,
-    Column("workflow_id", BigInteger, ForeignKey("legato_workflows.id", ondelete="CASCADE")),
+    # No foreign key (migration 0007): only the store writes journal entries, each in a
+    # statement that finds the workflow (and fences on its run's lease), and the store never
+    # deletes a workflow.
+    Column("workflow_id", BigInteger),
     Column("step_index", Integer, nullable=False),
     Column("step_name", String(200), nullable=False),
     Column("kind", String(16), nullable=False, doc="step or sleep"),
@@ -192,12 +195,8 @@ workflow_events = Table(
     "legato_workflow_events",
     metadata,
     Column("id", _Id, primary_key=True, autoincrement=True),
-    Column(
-        "workflow_id",
-        BigInteger,
-        ForeignKey("legato_workflows.id", ondelete="CASCADE"),
-        nullable=False,
-    ),
+    # No foreign key (migration 0007), as for the journal above.
+    Column("workflow_id", BigInteger, nullable=False),
     Column("at", Float, nullable=False),
     Column("from_state", String(16)),
     Column("to_state", String(16), nullable=False),

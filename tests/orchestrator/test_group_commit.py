@@ -27,27 +27,44 @@ class Recorder:
         return [item * 10 for item in items]
 
 
-async def test_writes_queued_during_a_flush_share_the_next_one() -> None:
+async def test_writes_made_in_the_same_loop_pass_share_the_first_flush() -> None:
+    # Five runs ready at once: the first to write does not flush alone.
     flush = Recorder()
     group: GroupCommit[int, int] = GroupCommit(flush)
     results = await asyncio.gather(*(group.submit(n) for n in range(5)))
     assert results == [0, 10, 20, 30, 40]
-    assert flush.batches == [[0], [1, 2, 3, 4]]
+    assert flush.batches == [[0, 1, 2, 3, 4]]
+
+
+async def test_writes_queued_during_a_flush_share_the_next_one() -> None:
+    flush = Recorder()
+    group: GroupCommit[int, int] = GroupCommit(flush)
+    first = asyncio.ensure_future(group.submit(0))
+    while not flush.batches:  # the first flush is in flight
+        await asyncio.sleep(0)
+    later = [asyncio.ensure_future(group.submit(n)) for n in (1, 2, 3)]
+    assert await asyncio.gather(first, *later) == [0, 10, 20, 30]
+    assert flush.batches == [[0], [1, 2, 3]]
 
 
 async def test_a_batch_larger_than_the_limit_is_split() -> None:
     flush = Recorder()
     group: GroupCommit[int, int] = GroupCommit(flush, limit=2)
     await asyncio.gather(*(group.submit(n) for n in range(5)))
-    assert flush.batches == [[0], [1, 2], [3, 4]]
+    assert flush.batches == [[0, 1], [2, 3], [4]]
 
 
 async def test_a_failed_flush_fails_only_the_writes_of_its_batch() -> None:
     flush = Recorder(fail_on=0)
     group: GroupCommit[int, int] = GroupCommit(flush)
-    results = await asyncio.gather(*(group.submit(n) for n in range(3)), return_exceptions=True)
+    first = asyncio.ensure_future(group.submit(0))
+    while not flush.batches:  # the failing flush is in flight
+        await asyncio.sleep(0)
+    later = [asyncio.ensure_future(group.submit(n)) for n in (1, 2)]
+    results = await asyncio.gather(first, *later, return_exceptions=True)
     assert isinstance(results[0], StoreUnavailableError)
     assert results[1:] == [10, 20]
+    assert flush.batches == [[0], [1, 2]]
 
 
 async def test_when_the_flushing_caller_is_cancelled_the_others_still_get_written() -> None:

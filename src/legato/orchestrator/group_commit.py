@@ -6,6 +6,12 @@ durable commit waits for the disk, and one connection serves them one at a time.
 while its transaction is in flight, later callers queue up, and its next pass takes them
 all. No background task is involved: a flush always runs in some caller's task.
 
+Before it takes a batch, the flusher yields to the event loop for as long as each pass
+brings more writes (and the batch is not full): the runs a claim started all become ready
+in the same loop pass, and without this the first of them to write would flush alone, the
+rest waiting a whole round trip for the next flush (measured on the workflow benchmark: a
+batch of one, then one of 63, for every 64 runs). A lone writer pays one loop pass, no timer.
+
 If the flushing caller is cancelled, the writes it had not sent yet are handed back to
 their callers, who queue them again (one of them becomes the next flusher); writes that
 were in flight when it was cancelled fail with `StoreUnavailableError`, since nobody
@@ -59,11 +65,20 @@ class GroupCommit(Generic[T, R]):
             if outcome is not _REQUEUE:
                 return outcome  # type: ignore[return-value]
 
+    async def _gather(self) -> None:
+        """Yield to the loop while each pass queues more writes, up to a full batch."""
+        while len(self._pending) < self._limit:
+            queued = len(self._pending)
+            await asyncio.sleep(0)
+            if len(self._pending) == queued:
+                return
+
     async def _lead(self) -> None:
         self._flushing = True
         batch: list[tuple[T, asyncio.Future[object]]] = []
         try:
             while self._pending:
+                await self._gather()
                 batch = self._pending[: self._limit]
                 del self._pending[: self._limit]
                 try:

@@ -16,11 +16,13 @@ class Recorder:
 
     def __init__(self, delay: float = 0.01, fail_on: int | None = None) -> None:
         self.batches: list[list[int]] = []
+        self.flushing = asyncio.Event()
         self.delay = delay
         self.fail_on = fail_on
 
     async def __call__(self, items: Sequence[int]) -> list[int]:
         self.batches.append(list(items))
+        self.flushing.set()
         await asyncio.sleep(self.delay)
         if self.fail_on in items:
             raise StoreUnavailableError("disk full")
@@ -40,8 +42,7 @@ async def test_writes_queued_during_a_flush_share_the_next_one() -> None:
     flush = Recorder()
     group: GroupCommit[int, int] = GroupCommit(flush)
     first = asyncio.ensure_future(group.submit(0))
-    while not flush.batches:  # the first flush is in flight
-        await asyncio.sleep(0)
+    await flush.flushing.wait()  # the first flush is in flight
     later = [asyncio.ensure_future(group.submit(n)) for n in (1, 2, 3)]
     assert await asyncio.gather(first, *later) == [0, 10, 20, 30]
     assert flush.batches == [[0], [1, 2, 3]]
@@ -58,8 +59,7 @@ async def test_a_failed_flush_fails_only_the_writes_of_its_batch() -> None:
     flush = Recorder(fail_on=0)
     group: GroupCommit[int, int] = GroupCommit(flush)
     first = asyncio.ensure_future(group.submit(0))
-    while not flush.batches:  # the failing flush is in flight
-        await asyncio.sleep(0)
+    await flush.flushing.wait()  # the failing flush is in flight
     later = [asyncio.ensure_future(group.submit(n)) for n in (1, 2)]
     results = await asyncio.gather(first, *later, return_exceptions=True)
     assert isinstance(results[0], StoreUnavailableError)

@@ -547,3 +547,51 @@ async def test_a_stop_returns_once_the_last_running_task_is_reported_not_after_t
     assert (record.state, record.result) == (TaskState.SUCCEEDED, '"done"')
     assert [w.state for w in workers] == ["stopped"]
     assert ended_at - stopped_at < 60  # the task's 5 s and a report, not the 600 s grace
+
+
+async def test_attempts_ending_while_the_store_is_busy_are_reported_and_replaced_in_one_batch(
+    app: Orchestrator, running_worker: RunWorker, wait_until: WaitUntil
+) -> None:
+    # Ten attempts end a few loop passes apart while another transaction holds the store's
+    # connection. The worker waits for the connection before it takes its batch: the ten
+    # completions and the claim of the next ten travel together. Taking the batch at the
+    # first end, it reported one, claimed one, then the other nine: two cohorts from then on.
+    release = asyncio.Event()
+    started: list[int] = []
+
+    @app.task(name="staggered")
+    async def staggered(passes: int) -> None:
+        started.append(passes)
+        await release.wait()
+        for _ in range(passes):
+            await asyncio.sleep(0)
+
+    async with app:
+        async with running_worker(concurrency=10) as worker:
+            first = [await app.submit("staggered", n) for n in range(10)]
+
+            async def all_started() -> bool:
+                return len(started) == 10
+
+            await wait_until(all_started, within=5)
+            later = [await app.submit("staggered", 0) for _ in range(10)]
+
+            async with app.store.database.transaction():
+                # The clock stands still while a PostgreSQL transaction is open (its I/O is
+                # real): wait by loop passes, a bounded number of them.
+                release.set()
+                for _ in range(1_000):
+                    if not worker.running_tasks:
+                        break
+                    await asyncio.sleep(0)
+                assert not worker.running_tasks
+            done = [await wait_until(finished(app, task_id), within=5) for task_id in later]
+        rows = await app.store.database.run(
+            "SELECT task_id, reason FROM legato_task_events "
+            "WHERE reason IN ('succeeded', 'claimed') ORDER BY id"
+        )
+    assert all(record.state is TaskState.SUCCEEDED for record in done)
+    after_first_claims = rows[10:30]
+    assert after_first_claims == [(task_id, "succeeded") for task_id in sorted(first)] + [
+        (task_id, "claimed") for task_id in sorted(later)
+    ]

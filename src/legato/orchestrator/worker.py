@@ -328,6 +328,15 @@ class Worker:
                 wait_limit = max(left, 0.0) if left > 0 else self.config.poll_interval
                 free = 0
             else:
+                # Report and claim in one batch what ends while the store is busy: waiting
+                # in line for the connection with a batch taken now would leave behind
+                # what ends meanwhile, and the runs would split into cohorts, each paying
+                # its own round trips (traced on the workflow benchmark).
+                await self._gather_settled()
+                await store.database.idle()
+                await self._gather_settled()
+                if self._stopping.is_set():
+                    continue  # told to stop meanwhile: claim nothing more
                 free = min(self.config.batch_size, self.concurrency - len(self._attempts))
             outcomes, self._outcomes = self._outcomes, []
             if not outcomes and free <= 0:
@@ -369,6 +378,20 @@ class Worker:
                 continue  # drained and reported: the loop's top returns (or reports the rest)
             if not self._outcomes:
                 await self._wait(self.config.poll_interval if wait_limit is None else wait_limit)
+
+    async def _gather_settled(self) -> None:
+        """Yield to the loop while each pass ends more attempts, before a batch is taken.
+
+        Attempts that a store reply releases together (say, a batch of workflow ends) end
+        over a few loop passes; the first one's report would otherwise go alone, its
+        completion and claim splitting the worker's runs into cohorts that each pay their
+        own round trips from then on.
+        """
+        while True:
+            running = len(self._attempts)
+            await asyncio.sleep(0)
+            if len(self._attempts) == running:
+                return
 
     async def _wait(self, limit: float | None) -> None:
         with contextlib.suppress(TimeoutError):

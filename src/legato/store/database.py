@@ -6,11 +6,12 @@ interface; each backend translates what differs (placeholders, row locks, casts)
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol
 
-__all__ = ["ByKey", "Database", "Row", "Transaction"]
+__all__ = ["ByKey", "Database", "Row", "Transaction", "until_free"]
 
 Row = tuple[Any, ...]
 
@@ -33,6 +34,13 @@ class ByKey(str):
     """
 
     __slots__ = ()
+
+
+async def until_free(lock: asyncio.Lock) -> None:
+    """Return once `lock` is free: its holder, and whoever queued before us, let it go."""
+    while lock.locked():
+        async with lock:
+            pass
 
 
 class Transaction(Protocol):
@@ -79,6 +87,14 @@ class Database(Protocol):
 
     async def run(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
         """Run one statement as its own (durable) transaction and return its rows."""
+        ...
+
+    async def idle(self) -> None:
+        """Return once no transaction holds the connection (at once if none does).
+
+        A caller about to queue a write behind the one in flight can wait here instead and
+        then take, in one batch, what arrived meanwhile.
+        """
         ...
 
     def notifications(self, channel: str) -> AsyncIterator[str]:

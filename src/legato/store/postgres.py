@@ -20,7 +20,7 @@ from psycopg import sql as pgsql
 
 from legato.kernel.clock import Clock
 from legato.kernel.simulation import SimulatedClock
-from legato.store.database import ByKey, Row
+from legato.store.database import ByKey, Row, until_free
 from legato.store.errors import StoreUnavailableError
 
 __all__ = ["PostgresDatabase"]
@@ -216,6 +216,10 @@ class PostgresDatabase:
                 if connection.broken or connection.closed:
                     self._connection = None
                 raise StoreUnavailableError(f"postgresql: {error}") from error
+
+    async def idle(self) -> None:
+        """Return once no transaction holds the connection (at once if none does)."""
+        await until_free(self._lock)
 
     async def notifications(self, channel: str) -> AsyncIterator[str]:
         """LISTEN on `channel` on a dedicated connection and yield each payload.

@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
-from legato.store.database import Row
+from legato.store.database import Row, until_free
 from legato.store.errors import StoreUnavailableError
 
 __all__ = ["SqliteDatabase"]
@@ -108,6 +108,10 @@ class SqliteDatabase:
                 return self._connection.execute(sql, params).fetchall()
             except sqlite3.OperationalError as error:
                 raise StoreUnavailableError(f"sqlite: {error}", path=self._path) from error
+
+    async def idle(self) -> None:
+        """Return once no transaction holds the connection (at once if none does)."""
+        await until_free(self._lock)
 
     async def notifications(self, channel: str) -> AsyncIterator[str]:
         """SQLite has no cross-process notifications: this yields nothing and never ends."""

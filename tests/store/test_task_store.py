@@ -23,6 +23,8 @@ from legato.store import (
     WorkerState,
 )
 
+from .pg_counters import count_from, index_reads
+
 OpenStore = Callable[[Clock], AbstractAsyncContextManager[TaskStore]]
 
 
@@ -739,32 +741,16 @@ async def test_on_postgresql_completions_and_heartbeats_read_no_index_of_the_run
     try:
         await store.submit([new_task() for _ in range(600)], now=0.0)
         leases = await store.claim("w", ["default"], 600, now=1.0, lease_seconds=30)
-        # Counters reach the shared statistics when the server process next goes idle.
-        await store.database.run("SELECT pg_stat_force_next_flush()")
-        (backend,) = await store.database.backend_pids()
-        with psycopg.connect(postgres_database, autocommit=True) as connection:
-            for index in indexes:
-                connection.execute(
-                    "SELECT pg_stat_reset_single_table_counters(%s::regclass)", [index]
-                )
+        backend = await count_from(store.database, postgres_database, indexes)
         batch = leases[:20]
         held = {lease.task_id: lease.fencing_token for lease in batch}
         reply = await store.heartbeat("w", held, now=2.0, lease_seconds=30)
         outcomes = [success(lease.task_id, lease.fencing_token) for lease in batch]
         accepted = await store.complete(outcomes, "w", 3.0)
-        with psycopg.connect(postgres_database, autocommit=True) as connection:
-            # A server process reports its counters when it exits: end it, waiting (up to
-            # 10 s) until it has, and read what it did.
-            ended = connection.execute("SELECT pg_terminate_backend(%s, 10000)", [backend])
-            assert ended.fetchone() == (True,)
-            reads = connection.execute(
-                "SELECT indexrelname, idx_tup_read FROM pg_stat_user_indexes "
-                "WHERE indexrelname = ANY(%s) ORDER BY indexrelname",
-                [list(indexes)],
-            ).fetchall()
+        reads = index_reads(postgres_database, backend, indexes)
     finally:
         await store.close()
     assert len(leases) == 600
     assert sorted(reply.leases) == sorted(held)
     assert accepted == [True] * 20
-    assert reads == [("ix_legato_tasks_lease", 0), ("ix_legato_tasks_state_queue", 0)]
+    assert reads == {"ix_legato_tasks_lease": 0, "ix_legato_tasks_state_queue": 0}

@@ -25,6 +25,8 @@ from legato.store.workflow_records import (
 )
 from legato.store.workflow_store import WorkflowStore
 
+from .pg_counters import count_from, index_reads
+
 OpenStore = Callable[[Clock], AbstractAsyncContextManager[TaskStore]]
 
 
@@ -198,13 +200,7 @@ async def test_on_postgresql_ending_a_batch_reads_its_journal_and_tasks_by_key(
         records = await store.begin_many(sorted(leases), 2.0)
         runs = sorted((r.workflow_id, r.task_id) for r in records.values() if r.task_id)
         assert await store.append_many([entry(w, t, 0) for w, t in runs]) == [True] * 300
-        await tasks.database.run("SELECT pg_stat_force_next_flush()")
-        (backend,) = await tasks.database.backend_pids()
-        with psycopg.connect(postgres_database, autocommit=True) as connection:
-            for index in indexes:
-                connection.execute(
-                    "SELECT pg_stat_reset_single_table_counters(%s::regclass)", [index]
-                )
+        backend = await count_from(tasks.database, postgres_database, indexes)
         ends = await store.end_many(
             [
                 (Transition(w, t, WorkflowState.SUCCEEDED, "succeeded", result="1"), entry(w, t, 1))
@@ -212,17 +208,7 @@ async def test_on_postgresql_ending_a_batch_reads_its_journal_and_tasks_by_key(
             ],
             3.0,
         )
-        with psycopg.connect(postgres_database, autocommit=True) as connection:
-            # A server process reports its counters when it exits: end it and read them.
-            ended = connection.execute("SELECT pg_terminate_backend(%s, 10000)", [backend])
-            assert ended.fetchone() == (True,)
-            reads = dict(
-                connection.execute(
-                    "SELECT indexrelname, idx_tup_read FROM pg_stat_user_indexes "
-                    "WHERE indexrelname = ANY(%s)",
-                    [list(indexes)],
-                ).fetchall()
-            )
+        reads = index_reads(postgres_database, backend, indexes)
     finally:
         await tasks.close()
     assert len(started) == len(runs) == 300

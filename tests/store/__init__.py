@@ -1,0 +1,1 @@
+"""Tests of the store (legato.store), on SQLite and PostgreSQL."""

@@ -130,6 +130,9 @@ class FlakyDatabase:
     async def run(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
         return await self._inner.run(sql, params)
 
+    async def idle(self) -> None:
+        await self._inner.idle()
+
     def notifications(self, channel: str) -> AsyncIterator[str]:
         return self._inner.notifications(channel)
 

@@ -239,6 +239,9 @@ class CountingDatabase:
         self.alone += 1
         return rows
 
+    async def idle(self) -> None:
+        await self._inner.idle()
+
     def notifications(self, channel: str) -> AsyncIterator[str]:
         return self._inner.notifications(channel)
 

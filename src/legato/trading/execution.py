@@ -1208,19 +1208,29 @@ class OrderExecutionManager:
         """The venue's status and fills on our record (which keeps our links and times)."""
         if ours.is_terminal:
             return ours
-        changes = {
-            "status": seen.status,
-            "venue_order_id": seen.venue_order_id or ours.venue_order_id,
-            "filled_quantity": seen.filled_quantity,
-            "average_price": seen.average_price,
-            "leverage": seen.leverage or ours.leverage,
-            "triggered_at": seen.triggered_at or ours.triggered_at,
-            "reason": seen.reason or ours.reason,
-            "updated_at": seen.updated_at or self._clock.now(),
-        }
-        if all(value is getattr(ours, name) for name, value in changes.items()):
-            # The very values we hold (a poll of an order that has not moved): the copy
-            # would be field for field this record.
+        # Only the values that are not the very ones we hold are copied in (and checked):
+        # the others were checked when our record was built. None of them (a poll of an
+        # order that has not moved): the copy would be field for field this record.
+        changes: dict[str, Any] = {}
+        if seen.status is not ours.status:
+            changes["status"] = seen.status
+        if (venue_order_id := seen.venue_order_id or ours.venue_order_id) is not (
+            ours.venue_order_id
+        ):
+            changes["venue_order_id"] = venue_order_id
+        if seen.filled_quantity is not ours.filled_quantity:
+            changes["filled_quantity"] = seen.filled_quantity
+        if seen.average_price is not ours.average_price:
+            changes["average_price"] = seen.average_price
+        if (leverage := seen.leverage or ours.leverage) is not ours.leverage:
+            changes["leverage"] = leverage
+        if (triggered_at := seen.triggered_at or ours.triggered_at) is not ours.triggered_at:
+            changes["triggered_at"] = triggered_at
+        if (reason := seen.reason or ours.reason) is not ours.reason:
+            changes["reason"] = reason
+        if (updated_at := seen.updated_at or self._clock.now()) is not ours.updated_at:
+            changes["updated_at"] = updated_at
+        if not changes:
             return ours
         return ours.replace(**changes)
 

@@ -175,6 +175,27 @@ class PaperVenueConfig:
         )
 
 
+_BELOW_ALL = Decimal("-Infinity")
+_ABOVE_ALL = Decimal("Infinity")
+
+
+@dataclass(frozen=True, slots=True)
+class _QuietBand:
+    """A symbol's working orders, all waiting for a trigger, and the band that reaches none.
+
+    A bar whose low is above `falling` (the highest trigger on a fall) and whose high is
+    below `rising` (the lowest trigger on a rise) triggers none of `ids`.
+    """
+
+    ids: tuple[str, ...]
+    falling: Decimal
+    rising: Decimal
+
+
+_UNKNOWN_BAND = _QuietBand((), _ABOVE_ALL, _BELOW_ALL)
+"""`PaperVenue._bands`' answer for a symbol whose band is not worked out yet."""
+
+
 class _BarSubscription:
     """An async iterator of bars; registered at creation so it misses nothing after that."""
 
@@ -257,6 +278,8 @@ class PaperVenue:
         self._bars_seen: Counter[str] = Counter()
         # Per open order, the order as last seen by `process_bar` and its `trigger_level`.
         self._triggers: dict[str, tuple[Order, tuple[Decimal, bool] | None]] = {}
+        # Per symbol, its quiet band (see `_quiet_band`), dropped when one of its orders changes.
+        self._bands: dict[str, _QuietBand | None] = {}
         self._hidden_until: dict[str, float] = {}
         self._positions: dict[str, Position] = {}
         # Symbols whose position is still to be marked at the last price (see `_close_bar`).
@@ -378,6 +401,7 @@ class PaperVenue:
         self._lock_per_unit = dict(state.reservations)
         self._bars_seen = Counter(state.bars_seen)
         self._triggers = {}
+        self._bands = {}
         self._hidden_until = {}
         self._positions = {position.symbol: position for position in state.positions}
         self._unmarked = set()
@@ -484,6 +508,17 @@ class PaperVenue:
             # No working order: nothing to match, the bar only marks (the common case).
             self._close_bar(bar)
             return []
+        band = self._bands.get(symbol, _UNKNOWN_BAND)
+        if band is _UNKNOWN_BAND:
+            band = self._bands[symbol] = self._quiet_band(symbol)
+        if band is not None and band.falling < bar.low and bar.high < band.rising:
+            # Every working order of the symbol waits for a trigger this bar does not reach
+            # (most bars of a stop-loss and take-profit): what the walk below would find.
+            bars_seen = self._bars_seen
+            for cid in band.ids:
+                bars_seen[cid] += 1
+            self._close_bar(bar)
+            return []
         fills_before = len(self._fills)
         rules = self._config.rules
         path: tuple[Decimal, Decimal, Decimal, Decimal] | None = None
@@ -519,6 +554,29 @@ class PaperVenue:
                 self._apply(cid, execution, instrument)
         self._close_bar(bar)
         return self._fills[fills_before:]
+
+    def _quiet_band(self, symbol: str) -> _QuietBand | None:
+        """The band of prices inside which a bar of `symbol` triggers none of its orders.
+
+        None when one of its working orders does not wait for a trigger (a limit order, a
+        triggered stop): then every bar is matched order by order.
+        """
+        ids: list[str] = []
+        falling, rising = _BELOW_ALL, _ABOVE_ALL
+        for cid in self._open_ids:
+            order = self._orders[cid]
+            if order.symbol != symbol:
+                continue
+            level = trigger_level(order)
+            if level is None:
+                return None
+            ids.append(cid)
+            price, rises = level
+            if rises:
+                rising = min(rising, price)
+            else:
+                falling = max(falling, price)
+        return _QuietBand(tuple(ids), falling, rising)
 
     def _close_bar(self, bar: Bar) -> None:
         # The bar's last step, matched or not: its close is the last price and the mark of
@@ -817,6 +875,7 @@ class PaperVenue:
             reason=None,
         )
         self._orders[cid] = accepted
+        self._bands.pop(order.symbol, None)
         self._by_venue_id[venue_order_id] = cid
         self._open_ids[cid] = None
         if lock is not None:
@@ -853,6 +912,7 @@ class PaperVenue:
     def _store(self, order: Order) -> None:
         cid = order.client_order_id
         self._orders[cid] = order
+        self._bands.pop(order.symbol, None)
         if order.is_terminal:
             self._open_ids.pop(cid, None)
             self._lock_per_unit.pop(cid, None)

@@ -2,7 +2,8 @@
 
 - A stop or take-profit that is not triggered yet triggers exactly when the bar reaches its
   level in the trigger's direction (the matcher now answers "not reached" from the bar's
-  high or low before walking the intrabar path).
+  high or low before walking the intrabar path), and a bar inside the band that reaches
+  none of a symbol's triggers is skipped as a whole with what the walk would decide.
 - A bar with no working order still marks the venue's position at its close; the venue
   makes that mark only when something reads it, and nothing it does or shows differs from a
   venue whose position is read (so marked) after every bar.
@@ -171,6 +172,83 @@ def test_a_position_marked_only_when_read_shows_what_marking_every_bar_shows(
 
     clock = SimulatedClock(start=T0 - timedelta(minutes=5))
     run_simulated(run(), clock=clock)
+
+
+_BAND_ACTIONS = st.sampled_from([None, None, None, "buy", "sell", "stop", "target", "limit"])
+
+
+@settings(
+    max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    steps=st.lists(
+        st.tuples(st.integers(min_value=-4, max_value=4), _BAND_ACTIONS),
+        min_size=1,
+        max_size=30,
+    )
+)
+def test_bars_inside_the_quiet_band_decide_what_the_order_by_order_walk_decides(
+    perp: Instrument, steps: list[tuple[int, str | None]]
+) -> None:
+    # Two venues get the same orders and bars; `walker` matches every bar order by order
+    # (no quiet band), `banded` skips the bars that reach none of its triggers.
+    async def run() -> None:
+        venues = [
+            PaperVenue(
+                [perp],
+                balances={"USDT": Decimal(100_000)},
+                config=PaperVenueConfig(rules=NO_SLIP),
+                clock=clock,
+            )
+            for _ in range(2)
+        ]
+        banded, walker = venues
+        walker._quiet_band = lambda symbol: None  # type: ignore[method-assign]
+        price = 100
+        for index, (move, action) in enumerate(steps):
+            close = price + move
+            low, high = min(price, close) - 1, max(price, close) + 1
+            bar = make_bar(index, str(price), str(high), str(low), str(close))
+            clock.advance(300.0)
+            assert banded.process_bar(bar) == walker.process_bar(bar)
+            assert banded.state() == walker.state()  # bars seen by each order included
+            price = close
+            if action is not None:
+                order = _band_order_for(action, index, price, list(await walker.positions()))
+                answers: list[Order | str] = []
+                for venue in venues:
+                    try:
+                        answers.append(await venue.place_order(order))
+                    except OrderRejected as rejected:
+                        answers.append(str(rejected))
+                assert answers[0] == answers[1]
+        assert banded.state() == walker.state()
+
+    clock = SimulatedClock(start=T0 - timedelta(minutes=5))
+    run_simulated(run(), clock=clock)
+
+
+def _band_order_for(action: str, index: int, price: int, positions: list[Position]) -> Order:
+    cid = f"{action}-{index}"
+    if action in ("buy", "sell"):
+        side = OrderSide.BUY if action == "buy" else OrderSide.SELL
+        return Order(cid, PERP, side, OrderType.MARKET, Decimal(1), leverage=Decimal(5))
+    held = positions[0] if positions else None
+    closing = OrderSide.SELL if held is None or held.side is PositionSide.LONG else OrderSide.BUY
+    away = -3 if closing is OrderSide.SELL else 3
+    if action == "limit":
+        return Order(
+            cid,
+            PERP,
+            closing.opposite,
+            OrderType.LIMIT,
+            Decimal(1),
+            price=Decimal(price - away),
+            leverage=Decimal(5),
+        )
+    kind = OrderType.STOP if action == "stop" else OrderType.TAKE_PROFIT
+    trigger = Decimal(price + away if action == "stop" else price - away)
+    return Order(cid, PERP, closing, kind, Decimal(1), stop_price=trigger, reduce_only=True)
 
 
 def _free_in_snapshot(venue: PaperVenue, asset: str) -> Decimal:

@@ -133,21 +133,11 @@ def test_a_position_marked_only_when_read_shows_what_marking_every_bar_shows(
     # Two venues get the same orders and bars; `eager` has its positions read after every
     # bar (so marked at every close), `lazy` only when the step says so.
     async def run() -> None:
-        venues = [
-            PaperVenue(
-                [perp],
-                balances={"USDT": Decimal(100_000)},
-                config=PaperVenueConfig(rules=NO_SLIP),
-                clock=clock,
-            )
-            for _ in range(2)
-        ]
+        venues = _twin_venues(perp, clock)
         eager, lazy = venues
         price = 100
         for index, (move, action) in enumerate(steps):
-            close = price + move
-            low, high = min(price, close) - 1, max(price, close) + 1
-            bar = make_bar(index, str(price), str(high), str(low), str(close))
+            bar, close = _step_bar(index, price, move)
             clock.advance(300.0)
             assert eager.process_bar(bar) == lazy.process_bar(bar)
             price = close
@@ -193,22 +183,12 @@ def test_bars_inside_the_quiet_band_decide_what_the_order_by_order_walk_decides(
     # Two venues get the same orders and bars; `walker` matches every bar order by order
     # (no quiet band), `banded` skips the bars that reach none of its triggers.
     async def run() -> None:
-        venues = [
-            PaperVenue(
-                [perp],
-                balances={"USDT": Decimal(100_000)},
-                config=PaperVenueConfig(rules=NO_SLIP),
-                clock=clock,
-            )
-            for _ in range(2)
-        ]
+        venues = _twin_venues(perp, clock)
         banded, walker = venues
         walker._quiet_band = lambda symbol: None  # type: ignore[method-assign]
         price = 100
         for index, (move, action) in enumerate(steps):
-            close = price + move
-            low, high = min(price, close) - 1, max(price, close) + 1
-            bar = make_bar(index, str(price), str(high), str(low), str(close))
+            bar, close = _step_bar(index, price, move)
             clock.advance(300.0)
             assert banded.process_bar(bar) == walker.process_bar(bar)
             assert banded.state() == walker.state()  # bars seen by each order included
@@ -249,6 +229,26 @@ def _band_order_for(action: str, index: int, price: int, positions: list[Positio
     kind = OrderType.STOP if action == "stop" else OrderType.TAKE_PROFIT
     trigger = Decimal(price + away if action == "stop" else price - away)
     return Order(cid, PERP, closing, kind, Decimal(1), stop_price=trigger, reduce_only=True)
+
+
+def _twin_venues(perp: Instrument, clock: SimulatedClock) -> list[PaperVenue]:
+    """Two identical venues on one clock, for comparing two ways of doing the same."""
+    return [
+        PaperVenue(
+            [perp],
+            balances={"USDT": Decimal(100_000)},
+            config=PaperVenueConfig(rules=NO_SLIP),
+            clock=clock,
+        )
+        for _ in range(2)
+    ]
+
+
+def _step_bar(index: int, price: int, move: int) -> tuple[Bar, int]:
+    """Bar `index`: opens at `price`, closes `move` away, a point beyond both; and its close."""
+    close = price + move
+    low, high = min(price, close) - 1, max(price, close) + 1
+    return make_bar(index, str(price), str(high), str(low), str(close)), close
 
 
 def _free_in_snapshot(venue: PaperVenue, asset: str) -> Decimal:

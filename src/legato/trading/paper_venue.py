@@ -192,10 +192,6 @@ class _QuietBand:
     rising: Decimal
 
 
-_UNKNOWN_BAND = _QuietBand((), _ABOVE_ALL, _BELOW_ALL)
-"""`PaperVenue._bands`' answer for a symbol whose band is not worked out yet."""
-
-
 class _BarSubscription:
     """An async iterator of bars; registered at creation so it misses nothing after that."""
 
@@ -508,8 +504,9 @@ class PaperVenue:
             # No working order: nothing to match, the bar only marks (the common case).
             self._close_bar(bar)
             return []
-        band = self._bands.get(symbol, _UNKNOWN_BAND)
-        if band is _UNKNOWN_BAND:
+        if symbol in self._bands:
+            band = self._bands[symbol]
+        else:
             band = self._bands[symbol] = self._quiet_band(symbol)
         if band is not None and band.falling < bar.low and bar.high < band.rising:
             # Every working order of the symbol waits for a trigger this bar does not reach

@@ -80,3 +80,48 @@ def test_the_desk_backtest_runs_as_a_real_process(tmp_path: Path) -> None:
     assert sorted(Path(path).name for path in printed["files"].values()) == sorted(REPORT_FILES)
     assert printed["metrics"]["end"].startswith("2023-01-03T06:00")
     assert all((out / name).stat().st_size > 0 for name in REPORT_FILES)
+
+
+def test_a_market_the_settings_do_not_list_trades_on_its_own_tick_size(tmp_path: Path) -> None:
+    # ETH-BTC trades near 0.1 BTC: the configured BTC perpetual's tick of 0.1 would round
+    # every stop onto the price itself, and the crossover's first proposal was refused.
+    recorded = default_market_data_dir() / "binance_ETH-BTC_5m_2018-01.csv"
+    result = CliRunner().invoke(
+        app,
+        [
+            "backtest",
+            *("--data", str(recorded), "--symbol", "ETH-BTC", "--strategy", "ema"),
+            *("--out", str(tmp_path), "--to", "2018-01-14T00:00"),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "ETH-BTC is not in desk.instruments: tick 0.00000001" in result.output
+    assert "BTC to start" in result.output
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["metrics"]["trades"] > 0
+
+
+def test_a_strategy_error_is_reported_as_itself_not_as_a_task_group(tmp_path: Path) -> None:
+    # ETH-BTC configured with a tick of 0.1: the crossover's stop-loss rounds onto 0.1, above
+    # the entry, and the proposal is refused while the bars replay. The operator must read
+    # that error, not "unhandled errors in a TaskGroup".
+    config = tmp_path / "legato.toml"
+    config.write_text(
+        "[[desk.instruments]]\n"
+        'symbol = "ETH-BTC"\nbase_asset = "ETH"\nquote_asset = "BTC"\n'
+        'tick_size = "0.1"\nlot_size = "0.001"\nkind = "perpetual"\nmax_leverage = "5"\n'
+        '[[desk.strategies]]\nname = "consensus"\nsymbols = ["ETH-BTC"]\n'
+        '[desk.venue]\nquote_asset = "BTC"\n'
+    )
+    recorded = default_market_data_dir() / "binance_ETH-BTC_5m_2018-01.csv"
+    result = CliRunner().invoke(
+        app,
+        [
+            *("--config", str(config), "backtest"),
+            *("--data", str(recorded), "--symbol", "ETH-BTC", "--strategy", "ema"),
+            *("--out", str(tmp_path / "out"), "--to", "2018-01-14T00:00"),
+        ],
+    )
+    assert result.exit_code != 0
+    assert "TaskGroup" not in result.output
+    assert "stop_loss" in result.output

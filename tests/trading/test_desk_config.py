@@ -7,15 +7,21 @@ from pathlib import Path
 
 import pytest
 
-from legato.kernel.errors import ConfigError
+from legato.kernel.errors import ConfigError, ValidationError
 from legato.trading.desk_config import (
     DataSource,
     DeskConfig,
     ResolverKind,
     StrategyConfig,
+    default_instrument,
     desk_config_from_mapping,
+    fitted_instrument,
     load_desk_config,
+    trading_recorded_market,
 )
+from legato.trading.market_data import Bar
+
+from .conftest import BarMaker
 
 
 def test_the_defaults_are_the_embedded_desk_on_one_btc_perpetual() -> None:
@@ -85,3 +91,38 @@ def test_a_missing_config_file_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as raised:
         load_desk_config(tmp_path / "missing.toml")
     assert raised.value.field == "config_file"
+
+
+def test_a_recorded_market_no_instrument_lists_is_fitted_to_its_prices(bar: BarMaker) -> None:
+    bars = [
+        bar(0, "0.0984", "0.0994766", "0.09828605", "0.0994766", "1820.544474", symbol="ETH-BTC"),
+        bar(1, "0.09946999", "0.0997238", "0.099", "0.09969", "2527.9", symbol="ETH-BTC"),
+    ]
+    config = trading_recorded_market(DeskConfig(), "ETH-BTC", bars)
+    instrument = config.instrument("ETH-BTC")
+    assert (instrument.base_asset, instrument.quote_asset) == ("ETH", "BTC")
+    assert instrument.tick_size == Decimal("0.00000001")
+    assert instrument.lot_size == Decimal("0.000001")
+    assert instrument.min_notional == 0
+    assert instrument.is_perpetual
+    assert instrument.max_leverage == default_instrument().max_leverage
+    assert config.symbols == ("ETH-BTC",)
+    assert config.venue.quote_asset == "BTC"
+    assert config.venue.starting_balance == DeskConfig().venue.starting_balance
+
+
+def test_a_listed_market_keeps_its_configured_instrument(bar: BarMaker) -> None:
+    bars = [bar(i, "20000", "20010", "19990", "20005") for i in range(2)]
+    config = DeskConfig()
+    assert trading_recorded_market(config, "BTC-USDT-PERP", bars) is config
+
+
+@pytest.mark.parametrize("name", ["ETHBTC", "ETH-ETH", "ETH-BTC-USDT", "-PERP"])
+def test_a_market_name_without_two_assets_is_refused_with_what_would_do(
+    name: str, bar: BarMaker
+) -> None:
+    bars: list[Bar] = [bar(0, "1", "1", "1", "1", symbol=name)]
+    with pytest.raises(ValidationError, match="BASE-QUOTE") as refused:
+        fitted_instrument(name, bars, default_instrument())
+    assert refused.value.field == "symbol"
+    assert refused.value.value == name

@@ -9,15 +9,14 @@ inputs always give the same report, byte for byte.
 
 from __future__ import annotations
 
-import dataclasses
 import enum
 import json
 import sys
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -42,7 +41,11 @@ from legato.trading.backtest.production import production_backtest
 from legato.trading.backtest.report import BacktestReport
 from legato.trading.backtest.report_files import write_report
 from legato.trading.backtest.runner import BacktestResult
-from legato.trading.desk_config import DeskConfig, desk_config_from_mapping
+from legato.trading.desk_config import (
+    DeskConfig,
+    desk_config_from_mapping,
+    trading_recorded_market,
+)
 from legato.trading.fees import FeeSchedule
 from legato.trading.market_data import Bar, load_bars
 from legato.trading.matching import MatchingRules
@@ -112,8 +115,12 @@ def backtest(
     )
     try:
         settings = load_settings(config if config is not None else options.config_file)
-        desk_config = _desk_config(settings.desk, symbol)
-        bars = _slice(list(load_bars(data, symbol)), start, end)
+        recorded = list(load_bars(data, symbol))
+        configured = desk_config_from_mapping(dict(settings.desk))
+        desk_config = trading_recorded_market(configured, symbol, recorded)
+        if symbol not in configured.symbols:
+            _note_fitted(desk_config, symbol)
+        bars = _slice(recorded, start, end)
         result = _run(strategy, desk_config, bars, out, quiet=options.json_output)
         title = f"{strategy.value} on {symbol}, {bars[0].timestamp:%Y-%m-%d %H:%M} to " + (
             f"{bars[-1].timestamp:%Y-%m-%d %H:%M} UTC"
@@ -128,22 +135,14 @@ def backtest(
     _summarise(report, written, json_output=options.json_output)
 
 
-def _desk_config(table: Mapping[str, Any], symbol: str) -> DeskConfig:
-    """The settings' `[desk]` table, trading `symbol` as its only symbol."""
-    config = desk_config_from_mapping(dict(table))
-    if config.symbols == (symbol,):
-        return config
-    if symbol in config.symbols:
-        strategy = config.strategy_for(symbol)
-        instrument = config.instrument(symbol)
-    else:
-        # One recorded file feeds one symbol: the first strategy and instrument trade it.
-        strategy, instrument = config.strategies[0], config.instruments[0]
-        instrument = dataclasses.replace(instrument, symbol=symbol)
-    return dataclasses.replace(
-        config,
-        instruments=(instrument,),
-        strategies=(dataclasses.replace(strategy, symbols=(symbol,)),),
+def _note_fitted(config: DeskConfig, symbol: str) -> None:
+    """Say on stderr what a market the settings do not list is traded on."""
+    instrument = config.instrument(symbol)
+    typer.echo(
+        f"{symbol} is not in desk.instruments: tick {instrument.tick_size:f} and lot "
+        f"{instrument.lot_size:f} read off the file; {config.venue.starting_balance:f} "
+        f"{config.venue.quote_asset} to start (desk.venue.starting_balance)",
+        err=True,
     )
 
 

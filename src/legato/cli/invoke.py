@@ -44,8 +44,18 @@ def options_of(ctx: typer.Context, *, json_output: bool = False) -> CliOptions:
     return replace(options, json_output=True) if json_output else options
 
 
+def _leaves(error: BaseException) -> list[BaseException]:
+    """The errors an exception group holds, however nested; `[error]` for any other."""
+    if isinstance(error, BaseExceptionGroup):
+        return [leaf for inner in error.exceptions for leaf in _leaves(inner)]
+    return [error]
+
+
 def describe(error: BaseException) -> str:
-    """One line saying what went wrong, for the operator."""
+    """One line saying what went wrong, for the operator (each error of a group, not the group)."""
+    leaves = _leaves(error)
+    if len(leaves) > 1 or leaves[0] is not error:
+        return "; ".join(describe(leaf) for leaf in leaves)
     if isinstance(error, ConfigError):
         problems = "; ".join(f"{f}: got {v!r}, expected {e}" for f, v, e in error.problems)
         text = f"{error.source}: {problems}"
@@ -62,7 +72,8 @@ def fail(options: CliOptions, error: BaseException) -> typer.Exit:
     if options.debug:
         typer.echo("".join(traceback.format_exception(error)), err=True, nl=False)
     output.error(describe(error))
-    return typer.Exit(int(exit_code_for(error)))
+    # A task group's failure exits as the first error it holds would.
+    return typer.Exit(int(exit_code_for(_leaves(error)[0])))
 
 
 def invoke(ctx: typer.Context, work: Work, *, json_output: bool = False) -> None:

@@ -19,7 +19,6 @@ task pages list them while the desk runs.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import os
 import secrets
 import signal
@@ -45,8 +44,10 @@ from legato.trading.desk_config import (
     DataSource,
     DeskConfig,
     desk_config_from_mapping,
+    trading_recorded_market,
 )
 from legato.trading.desk_tasks import Scheduling
+from legato.trading.market_data import load_bars
 
 __all__ = ["run"]
 
@@ -131,9 +132,7 @@ def _desk_config(
     config = desk_config_from_mapping(table)
     if data is not None and symbol is not None and symbol not in config.symbols:
         # One recorded file feeds one symbol: trade it as the desk's only symbol.
-        instrument = dataclasses.replace(config.instruments[0], symbol=symbol)
-        strategy = dataclasses.replace(config.strategies[0], symbols=(symbol,))
-        config = dataclasses.replace(config, instruments=(instrument,), strategies=(strategy,))
+        config = trading_recorded_market(config, symbol, list(load_bars(data, symbol)))
     return config
 
 

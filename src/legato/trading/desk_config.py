@@ -50,7 +50,7 @@ import dataclasses
 import enum
 import math
 import tomllib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -59,6 +59,7 @@ from typing import Any, TypeVar
 from legato.kernel.errors import ConfigError, ValidationError
 from legato.trading.agents.llm import LLMSettings
 from legato.trading.instruments import Instrument, InstrumentKind
+from legato.trading.market_data import Bar
 from legato.trading.risk import RiskLimits
 
 __all__ = [
@@ -71,7 +72,9 @@ __all__ = [
     "VenueSettings",
     "default_instrument",
     "desk_config_from_mapping",
+    "fitted_instrument",
     "load_desk_config",
+    "trading_recorded_market",
 ]
 
 _T = TypeVar("_T")
@@ -669,3 +672,84 @@ def load_desk_config(path: Path | str) -> DeskConfig:
     except tomllib.TOMLDecodeError as error:
         raise ConfigError([("config_file", str(source), f"valid TOML ({error})")]) from None
     return desk_config_from_mapping(document.get("desk", {}))
+
+
+# The finest steps a recording can suggest: a price or size never needs more decimals.
+_FINEST_EXPONENT = -12
+
+
+def _finest_step(values: Iterable[Decimal]) -> Decimal:
+    """10 to the power of the most decimals any of `values` is written with (at most 1)."""
+    exponent = 0
+    for value in values:
+        places = value.as_tuple().exponent
+        if isinstance(places, int) and places < exponent:
+            exponent = places
+    return Decimal(1).scaleb(max(exponent, _FINEST_EXPONENT))
+
+
+def _assets_of(symbol: str) -> tuple[str, str]:
+    """Base and quote asset of a market named "BASE-QUOTE", "BASE/QUOTE" or with a PERP suffix."""
+    name = symbol.upper().replace("/", "-").replace(":", "-")
+    parts = [part for part in name.split("-") if part]
+    if parts and parts[-1] == "PERP":
+        parts.pop()
+    if len(parts) != 2 or parts[0] == parts[1]:
+        raise ValidationError(
+            "symbol",
+            symbol,
+            "a market named BASE-QUOTE (ETH-BTC, BTC-USDT-PERP), or one listed in desk.instruments",
+        )
+    return parts[0], parts[1]
+
+
+def fitted_instrument(symbol: str, bars: Sequence[Bar], like: Instrument) -> Instrument:
+    """An instrument for `symbol`, which no configuration lists, shaped by its recorded `bars`.
+
+    The assets come from the name ("ETH-BTC" is ETH quoted in BTC; a "-PERP" suffix is
+    dropped); the tick size is the finest price step the bars are written with, the lot
+    size the finest volume step. It trades as `like` does (kind, leverage cap) with no
+    minimum notional, which a recording does not tell. Borrowing another market's tick
+    size would round an ETH-BTC price of 0.0995 to 0.1 and leave no room for a stop.
+    Raises ValidationError for a name that does not split into two assets, or no bars.
+    """
+    base, quote = _assets_of(symbol)
+    if not bars:
+        raise ValidationError("bars", [], f"the recorded bars of {symbol}")
+    return dataclasses.replace(
+        like,
+        symbol=symbol,
+        base_asset=base,
+        quote_asset=quote,
+        tick_size=_finest_step(
+            price for bar in bars for price in (bar.open, bar.high, bar.low, bar.close)
+        ),
+        lot_size=_finest_step(bar.volume for bar in bars),
+        min_notional=Decimal(0),
+    )
+
+
+def trading_recorded_market(config: DeskConfig, symbol: str, bars: Sequence[Bar]) -> DeskConfig:
+    """`config` trading `symbol` alone, the market of one recorded file (`bars`).
+
+    A symbol the config lists keeps its instrument and strategy. Any other is traded by the
+    first strategy on an instrument fitted to the recording (`fitted_instrument`), and the
+    venue keeps its starting balance in that instrument's quote asset.
+    """
+    if config.symbols == (symbol,):
+        return config
+    venue = config.venue
+    if symbol in config.symbols:
+        strategy = config.strategy_for(symbol)
+        instrument = config.instrument(symbol)
+    else:
+        strategy = config.strategies[0]
+        instrument = fitted_instrument(symbol, bars, config.instruments[0])
+        venue = dataclasses.replace(venue, quote_asset=instrument.quote_asset)
+    return dataclasses.replace(
+        config,
+        instruments=(instrument,),
+        strategies=(dataclasses.replace(strategy, symbols=(symbol,)),),
+        venue=venue,
+        paused_symbols=tuple(s for s in config.paused_symbols if s == symbol),
+    )

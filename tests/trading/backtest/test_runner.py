@@ -87,6 +87,24 @@ def test_a_proposal_on_the_last_bar_is_returned_unexecuted(bar: BarMaker) -> Non
     assert result.outcomes == ()
 
 
+class _FailingStrategy:
+    """Raises on its third bar, as a strategy with a bug would."""
+
+    def __init__(self) -> None:
+        self.bars = 0
+
+    def on_bar(self, bar: Bar, ctx: object) -> None:
+        self.bars += 1
+        if self.bars == 3:
+            raise ValidationError("threshold", -1, "a number >= 0")
+
+
+def test_a_strategy_error_is_raised_as_itself(bar: BarMaker) -> None:
+    bars = [bar(i, "100", "101", "99", "100") for i in range(5)]
+    with pytest.raises(ValidationError, match="threshold"):
+        backtest(_FailingStrategy(), bars, BTC)
+
+
 def test_the_strategy_sees_each_bar_once_in_order(recorded: list[Bar]) -> None:
     strategy = ScriptedStrategy({})
     backtest(strategy, recorded[:500], BTC)

@@ -157,43 +157,51 @@ async def run_backtest(
     apply_fill = book.apply
     point = book.point
     record = equity.append
-    async with asyncio.TaskGroup() as group:
-        try:
-            for bar in bars:
-                gap = bar.timestamp.timestamp() - clock.timestamp()
-                if gap > 0:
-                    if in_flight or advance is None:
-                        await clock.sleep(gap)
-                    else:
-                        advance(gap)
-                new_fills = process_bar(bar)
-                if new_fills:
-                    fills.extend(new_fills)
-                    for fill in new_fills:
-                        apply_fill(fill)
-                    ctx.position = book.position
-                record(point(bar.timestamp, bar.close))
-                if progress is not None and not len(equity) % PROGRESS_EVERY:
-                    progress(len(equity))
-                ctx.pending = in_flight > 0
-                ctx.begin_bar(bar)
-                on_bar(bar, ctx)
-                if proposals:
-                    if bar is last:
-                        # No later bar can fill them; report them instead of sending them.
-                        unexecuted.extend(proposals)
+    try:
+        async with asyncio.TaskGroup() as group:
+            try:
+                for bar in bars:
+                    gap = bar.timestamp.timestamp() - clock.timestamp()
+                    if gap > 0:
+                        if in_flight or advance is None:
+                            await clock.sleep(gap)
+                        else:
+                            advance(gap)
+                    new_fills = process_bar(bar)
+                    if new_fills:
+                        fills.extend(new_fills)
+                        for fill in new_fills:
+                            apply_fill(fill)
+                        ctx.position = book.position
+                    record(point(bar.timestamp, bar.close))
+                    if progress is not None and not len(equity) % PROGRESS_EVERY:
+                        progress(len(equity))
+                    ctx.pending = in_flight > 0
+                    ctx.begin_bar(bar)
+                    on_bar(bar, ctx)
+                    if proposals:
+                        if bar is last:
+                            # No later bar can fill them; report them instead of sending them.
+                            unexecuted.extend(proposals)
+                            proposals.clear()
+                            break
+                        for proposal in proposals:
+                            in_flight += 1
+                            group.create_task(
+                                execute(proposal),
+                                name=f"backtest-execute-{proposal.correlation_id}",
+                            )
                         proposals.clear()
-                        break
-                    for proposal in proposals:
-                        in_flight += 1
-                        group.create_task(
-                            execute(proposal), name=f"backtest-execute-{proposal.correlation_id}"
-                        )
-                    proposals.clear()
-        finally:
-            # Executors waiting for a fill see the stream end and give up; nothing is left
-            # running when the group exits.
-            venue.end_of_data()
+            finally:
+                # Executors waiting for a fill see the stream end and give up; nothing is left
+                # running when the group exits.
+                venue.end_of_data()
+    except BaseExceptionGroup as failed:
+        # One failure (the strategy's own, or one execution's) is raised as itself: the
+        # caller catches the ValidationError it knows, not a group holding it.
+        if len(failed.exceptions) == 1:
+            raise failed.exceptions[0] from None
+        raise
     if progress is not None:
         progress(len(equity))
     return BacktestResult(

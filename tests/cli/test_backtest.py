@@ -125,3 +125,15 @@ def test_a_strategy_error_is_reported_as_itself_not_as_a_task_group(tmp_path: Pa
     assert result.exit_code != 0
     assert "TaskGroup" not in result.output
     assert "stop_loss" in result.output
+
+
+def test_the_summary_says_what_the_risk_engine_refused(tmp_path: Path) -> None:
+    # The crossover loses three times in a row on 3 January; the cooldown refuses its next
+    # entries. The report says so, or a user sees trades missing with no reason.
+    result = CliRunner().invoke(app, backtest(tmp_path, "--strategy", "ema", *SLICE))
+    assert result.exit_code == 0, result.output
+    assert "proposals by the risk engine; most: cooldown" in result.output
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["refusals"][0]["code"] == "cooldown"
+    assert summary["refusals"][0]["count"] > 0
+    assert "## Refused by the risk engine" in (tmp_path / "summary.md").read_text()

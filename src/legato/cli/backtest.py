@@ -125,7 +125,7 @@ def backtest(
         title = f"{strategy.value} on {symbol}, {bars[0].timestamp:%Y-%m-%d %H:%M} to " + (
             f"{bars[-1].timestamp:%Y-%m-%d %H:%M} UTC"
         )
-        report = BacktestReport.build(title, result.trades, result.equity)
+        report = BacktestReport.build(title, result.trades, result.equity, result.refusals)
         written = write_report(report, out)
     except KeyboardInterrupt:
         typer.echo("error: interrupted", err=True)
@@ -250,5 +250,13 @@ def _summarise(report: BacktestReport, written: dict[str, Path], *, json_output:
         f"  trades {metrics.trades}  return {metrics.total_return:.2%}  "
         f"max drawdown {metrics.max_drawdown:.2%}  fees {metrics.fees:.2f}"
     )
+    if report.refusals:
+        # Why a curve goes flat: a desk near its drawdown limit refuses every new position.
+        refused = sum(group.count for group in report.refusals)
+        most = report.refusals[0]
+        typer.echo(
+            f"  refused {refused} proposals by the risk engine; most: {most.code} "
+            f"({most.count}, from {most.first:%Y-%m-%d %H:%M} UTC)"
+        )
     for path in written.values():
         typer.echo(f"  wrote {path}")

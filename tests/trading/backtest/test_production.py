@@ -82,3 +82,8 @@ def test_a_trade_the_risk_engine_refuses_is_never_sent(tmp_path: Path) -> None:
     assert result.fills == ()
     assert all(not o.success and o.execution is None for o in opening)
     assert all("reward" in (o.reason or "") for o in opening)
+    # Each refusal is in the result, for the report: when, and the rule that refused it.
+    assert [r.code for r in result.refusals] == ["reward_to_risk"] * len(opening)
+    assert all("reward" in r.message for r in result.refusals)
+    assert [r.at for r in result.refusals] == sorted(r.at for r in result.refusals)
+    assert {r.at for r in result.refusals} <= {bar.timestamp for bar in bars}

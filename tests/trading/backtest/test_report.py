@@ -12,16 +12,19 @@ from decimal import Decimal
 import pytest
 
 from legato.kernel.errors import ValidationError
+from legato.trading.backtest.charts import report_html
 from legato.trading.backtest.report import (
     BacktestReport,
+    RefusalGroup,
     bar_interval,
     compute_metrics,
     equity_csv,
+    group_refusals,
     summary_json,
     summary_markdown,
     trades_csv,
 )
-from legato.trading.backtest.trades import ClosedTrade, EquityPoint
+from legato.trading.backtest.trades import ClosedTrade, EquityPoint, Refusal
 from legato.trading.positions import PositionSide
 
 T0 = datetime(2024, 1, 1, tzinfo=UTC)
@@ -185,3 +188,50 @@ def test_the_same_inputs_render_the_same_text() -> None:
     assert summary_json(first) == summary_json(second)
     assert summary_markdown(first) == summary_markdown(second)
     assert trades_csv(first.trades) == trades_csv(second.trades)
+
+
+REFUSALS = [
+    Refusal(T0 + DAY * 3, "drawdown", "the drawdown is 8.07% of peak equity, past 8%"),
+    Refusal(T0 + DAY, "cooldown", "3 losing trades in a row | wait"),
+    Refusal(T0 + DAY * 2, "drawdown", "the drawdown is 8.10% of peak equity, past 8%"),
+]
+
+
+def test_refusals_are_grouped_by_rule_most_frequent_first() -> None:
+    assert group_refusals(REFUSALS) == (
+        RefusalGroup(
+            "drawdown",
+            2,
+            T0 + DAY * 2,
+            T0 + DAY * 3,
+            "the drawdown is 8.10% of peak equity, past 8%",
+        ),
+        RefusalGroup("cooldown", 1, T0 + DAY, T0 + DAY, "3 losing trades in a row | wait"),
+    )
+
+
+def test_every_report_form_says_what_the_risk_engine_refused() -> None:
+    report = BacktestReport.build("t", TRADES, curve(), REFUSALS)
+    document = json.loads(summary_json(report))
+    assert [(g["code"], g["count"]) for g in document["refusals"]] == [
+        ("drawdown", 2),
+        ("cooldown", 1),
+    ]
+    assert document["refusals"][0]["first"] == (T0 + DAY * 2).isoformat()
+    markdown = summary_markdown(report)
+    assert "## Refused by the risk engine (3)" in markdown
+    # A | in a sentence would split its Markdown cell.
+    assert (
+        "| cooldown | 1 | 2024-01-02 00:00 | 2024-01-02 00:00 | 3 losing trades in a row \\| wait |"
+        in markdown
+    )
+    page = report_html(report, b"")
+    assert "Refused by the risk engine (3)" in page
+    assert "<td>2</td>" in page
+
+
+def test_a_report_without_refusals_has_no_refusal_section() -> None:
+    report = BacktestReport.build("t", TRADES, curve())
+    assert json.loads(summary_json(report))["refusals"] == []
+    assert "Refused" not in summary_markdown(report)
+    assert "Refused" not in report_html(report, b"")

@@ -17,7 +17,12 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from legato.kernel.errors import ValidationError
-from legato.trading.backtest.report import BacktestReport, metric_rows
+from legato.trading.backtest.report import (
+    REFUSAL_HEADERS,
+    BacktestReport,
+    metric_rows,
+    refusal_rows,
+)
 from legato.trading.backtest.trades import EquityPoint
 
 __all__ = ["equity_png", "report_html"]
@@ -91,6 +96,19 @@ def report_html(report: BacktestReport, png: bytes) -> str:
         f"<td>{escape(t.exit_reason)}</td></tr>"
         for index, t in enumerate(report.trades, start=1)
     )
+    refusals = ""
+    if report.refusals:
+        refused = sum(group.count for group in report.refusals)
+        refusal_header = "".join(f"<th>{escape(name)}</th>" for name in REFUSAL_HEADERS)
+        refusal_lines = "\n".join(
+            f'<tr><td class="label">{escape(code)}</td><td>{count}</td><td>{first}</td>'
+            f'<td>{last}</td><td class="label">{escape(message)}</td></tr>'
+            for code, count, first, last, message in refusal_rows(report.refusals)
+        )
+        refusals = (
+            f"<h2>Refused by the risk engine ({refused})</h2>\n"
+            f"<table>\n<tr>{refusal_header}</tr>\n{refusal_lines}\n</table>\n"
+        )
     title = escape(report.title)
     return (
         "<!DOCTYPE html>\n"
@@ -99,6 +117,7 @@ def report_html(report: BacktestReport, png: bytes) -> str:
         f"<h1>{title}</h1>\n"
         f'<img alt="equity curve and drawdown" src="data:image/png;base64,{picture}">\n'
         f"<h2>Summary</h2>\n<table>\n{metric_lines}\n</table>\n"
+        f"{refusals}"
         f"<h2>Trades ({len(report.trades)})</h2>\n<table>\n{header}\n{trade_lines}\n</table>\n"
         "</body>\n</html>\n"
     )

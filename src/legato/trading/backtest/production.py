@@ -21,6 +21,7 @@ memory, and commits its writes in batches (`TradingLedger.batch_commits`).
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ from legato.kernel.simulation import SimulatedClock, run_simulated
 from legato.trading.backtest.runner import BacktestResult, run_backtest
 from legato.trading.backtest.store import fresh_store, use_as_scratch
 from legato.trading.backtest.strategy import Strategy
+from legato.trading.backtest.trades import Refusal, refusal_of
 from legato.trading.errors import OrderRejected
 from legato.trading.execution import ExecutionConfig, ExecutionResult, OrderExecutionManager
 from legato.trading.instruments import Instrument
@@ -45,7 +47,12 @@ from legato.trading.proposals import TradeProposal
 from legato.trading.risk import RiskDecision, RiskLimits, RiskManagementEngine
 from legato.trading.tracker import PositionTracker
 
-__all__ = ["ProductionExecutor", "ProductionOutcome", "production_backtest"]
+__all__ = [
+    "ProductionExecutor",
+    "ProductionOutcome",
+    "backtest_execution_config",
+    "production_backtest",
+]
 
 _CLOSE_PREFIX = "bx-"
 
@@ -103,6 +110,12 @@ class ProductionExecutor:
             venue, ledger, rng=rng, clock=clock, config=config, tracker=self._tracker
         )
         self._closes = 0
+        self._refusals: list[Refusal] = []
+
+    @property
+    def refusals(self) -> tuple[Refusal, ...]:
+        """The proposals the risk engine refused so far, in time order."""
+        return tuple(self._refusals)
 
     @property
     def manager(self) -> OrderExecutionManager:
@@ -132,6 +145,7 @@ class ProductionExecutor:
         approved = decision.approved_proposal
         if approved is None:
             reasons = "; ".join(reason.message for reason in decision.reasons)
+            self._refusals.append(refusal_of(decision, state.now))
             return ProductionOutcome(proposal, False, risk=decision, reason=reasons)
         result = await self._manager.execute_trade(approved)
         return ProductionOutcome(
@@ -175,6 +189,29 @@ class ProductionExecutor:
         return ProductionOutcome(proposal, True, close=placed)
 
 
+def backtest_execution_config(spacing: float, *, poll: float | None = None) -> ExecutionConfig:
+    """The execution manager's settings for bars `spacing` seconds apart.
+
+    A market entry fills on the bar after its decision. It is polled every half bar (or
+    every `poll` seconds): the poll that falls on the fill's bar instant may run before or
+    after that bar, and if before, the next one, half a bar later, sees the fill; either way
+    the stop-loss is placed before the next bar. A partly filled entry's rest is cancelled
+    within one poll of the fill (`partial_protect_after`), before the next bar too; live,
+    that is two seconds, which here would be 150 polls per five-minute bar that cannot see
+    anything new. An entry with no fill at all is cancelled after four bars (at least five
+    minutes). Raises ValidationError for a spacing or poll that is not a positive number.
+    """
+    for name, value in (("spacing", spacing), ("poll", spacing if poll is None else poll)):
+        if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+            raise ValidationError(name, value, "seconds > 0")
+    interval = max(float(spacing) / 2, 0.25) if poll is None else float(poll)
+    return ExecutionConfig(
+        fill_poll_interval=interval,
+        partial_protect_after=interval,
+        entry_timeout=max(300.0, 4 * float(spacing)),
+    )
+
+
 def production_backtest(
     strategy: Strategy,
     bars: Sequence[Bar],
@@ -195,18 +232,15 @@ def production_backtest(
     schema, see `fresh_store`: scratch space, written without fsyncs and locked by the run
     while it lasts, see `use_as_scratch`; not meant to survive a crash). `limits` are the
     risk engine's (default `RiskLimits()`); `seed` seeds intent ids and retry jitter.
-    `fill_poll_interval` defaults to a quarter of the spacing of the first two bars: an entry
-    that fills on a bar is protected before the next bar, whichever of the poll and the bar
-    comes first at a shared instant; a part-filled entry has its rest cancelled within the
-    same interval (`partial_protect_after`), also before the next bar. `progress` is called
-    with the number of bars done (see `run_backtest`).
+    The execution manager runs on `backtest_execution_config` for the spacing of the first
+    two bars (`fill_poll_interval` overrides its poll). `progress` is called with the number
+    of bars done (see `run_backtest`).
     """
     if not bars:
         raise ValidationError("bars", [], "at least one bar")
+    spacing = (bars[1].timestamp - bars[0].timestamp).total_seconds() if len(bars) > 1 else 1.0
+    execution = backtest_execution_config(spacing, poll=fill_poll_interval)
     url = fresh_store(store)
-    if fill_poll_interval is None:
-        spacing = (bars[1].timestamp - bars[0].timestamp).total_seconds() if len(bars) > 1 else 1
-        fill_poll_interval = max(float(spacing) / 4, 0.25)
     clock = SimulatedClock(start=bars[0].timestamp)
     venue = PaperVenue(
         [instrument],
@@ -235,15 +269,7 @@ def production_backtest(
                 quote_asset=instrument.quote_asset,
                 clock=clock,
                 rng=random.Random(seed),
-                # A market entry fills on the next bar: give it a few bars before cancelling.
-                # A partly filled entry's rest is cancelled within one poll of the fill,
-                # before the next bar, as the live default's two seconds does on live data;
-                # two seconds here would poll the venue 150 times per five-minute bar.
-                config=ExecutionConfig(
-                    fill_poll_interval=fill_poll_interval,
-                    partial_protect_after=fill_poll_interval,
-                    entry_timeout=max(300.0, 16 * fill_poll_interval),
-                ),
+                config=execution,
             )
             await executor.start()
             result = await run_backtest(
@@ -256,7 +282,7 @@ def production_backtest(
                 progress=progress,
             )
             await executor.book_fills()
-            return result
+            return dataclasses.replace(result, refusals=executor.refusals)
         finally:
             await ledger.close()
 

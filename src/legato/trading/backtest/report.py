@@ -18,6 +18,10 @@ of returns are floats. The conventions, stated once:
   positive net PnLs over the absolute sum of negative ones (None without a losing trade).
 - Exposure: share of equity points at which a position was held.
 - Fees: the fees of the closed trades.
+- Refusals: the proposals the risk engine refused, grouped by the rule that refused them
+  (count, first and last time, the first refusal's sentence), most frequent first. They say
+  why a curve goes flat: a desk past 80% of its drawdown limit only reduces positions, and
+  refuses every new one until equity recovers, which it cannot do without trading.
 
 Text renderers (`trades_csv`, `equity_csv`, `summary_json`, `summary_markdown`) return
 strings that depend only on their inputs, so the same backtest gives the same bytes.
@@ -37,16 +41,20 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 
 from legato.kernel.errors import ValidationError
-from legato.trading.backtest.trades import ClosedTrade, EquityPoint
+from legato.trading.backtest.trades import ClosedTrade, EquityPoint, Refusal
 
 __all__ = [
+    "REFUSAL_HEADERS",
     "TRADE_COLUMNS",
     "BacktestMetrics",
     "BacktestReport",
+    "RefusalGroup",
     "bar_interval",
     "compute_metrics",
     "equity_csv",
+    "group_refusals",
     "metric_rows",
+    "refusal_rows",
     "summary_json",
     "summary_markdown",
     "trades_csv",
@@ -107,20 +115,67 @@ class BacktestMetrics:
 
 
 @dataclass(frozen=True, slots=True)
+class RefusalGroup:
+    """The refusals of one risk rule: how many, the first and last time, the first sentence."""
+
+    code: str
+    count: int
+    first: datetime
+    last: datetime
+    message: str
+
+    def as_dict(self) -> dict[str, object]:
+        """The group as JSON-ready values (times in ISO 8601)."""
+        return {
+            "code": self.code,
+            "count": self.count,
+            "first": self.first.isoformat(),
+            "last": self.last.isoformat(),
+            "message": self.message,
+        }
+
+
+def group_refusals(refusals: Sequence[Refusal]) -> tuple[RefusalGroup, ...]:
+    """`refusals` grouped by rule, most frequent first (ties by code), each in time order."""
+    groups: dict[str, list[Refusal]] = {}
+    for refusal in sorted(refusals, key=lambda r: r.at):
+        groups.setdefault(refusal.code, []).append(refusal)
+    built = [
+        RefusalGroup(code, len(items), items[0].at, items[-1].at, items[0].message)
+        for code, items in groups.items()
+    ]
+    return tuple(sorted(built, key=lambda group: (-group.count, group.code)))
+
+
+@dataclass(frozen=True, slots=True)
 class BacktestReport:
-    """A titled report: the closed trades, the equity curve and the metrics computed from them."""
+    """A titled report: the closed trades, the equity curve and the metrics computed from them.
+
+    `refusals` are the risk engine's refusals, grouped by rule (`group_refusals`).
+    """
 
     title: str
     trades: tuple[ClosedTrade, ...]
     equity: tuple[EquityPoint, ...]
     metrics: BacktestMetrics
+    refusals: tuple[RefusalGroup, ...] = ()
 
     @classmethod
     def build(
-        cls, title: str, trades: Sequence[ClosedTrade], equity: Sequence[EquityPoint]
+        cls,
+        title: str,
+        trades: Sequence[ClosedTrade],
+        equity: Sequence[EquityPoint],
+        refusals: Sequence[Refusal] = (),
     ) -> BacktestReport:
         """Compute the metrics of `trades` and `equity` and bundle them under `title`."""
-        return cls(title, tuple(trades), tuple(equity), compute_metrics(trades, equity))
+        return cls(
+            title,
+            tuple(trades),
+            tuple(equity),
+            compute_metrics(trades, equity),
+            group_refusals(refusals),
+        )
 
 
 def _rounded(value: float | None) -> float | None:
@@ -277,8 +332,12 @@ def equity_csv(equity: Sequence[EquityPoint]) -> str:
 
 
 def summary_json(report: BacktestReport) -> str:
-    """The title and metrics as indented JSON with sorted keys, ending in a newline."""
-    document = {"title": report.title, "metrics": report.metrics.as_dict()}
+    """The title, metrics and refusals as indented JSON with sorted keys, ending in a newline."""
+    document = {
+        "title": report.title,
+        "metrics": report.metrics.as_dict(),
+        "refusals": [group.as_dict() for group in report.refusals],
+    }
     return json.dumps(document, indent=2, sort_keys=True) + "\n"
 
 
@@ -316,8 +375,34 @@ def metric_rows(metrics: BacktestMetrics) -> list[tuple[str, str]]:
     ]
 
 
+REFUSAL_HEADERS = ("Rule", "Refused", "First", "Last", "First refusal")
+
+
+def refusal_rows(refusals: Sequence[RefusalGroup]) -> list[tuple[str, str, str, str, str]]:
+    """The refusal groups as formatted rows (`REFUSAL_HEADERS`), in the report's order."""
+    return [
+        (
+            group.code,
+            str(group.count),
+            f"{group.first:%Y-%m-%d %H:%M}",
+            f"{group.last:%Y-%m-%d %H:%M}",
+            group.message,
+        )
+        for group in refusals
+    ]
+
+
 def summary_markdown(report: BacktestReport) -> str:
-    """The title and metrics as a Markdown table, ending in a newline."""
+    """The title, the metrics and the refusals as Markdown tables, ending in a newline."""
     lines = [f"# {report.title}", "", "| Metric | Value |", "|---|---|"]
     lines.extend(f"| {label} | {value} |" for label, value in metric_rows(report.metrics))
+    if report.refusals:
+        refused = sum(group.count for group in report.refusals)
+        lines.extend(["", f"## Refused by the risk engine ({refused})", ""])
+        lines.append("| " + " | ".join(REFUSAL_HEADERS) + " |")
+        lines.append("|---|---|---|---|---|")
+        lines.extend(
+            "| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |"
+            for row in refusal_rows(report.refusals)
+        )
     return "\n".join(lines) + "\n"

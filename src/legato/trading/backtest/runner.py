@@ -35,7 +35,7 @@ from legato.kernel.errors import ValidationError
 from legato.kernel.simulation import SimulatedClock, run_simulated
 from legato.trading.backtest.executor import DirectBracketExecutor
 from legato.trading.backtest.strategy import Strategy, StrategyContext, TradeExecutor, TradeOutcome
-from legato.trading.backtest.trades import ClosedTrade, EquityPoint, TradeBook
+from legato.trading.backtest.trades import ClosedTrade, EquityPoint, Refusal, TradeBook
 from legato.trading.fills import Fill
 from legato.trading.instruments import Instrument
 from legato.trading.market_data import Bar
@@ -56,7 +56,9 @@ class BacktestResult:
     `initial_equity` is the quote balance at the start; `final_position` is the signed
     quantity still held after the last bar (its value is in the last equity point, not in
     `trades`). `outcomes` are the executor's answers, in the order they came back;
-    `unexecuted` the proposals made on the last bar, which no later bar could fill.
+    `unexecuted` the proposals made on the last bar, which no later bar could fill;
+    `refusals` the proposals the risk engine refused, in time order (none on the research
+    path, which has no risk engine).
     """
 
     symbol: str
@@ -67,6 +69,7 @@ class BacktestResult:
     outcomes: tuple[TradeOutcome, ...]
     unexecuted: tuple[TradeProposal, ...]
     final_position: Decimal
+    refusals: tuple[Refusal, ...] = ()
 
     def __repr__(self) -> str:
         # A summary: the full repr of thousands of points is useless to read, and asyncio

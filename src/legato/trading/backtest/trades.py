@@ -21,8 +21,9 @@ from legato.kernel.errors import ValidationError
 from legato.trading.fills import Fill
 from legato.trading.orders import OrderSide
 from legato.trading.positions import PositionSide
+from legato.trading.risk import ReasonEffect, RiskDecision
 
-__all__ = ["ClosedTrade", "EquityPoint", "TradeBook", "exit_reason"]
+__all__ = ["ClosedTrade", "EquityPoint", "Refusal", "TradeBook", "exit_reason", "refusal_of"]
 
 _ZERO = Decimal(0)
 # Client order id suffixes used by both the research executor and the desk's execution manager
@@ -34,6 +35,30 @@ def exit_reason(client_order_id: str) -> str:
     """Name why a trade ended from its closing order's id: stop_loss, take_profit or close."""
     suffix = client_order_id.rsplit("-", 1)[-1].rstrip("0123456789")
     return _EXIT_REASONS.get(suffix, "exit")
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """A proposal the risk engine refused: when, the rule that refused it, and its sentence.
+
+    `code` is the rule's `ReasonCode` value (the first reason that rejects); `message` the
+    sentence the engine gave the trader, with the figures of that moment.
+    """
+
+    at: datetime
+    code: str
+    message: str
+
+
+def refusal_of(decision: RiskDecision, at: datetime) -> Refusal:
+    """The refusal `decision` stands for: its first rejecting reason (any reason without one)."""
+    reasons = decision.reasons
+    rule = next((r for r in reasons if r.effect is ReasonEffect.REJECT), None)
+    if rule is None and reasons:
+        rule = reasons[0]
+    if rule is None:
+        return Refusal(at, decision.outcome.value, "refused without a reason given")
+    return Refusal(at, rule.code.value, rule.message)
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,6 +13,7 @@ from legato.kernel.message import (
     Message,
     MessageIds,
     create_message,
+    stamped_message,
     validate_pattern,
     validate_topic,
 )
@@ -145,3 +146,51 @@ def test_invalid_patterns_are_rejected(pattern: object) -> None:
 
     assert caught.value.field == "topic"
     assert "'>'" in caught.value.expected
+
+
+def test_created_message_equals_one_built_by_the_dataclass_and_stays_frozen() -> None:
+    # `create_message` writes the fields through the slots, not the dataclass's __init__:
+    # the result must be the same value, equally immutable.
+    clock = SimulatedClock(start=START)
+    root = create_message("a.b", "s", {"n": 1}, clock=clock, ids=MessageIds(random.Random(1)))
+    child = create_message(
+        "a.c", "s", [1, 2], caused_by=root, clock=clock, ids=MessageIds(random.Random(2))
+    )
+
+    for message in (root, child):
+        built = Message(
+            id=message.id,
+            topic=message.topic,
+            source=message.source,
+            payload=message.payload,
+            timestamp=message.timestamp,
+            correlation_id=message.correlation_id,
+            causation_id=message.causation_id,
+        )
+        assert message == built
+        assert repr(message) == repr(built)
+        assert hash((message.id, message.topic)) == hash((built.id, built.topic))
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            message.topic = "x.y"  # type: ignore[misc]
+    assert child.correlation_id == root.id
+    assert child.causation_id == root.id
+
+
+def test_stamped_message_is_create_message_with_every_argument_given() -> None:
+    clock = SimulatedClock(start=START)
+    parent = create_message("a.b", "s", clock=clock, ids=MessageIds(random.Random(5)))
+
+    plain = create_message(
+        "a.c", "s", {"k": 1}, caused_by=parent, clock=clock, ids=MessageIds(random.Random(9))
+    )
+    stamped = stamped_message(
+        "a.c", "s", {"k": 1}, None, None, parent, clock, MessageIds(random.Random(9))
+    )
+
+    assert stamped == plain
+    with pytest.raises(ValidationError):
+        stamped_message("a..c", "s", None, None, None, None, clock, MessageIds())
+    with pytest.raises(ValidationError):
+        stamped_message("a.c", "", None, None, None, None, clock, MessageIds())
+    with pytest.raises(ValidationError):
+        stamped_message("a.c", "s", None, "other", None, parent, clock, MessageIds())

@@ -41,7 +41,7 @@ from legato.kernel.errors import (
 from legato.kernel.message import (
     Message,
     MessageIds,
-    create_message,
+    stamped_message,
     validate_pattern,
     validate_topic,
 )
@@ -536,15 +536,8 @@ class MessageBus:
         caused_by: Message | None = None,
     ) -> Message:
         """Create a message stamped by the bus clock (see `legato.kernel.create_message`)."""
-        return create_message(
-            topic,
-            source,
-            payload,
-            correlation_id,
-            causation_id,
-            caused_by=caused_by,
-            clock=self._clock,
-            ids=self._ids,
+        return stamped_message(
+            topic, source, payload, correlation_id, causation_id, caused_by, self._clock, self._ids
         )
 
     async def publish(self, message: Message) -> None:

@@ -32,6 +32,7 @@ __all__ = [
     "Message",
     "MessageIds",
     "create_message",
+    "stamped_message",
     "validate_pattern",
     "validate_topic",
 ]
@@ -148,6 +149,40 @@ class Message:
 _PROCESS_IDS = MessageIds()
 _REAL_CLOCK = RealClock()
 
+# A message is built for every publish. The frozen dataclass's `__init__` writes each field
+# through `object.__setattr__` (a name lookup per field); `_message` writes the same values
+# straight through the slots' descriptors, in under half the time. The class stays frozen:
+# nothing else can write them.
+_new = object.__new__
+_set_id: Any = Message.__dict__["id"].__set__
+_set_topic: Any = Message.__dict__["topic"].__set__
+_set_source: Any = Message.__dict__["source"].__set__
+_set_payload: Any = Message.__dict__["payload"].__set__
+_set_timestamp: Any = Message.__dict__["timestamp"].__set__
+_set_correlation_id: Any = Message.__dict__["correlation_id"].__set__
+_set_causation_id: Any = Message.__dict__["causation_id"].__set__
+
+
+def _message(
+    message_id: str,
+    topic: str,
+    source: str,
+    payload: Any,
+    timestamp: float,
+    correlation_id: str,
+    causation_id: str | None,
+) -> Message:
+    """`Message(...)` with these fields, built without the dataclass's `__init__`."""
+    message: Message = _new(Message)
+    _set_id(message, message_id)
+    _set_topic(message, topic)
+    _set_source(message, source)
+    _set_payload(message, payload)
+    _set_timestamp(message, timestamp)
+    _set_correlation_id(message, correlation_id)
+    _set_causation_id(message, causation_id)
+    return message
+
 
 def create_message(
     topic: str,
@@ -166,6 +201,33 @@ def create_message(
     sets `causation_id` to the parent's id (explicit ids given as well must agree with it).
     A message with no correlation id starts a chain: its correlation id is its own id.
     """
+    return stamped_message(
+        topic,
+        source,
+        payload,
+        correlation_id,
+        causation_id,
+        caused_by,
+        clock if clock is not None else _REAL_CLOCK,
+        ids if ids is not None else _PROCESS_IDS,
+    )
+
+
+def stamped_message(
+    topic: str,
+    source: str,
+    payload: Any,
+    correlation_id: str | None,
+    causation_id: str | None,
+    caused_by: Message | None,
+    clock: Clock,
+    ids: MessageIds,
+) -> Message:
+    """`create_message` with every argument given, in order (the bus's per-publish path).
+
+    Checks and builds exactly what `create_message` does; only the argument handling is
+    left out, which is a measurable share of a message's cost on a busy bus.
+    """
     validate_topic(topic)
     if not isinstance(source, str) or not source:
         raise ValidationError("source", source, "a non-empty string naming the sender")
@@ -182,14 +244,14 @@ def create_message(
             )
         correlation_id = caused_by.correlation_id
         causation_id = caused_by.id
-    timestamp = (clock if clock is not None else _REAL_CLOCK).timestamp()
-    message_id = (ids if ids is not None else _PROCESS_IDS).next_id(timestamp)
-    return Message(
-        id=message_id,
-        topic=topic,
-        source=source,
-        payload=payload,
-        timestamp=timestamp,
-        correlation_id=correlation_id if correlation_id is not None else message_id,
-        causation_id=causation_id,
+    timestamp = clock.timestamp()
+    message_id = ids.next_id(timestamp)
+    return _message(
+        message_id,
+        topic,
+        source,
+        payload,
+        timestamp,
+        correlation_id if correlation_id is not None else message_id,
+        causation_id,
     )

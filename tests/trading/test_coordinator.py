@@ -20,6 +20,7 @@ from legato.trading.agents.llm import LLMClient, LLMSettings
 from legato.trading.agents.snapshot import IndicatorSnapshot
 from legato.trading.conflicts import ConflictKind, LLMResolver, ResolutionAction
 from legato.trading.coordinator import (
+    LATENCY_BUCKETS,
     CoordinatorAgent,
     PipelineOutcome,
     RunDisposition,
@@ -238,3 +239,51 @@ async def test_a_malformed_llm_answer_falls_back_to_the_rules_and_says_why(
     )
     assert stored.fallback_reason is not None
     assert "LLMResolutionAnswer" in stored.fallback_reason
+
+
+def test_a_stage_run_is_counted_in_the_first_bucket_whose_bound_it_fits() -> None:
+    from legato.trading.coordinator import _StageTimer
+
+    samples = [0.0, 0.0005, 0.001, 0.0010001, 0.05, 0.7, 10.0, 30.0, 30.5, 1e9]
+    timer = _StageTimer()
+    for seconds in samples:
+        timer.add(seconds)
+    # The definition, spelled out: each run in the first bucket with seconds <= bound.
+    expected = [0] * len(LATENCY_BUCKETS)
+    for seconds in samples:
+        for index, bound in enumerate(LATENCY_BUCKETS):
+            if seconds <= bound:
+                expected[index] += 1
+                break
+    assert timer.buckets == expected
+    assert timer.count == len(samples)
+
+
+@pytest.mark.parametrize(("level", "logged"), [("info", True), ("warning", False)])
+async def test_each_decided_run_is_logged_at_info_and_only_when_info_is_on(
+    clock: Clock, desk_url: str, level: str, logged: bool
+) -> None:
+    import io
+    import json
+    import logging
+
+    import structlog
+
+    from legato.kernel.logs import configure_logging
+
+    root = logging.getLogger()
+    handlers, root_level = list(root.handlers), root.level
+    output = io.StringIO()
+    configure_logging(level, "json", output)
+    try:
+        async with desk_parts(desk_url, clock) as parts:
+            outcomes = await drive(parts, trend(75, drift=0.003), clock)
+    finally:
+        structlog.reset_defaults()
+        root.handlers[:] = handlers
+        root.setLevel(root_level)
+    decided = [o for o in outcomes if o.disposition is RunDisposition.DECIDED]
+    lines = [json.loads(line) for line in output.getvalue().splitlines()]
+    logged_keys = [line["key"] for line in lines if line.get("event") == "desk_decision"]
+    assert decided
+    assert logged_keys == ([o.key for o in decided] if logged else [])

@@ -421,3 +421,45 @@ async def test_a_buffered_log_on_an_empty_store_writes_its_batches_as_a_live_log
     assert [tuple(row) for row in vote_ids] == [
         (run.key, vote.model) for run, votes in runs for vote in votes
     ]
+
+
+async def test_buffered_conflicts_are_written_with_the_batch_as_the_live_log_writes_them(
+    clock: Clock, desk_url: str
+) -> None:
+    resolution = Resolution(ResolutionAction.WAIT, Decimal("1"), "mixed signals", 0.4, "rules")
+
+    def conflict(key: str, minute: int) -> ConflictRecord:
+        return ConflictRecord(
+            key,
+            "BTC",
+            (
+                Conflict(ConflictKind.WEAK_CONSENSUS, "0.55 < 0.6"),
+                Conflict(ConflictKind.HIGH_VOLATILITY, "ATR 3x baseline"),
+            ),
+            resolution,
+            T0 + timedelta(minutes=minute),
+        )
+
+    live = await DecisionLog.open(desk_url, upgrade=False)
+    buffered = await DecisionLog.open(desk_url, upgrade=False, buffer_claims=True)
+    reader = await DecisionLog.open(desk_url, upgrade=False)
+    try:
+        for minute in range(3):
+            await live.record_conflict(conflict(f"L@{minute}", minute))
+        for minute in range(3):
+            await buffered.record_conflict(conflict(f"B@{minute}", minute))
+        before_flush = [c.key for c in await reader.conflicts()]
+        # A query on the buffering log sees its own conflicts (it writes them first).
+        own = [c.key for c in await buffered.conflicts(symbol="BTC")]
+        stored = await reader.conflicts(limit=10)
+    finally:
+        await reader.close()
+        await buffered.close()
+        await live.close()
+    assert before_flush == ["L@2", "L@1", "L@0"]
+    assert own == ["B@2", "L@2", "B@1", "L@1", "B@0", "L@0"]
+    by_key = {c.key: c for c in stored}
+    for minute in range(3):
+        assert (
+            dataclasses.replace(by_key[f"B@{minute}"], key=f"L@{minute}") == by_key[f"L@{minute}"]
+        )

@@ -29,7 +29,9 @@ from __future__ import annotations
 import asyncio
 import enum
 import hashlib
+import logging
 import re
+from bisect import bisect_left
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -44,6 +46,7 @@ from legato.kernel.errors import ValidationError
 from legato.kernel.message import Message
 from legato.trading.agents.decision import DecisionSettings, TradeDecision, TradingDecisionAgent
 from legato.trading.agents.models import DecisionContext, DecisionModel, TradeAction
+from legato.trading.agents.records import slot_init
 from legato.trading.agents.regime import RegimeAssessment, RegimeDetectionAgent
 from legato.trading.agents.snapshot import IndicatorSet, IndicatorSettings, IndicatorSnapshot
 from legato.trading.agents.technical import TechnicalAnalysis, TechnicalAnalysisAgent
@@ -88,6 +91,13 @@ __all__ = [
 ]
 
 _log = structlog.get_logger(__name__)
+# The configured logger classes that drop `info` lines (structlog makes one per level, once).
+# A lazy logger assembles a whole bound logger on every call, even for a line its level then
+# drops: once per bar in a backtest, which logs at warning.
+_QUIET_AT_INFO = frozenset(
+    structlog.make_filtering_bound_logger(level)
+    for level in (logging.WARNING, logging.ERROR, logging.CRITICAL)
+)
 _SOURCE = "coordinator"
 _ENTRIES = (TradeAction.BUY, TradeAction.SELL)
 LATENCY_BUCKETS: tuple[float, ...] = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0)
@@ -127,10 +137,10 @@ class _StageTimer:
     def add(self, seconds: float) -> None:
         self.count += 1
         self.total += seconds
-        for index, bound in enumerate(LATENCY_BUCKETS):
-            if seconds <= bound:
-                self.buckets[index] += 1
-                return
+        # The first bucket whose bound is at least `seconds` (none past the last bound).
+        index = bisect_left(LATENCY_BUCKETS, seconds)
+        if index < len(LATENCY_BUCKETS):
+            self.buckets[index] += 1
 
 
 class ExecutionOutcome(Protocol):
@@ -189,6 +199,7 @@ class RunDisposition(enum.Enum):
     WARMING_UP = "warming_up"  # the indicators are not ready yet: nothing done
 
 
+@slot_init
 @dataclass(frozen=True, slots=True)
 class PipelineOutcome:
     """What one pipeline run did, stage by stage (None where it did not get that far)."""
@@ -311,6 +322,8 @@ class CoordinatorAgent:
         self._executed: dict[tuple[str, bool], int] = {}
         # "desk.<stage>.<symbol token>" by (stage, symbol): a few stages times the symbols.
         self._topics: dict[tuple[str, str], str] = {}
+        # The last bar time and its ISO text (see `bar_time_text`).
+        self._last_bar_time: tuple[datetime, str] | None = None
         for strategy in strategies:
             panel = (models or {}).get(strategy.name)
             for symbol in strategy.symbols:
@@ -476,6 +489,19 @@ class CoordinatorAgent:
 
     # ------------------------------------------------------------------ the pipeline
 
+    def bar_time_text(self, timestamp: datetime) -> str:
+        """`timestamp.isoformat()`: a bar time as decision keys spell it.
+
+        The last one is kept, so a bar's text is made once though the desk names the bar's
+        run with it before the run keys itself with it (`isoformat` is a slow formatter).
+        """
+        last = self._last_bar_time
+        if last is not None and last[0] is timestamp:
+            return last[1]
+        text = timestamp.isoformat()
+        self._last_bar_time = (timestamp, text)
+        return text
+
     def observe(self, bar: Bar) -> IndicatorSnapshot:
         """Feed `bar` into its symbol's indicators; return the snapshot to `run` on."""
         book = self._book(bar.symbol)
@@ -492,7 +518,7 @@ class CoordinatorAgent:
         book = self._book(symbol)
         if snapshot.symbol != symbol:
             raise ValidationError("snapshot", snapshot.symbol, f"a snapshot of {symbol}")
-        bar_time = snapshot.timestamp.isoformat()
+        bar_time = self.bar_time_text(snapshot.timestamp)
         key = _key(symbol, bar_time)
         async with book.lock:
             # The book now, not the one found before waiting: `reconfigure` may have swapped
@@ -760,11 +786,12 @@ class CoordinatorAgent:
     ) -> PipelineOutcome:
         if not stored:
             await self._log.finish(run.key, status, self._clock.now(), detail=detail, risk=risk)
-        value = status.value
+        value = status._value_
         counted = (run.snapshot.symbol, value)
         self._decided[counted] = self._decided.get(counted, 0) + 1
         await self._publish(run, "outcome", {"key": run.key, "status": value, "detail": detail})
-        _log.info("desk_decision", key=run.key, status=value, detail=detail)
+        if structlog.get_config()["wrapper_class"] not in _QUIET_AT_INFO:
+            _log.info("desk_decision", key=run.key, status=value, detail=detail)
         if outcome.status is status and outcome.detail == detail:
             return outcome  # built finished (a no-trade run): nothing to replace
         return _OUTCOMES.copy(outcome, {"status": status, "detail": detail})
@@ -800,10 +827,14 @@ def _size(equity: Decimal, budget: Decimal, entry: Decimal, stop: Decimal, book:
     return (raw / lot).to_integral_value(rounding=ROUND_FLOOR) * lot
 
 
+# The payloads read enum members' `_value_`, the attribute `.value` returns: in Python 3.11
+# `.value` is a property written in Python, and a run reads a score of them.
+
+
 def _technical_payload(technical: TechnicalAnalysis) -> dict[str, Any]:
     return {
-        "trend": technical.trend.value,
-        "bias": technical.bias.value,
+        "trend": technical.trend._value_,
+        "bias": technical.bias._value_,
         "confidence": round(technical.confidence, 4),
         "score": round(technical.score, 4),
         "signals": {signal.name: signal.vote for signal in technical.signals},
@@ -812,7 +843,7 @@ def _technical_payload(technical: TechnicalAnalysis) -> dict[str, Any]:
 
 def _regime_payload(regime: RegimeAssessment) -> dict[str, Any]:
     return {
-        "regime": regime.regime.value,
+        "regime": regime.regime._value_,
         "confidence": round(regime.confidence, 4),
         "reasons": list(regime.reasons),
     }
@@ -820,15 +851,15 @@ def _regime_payload(regime: RegimeAssessment) -> dict[str, Any]:
 
 def _decision_payload(decision: TradeDecision) -> dict[str, Any]:
     return {
-        "action": decision.action.value,
-        "leading_action": decision.leading_action.value,
+        "action": decision.action._value_,
+        "leading_action": decision.leading_action._value_,
         "consensus": round(decision.consensus, 4),
         "split": decision.split,
         "entry": None if decision.entry is None else str(decision.entry),
         "stop": None if decision.stop is None else str(decision.stop),
         "target": None if decision.target is None else str(decision.target),
         "votes": [
-            {"model": vote.model, "action": vote.action.value, "confidence": vote.confidence}
+            {"model": vote.model, "action": vote.action._value_, "confidence": vote.confidence}
             for vote in decision.votes
         ],
         "reasoning": decision.reasoning,

@@ -21,7 +21,8 @@ PostgreSQL, the tables of `legato.store.desk_schema`):
   them there: a run is stored at the next batch write, not before it acts. A live desk
   leaves it off, so every run that may trade is stored before it acts. As nothing else
   writes that store, `has` answers from the keys the log has written once it has seen the
-  decisions table empty, instead of asking the store each time.
+  decisions table empty, instead of asking the store each time. Conflicts are kept for
+  that batch write too (in the order they were recorded, so they get the same row ids).
 
 The query methods (`decisions`, `decision`, `votes`, `conflicts`, `by_correlation`) are what
 the service and the dashboard show. A decision's `correlation_id` is the bus chain of the
@@ -48,6 +49,7 @@ from legato.store.sql_batches import chunks, placeholders
 from legato.store.sqlite import SqliteDatabase
 from legato.store.url import DEFAULT_STORE_URL, StoreUrl
 from legato.trading.agents.models import ModelDecision, TradeAction
+from legato.trading.agents.records import slot_init
 from legato.trading.conflicts import Conflict, ConflictKind, Resolution, ResolutionAction
 from legato.trading.copies import RecordCopier
 
@@ -74,6 +76,7 @@ class PipelineStatus(enum.Enum):
     PAUSED = "paused"  # the symbol is paused: decided, not acted on
 
 
+@slot_init
 @dataclass(frozen=True, slots=True)
 class DecisionRecord:
     """One stored decision pipeline run.
@@ -160,6 +163,8 @@ _VOTE_ROW = f"({placeholders(10)})"
 _VOTES_PER_STATEMENT = 500
 _DECISION_ROW = f"({placeholders(21)})"
 _DECISIONS_PER_STATEMENT = 200
+_CONFLICT_ROW = f"({placeholders(13)})"
+_CONFLICTS_PER_STATEMENT = 200
 
 
 @functools.cache
@@ -176,6 +181,38 @@ def _decision_insert(count: int) -> str:
     return f"INSERT INTO legato_desk_decisions ({_DECISION_COLUMNS}) VALUES {rows}"
 
 
+@functools.cache
+def _conflict_insert(count: int) -> str:
+    """The INSERT of `count` conflict rows (a batch of buffered ones, or a single one)."""
+    rows = ", ".join(_CONFLICT_ROW for _ in range(count))
+    return f"INSERT INTO legato_desk_conflicts ({_CONFLICT_COLUMNS}) VALUES {rows}"
+
+
+def _conflict_params(record: ConflictRecord) -> tuple[Any, ...]:
+    resolution = record.resolution
+    conflicts = [
+        {"kind": conflict.kind.value, "description": conflict.description}
+        for conflict in record.conflicts
+    ]
+    return (
+        record.key,
+        record.symbol,
+        json.dumps(conflicts),
+        resolution.action.value,
+        str(resolution.size_factor),
+        resolution.reasoning,
+        resolution.confidence,
+        resolution.source,
+        resolution.fallback_reason,
+        resolution.prompt_tokens,
+        resolution.completion_tokens,
+        str(resolution.cost),
+        record.at.timestamp(),
+    )
+
+
+# The rows read enum members' `_value_` (what `.value` returns without its Python-level
+# property): every run stores a decision and its votes.
 def _decision_params(record: DecisionRecord) -> tuple[Any, ...]:
     return (
         record.key,
@@ -183,8 +220,8 @@ def _decision_params(record: DecisionRecord) -> tuple[Any, ...]:
         record.bar_time.timestamp(),
         record.strategy,
         record.correlation_id,
-        record.action.value,
-        record.leading_action.value,
+        record.action._value_,
+        record.leading_action._value_,
         record.consensus,
         record.split,
         _text(record.entry),
@@ -192,7 +229,7 @@ def _decision_params(record: DecisionRecord) -> tuple[Any, ...]:
         _text(record.target),
         record.reasoning,
         _json(record.analysis),
-        record.status.value,
+        record.status._value_,
         record.detail,
         record.intent_id,
         _json(record.proposal),
@@ -210,7 +247,7 @@ def _vote_params(votes: Sequence[tuple[str, ModelDecision]]) -> list[Any]:
             (
                 key,
                 vote.model,
-                vote.action.value,
+                vote.action._value_,
                 vote.confidence,
                 vote.reasoning,
                 vote.fallback_reason,
@@ -302,6 +339,7 @@ class DecisionLog:
         "_batch",
         "_batch_keys",
         "_buffer_claims",
+        "_conflicts",
         "_database",
         "_found_rows",
         "_no_trade_batch",
@@ -321,6 +359,8 @@ class DecisionLog:
         self._batch: list[tuple[DecisionRecord, Sequence[ModelDecision]]] = []
         # Each batched run's key and its place in the batch.
         self._batch_keys: dict[str, int] = {}
+        # With `buffer_claims` only: the parameters of conflict rows not written yet.
+        self._conflicts: list[tuple[Any, ...]] = []
         # With `buffer_claims` only, once the decisions table was seen empty: every key
         # stored since, all written by this log (no other writer), so `has` reads no row.
         self._written: set[str] | None = None
@@ -395,10 +435,14 @@ class DecisionLog:
         return len(self._batch)
 
     async def flush(self) -> int:
-        """Write the no-trade batch in one transaction; return how many runs it held."""
-        if not self._batch:
+        """Write the no-trade batch in one transaction; return how many runs it held.
+
+        Buffered conflicts (with `buffer_claims`) are written in the same transaction.
+        """
+        if not self._batch and not self._conflicts:
             return 0
         batch = self._batch
+        conflicts = self._conflicts
         async with self._database.transaction() as tx:
             if self._written is not None:
                 # Every stored key is in `_written`: the others are new, inserted together.
@@ -408,11 +452,17 @@ class DecisionLog:
             else:
                 for record, votes in batch:
                     await self._insert(tx, record, votes)
+            for chunk in chunks(conflicts, _CONFLICTS_PER_STATEMENT):
+                params: list[Any] = []
+                for row in chunk:
+                    params.extend(row)
+                await tx.execute(_conflict_insert(len(chunk)), params)
         if self._written is not None:
             self._written.update(self._batch_keys)
         # Cleared only once written: a failed write keeps the batch for the next try.
         self._batch = []
         self._batch_keys = {}
+        self._conflicts = []
         return len(batch)
 
     @staticmethod
@@ -454,31 +504,15 @@ class DecisionLog:
             await tx.execute(_vote_insert(len(rows)), _vote_params(rows))
 
     async def record_conflict(self, record: ConflictRecord) -> None:
-        """Store the conflicts of one run with their resolution."""
-        resolution = record.resolution
-        conflicts = [
-            {"kind": conflict.kind.value, "description": conflict.description}
-            for conflict in record.conflicts
-        ]
-        await self._execute(
-            f"INSERT INTO legato_desk_conflicts ({_CONFLICT_COLUMNS}) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                record.key,
-                record.symbol,
-                json.dumps(conflicts),
-                resolution.action.value,
-                str(resolution.size_factor),
-                resolution.reasoning,
-                resolution.confidence,
-                resolution.source,
-                resolution.fallback_reason,
-                resolution.prompt_tokens,
-                resolution.completion_tokens,
-                str(resolution.cost),
-                record.at.timestamp(),
-            ),
-        )
+        """Store the conflicts of one run with their resolution.
+
+        With `buffer_claims`, they wait for the next batch write (as the run's claim does).
+        """
+        params = _conflict_params(record)
+        if self._buffer_claims:
+            self._conflicts.append(params)
+            return
+        await self._execute(_conflict_insert(1), params)
 
     async def finish(
         self,
@@ -598,6 +632,8 @@ class DecisionLog:
         self, *, symbol: str | None = None, key: str | None = None, limit: int = 100
     ) -> list[ConflictRecord]:
         """The latest `limit` conflict resolutions (of one symbol or run), newest first."""
+        if self._conflicts:
+            await self.flush()
         _check_limit(limit)
         clauses: list[str] = []
         params: list[Any] = []

@@ -543,12 +543,13 @@ class Desk:
                     if self._stop.is_set():
                         break
                     continue
+                bar_time = parts.coordinator.bar_time_text(snapshot.timestamp)
                 run = pipelines.create_task(
-                    self._pipeline(bar.symbol, snapshot),
-                    name=f"pipeline:{bar.symbol}:{bar.timestamp.isoformat()}",
+                    self._pipeline(bar.symbol, snapshot), name=f"pipeline:{bar.symbol}:{bar_time}"
                 )
+                # The run takes itself out of `_in_flight` as it ends (see `_pipeline`): a
+                # done callback would cost a trip through the event loop for every bar.
                 self._in_flight.add(run)
-                run.add_done_callback(self._in_flight.discard)
                 if self._stop.is_set():
                     break
         finally:
@@ -580,6 +581,11 @@ class Desk:
             # next bar decides again, and the reconciler repairs what was left half-done.
             _log.error("desk_pipeline_failed", symbol=symbol, error=str(error))
             return None
+        finally:
+            # Nothing runs between here and the task's end, so to every reader of `_in_flight`
+            # this is a done callback without the trip through the event loop. (A run cancelled
+            # before it ever started, at a stop, stays in the set: finished, so skipped.)
+            self._in_flight.discard(asyncio.current_task())
 
     def _loop_functions(
         self, parts: _Parts

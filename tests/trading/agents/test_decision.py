@@ -285,3 +285,34 @@ def test_a_panel_needs_uniquely_named_models() -> None:
 def test_bad_decision_settings_are_refused(overrides: dict[str, object]) -> None:
     with pytest.raises(ValidationError):
         DecisionSettings(**overrides)  # type: ignore[arg-type]
+
+
+def test_the_tally_matches_its_definition_on_every_kind_of_tie() -> None:
+    # The leader is the first heaviest action in caution order, except that BUY and SELL
+    # tied on top (with nothing heavier) is HOLD: written out plainly and compared with
+    # `weigh_votes` on panels full of ties.
+    import random
+
+    order = [TradeAction.CLOSE, TradeAction.HOLD, TradeAction.BUY, TradeAction.SELL]
+    rng = random.Random(7)
+    for _ in range(3_000):
+        votes = [
+            vote(rng.choice(order), rng.choice([0.0, 0.25, 0.5, 0.5, 1.0]), f"m{i}")
+            for i in range(rng.randint(0, 7))
+        ]
+        weights = {action: 0.0 for action in order}
+        for ballot in votes:
+            weights[ballot.action] += ballot.confidence
+        total = sum(weights.values())
+        top = max(weights.values())
+        leaders = [action for action in order if weights[action] == top]
+        if total <= 0 or leaders == [TradeAction.BUY, TradeAction.SELL]:
+            expected = TradeAction.HOLD
+        else:
+            expected = leaders[0]
+        tally = weigh_votes(votes)
+        assert tally.leading_action is expected
+        assert tally.weights == tuple((action, weights[action]) for action in order)
+        assert tally.strength == (weights[expected] / total if total > 0 else 0.0)
+        assert tally.voters == len(votes)
+        assert tally.agreeing == sum(1 for ballot in votes if ballot.action is expected)

@@ -32,6 +32,7 @@ from legato.trading.agents.models import (
     TradeAction,
     default_models,
 )
+from legato.trading.agents.records import slot_init
 
 __all__ = [
     "Consensus",
@@ -44,8 +45,11 @@ __all__ = [
 # Ties go to the earlier action in this list: reducing risk beats doing nothing beats trading.
 _CAUTION_ORDER = (TradeAction.CLOSE, TradeAction.HOLD, TradeAction.BUY, TradeAction.SELL)
 _HOLD_SLOT = _CAUTION_ORDER.index(TradeAction.HOLD)
+_BUY_SLOT = _CAUTION_ORDER.index(TradeAction.BUY)
+_SELL_SLOT = _CAUTION_ORDER.index(TradeAction.SELL)
 
 
+@slot_init
 @dataclass(frozen=True, slots=True)
 class Consensus:
     """The weighted tally of a panel's votes.
@@ -81,13 +85,16 @@ def weigh_votes(decisions: Sequence[ModelDecision]) -> Consensus:
         leading = _HOLD_SLOT
     else:
         top = max(weights)
-        leaders = [slot for slot, weight in enumerate(weights) if weight == top]
-        # Opposite entries with equal weight: the panel has no view.
-        leading = _HOLD_SLOT if leaders == [2, 3] else leaders[0]
+        # The first of the heaviest (confidences are never NaN: a vote checks its own).
+        leading = weights.index(top)
+        if leading == _BUY_SLOT and weights[_SELL_SLOT] == top:
+            # Opposite entries with equal weight (and nothing heavier): the panel has no view.
+            leading = _HOLD_SLOT
+    close, hold, buy, sell = _CAUTION_ORDER
     return Consensus(
         leading_action=_CAUTION_ORDER[leading],
         strength=weights[leading] / total if total > 0 else 0.0,
-        weights=tuple(zip(_CAUTION_ORDER, weights, strict=True)),
+        weights=((close, weights[0]), (hold, weights[1]), (buy, weights[2]), (sell, weights[3])),
         agreeing=counts[leading],
         voters=voters,
     )
@@ -118,6 +125,7 @@ class DecisionSettings:
             raise ValidationError("model_timeout", self.model_timeout, "seconds > 0")
 
 
+@slot_init
 @dataclass(frozen=True, slots=True)
 class TradeDecision:
     """The agent's decision for one symbol at one bar, with every model's vote.
@@ -239,7 +247,8 @@ class TradingDecisionAgent:
         # A tuple, not the frozenset: `in` then compares members by identity, in C, instead of
         # hashing each vote's action in Python.
         allowed = tuple(context.allowed)
-        held = context.position.value if context.position is not None else "flat"
+        # `_value_` is what `.value` returns, without its Python-level property (every bar).
+        held = context.position._value_ if context.position is not None else "flat"
         # A vote for an action the position does not allow cannot be carried out.
         checked = tuple(
             [
@@ -267,12 +276,12 @@ class TradingDecisionAgent:
                 target = _round(entry - cfg.target_atr * atr_value, tick, ROUND_CEILING)
         if split:
             reasoning = (
-                f"split vote: {tally.leading_action.value} leads with {tally.strength:.0%} "
+                f"split vote: {tally.leading_action._value_} leads with {tally.strength:.0%} "
                 f"of the weight (< {cfg.min_consensus:.0%}); holding"
             )
         else:
             reasoning = (
-                f"{tally.agreeing} of {tally.voters} models chose {action.value}, "
+                f"{tally.agreeing} of {tally.voters} models chose {action._value_}, "
                 f"{tally.strength:.0%} of the weight"
             )
         return TradeDecision(

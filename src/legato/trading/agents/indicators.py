@@ -23,6 +23,7 @@ from collections import deque
 from dataclasses import dataclass
 
 from legato.kernel.errors import ValidationError
+from legato.trading.agents.records import slot_init
 
 __all__ = [
     "ADX",
@@ -201,6 +202,7 @@ class RSI:
         return self._value
 
 
+@slot_init
 @dataclass(frozen=True, slots=True)
 class MACDValue:
     """MACD line (fast EMA - slow EMA), its signal EMA, and the histogram (line - signal)."""
@@ -283,6 +285,7 @@ class ATR:
         return self._value
 
 
+@slot_init
 @dataclass(frozen=True, slots=True)
 class BollingerValue:
     """Bollinger bands around an SMA, with bandwidth and %B of the close that made them.
@@ -332,6 +335,7 @@ class BollingerBands:
         return self._value
 
 
+@slot_init
 @dataclass(frozen=True, slots=True)
 class ADXValue:
     """Average directional index (trend strength, 0..100) and the two directional indices."""
@@ -459,6 +463,7 @@ class RealizedVolatility:
         return self._value
 
 
+@slot_init
 @dataclass(frozen=True, slots=True)
 class DonchianValue:
     """Highest high and lowest low of a window of bars, and their midpoint."""

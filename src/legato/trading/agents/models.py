@@ -29,6 +29,7 @@ from decimal import Decimal
 from typing import Protocol, runtime_checkable
 
 from legato.kernel.errors import ValidationError
+from legato.trading.agents.records import slot_init
 from legato.trading.agents.regime import Regime, RegimeAssessment
 from legato.trading.agents.snapshot import IndicatorSnapshot
 from legato.trading.agents.technical import Bias, TechnicalAnalysis
@@ -67,6 +68,7 @@ def allowed_actions(position: PositionSide | None) -> frozenset[TradeAction]:
     return _WHEN_FLAT if position is None else _WHEN_HOLDING
 
 
+@slot_init
 @dataclass(frozen=True, slots=True)
 class DecisionContext:
     """Everything a model may look at for one symbol at one bar; nothing from later bars."""
@@ -79,6 +81,18 @@ class DecisionContext:
     position: PositionSide | None = None
 
     def __post_init__(self) -> None:
+        symbol, timestamp = self.symbol, self.timestamp
+        indicators, technical, regime = self.indicators, self.technical, self.regime
+        if (
+            indicators.symbol is symbol
+            and indicators.timestamp is timestamp
+            and technical.symbol is symbol
+            and technical.timestamp is timestamp
+            and regime.symbol is symbol
+            and regime.timestamp is timestamp
+        ):
+            # The very same objects (the coordinator's case, every bar): equal, no comparing.
+            return
         for name, part in (
             ("indicators", self.indicators),
             ("technical", self.technical),
@@ -97,6 +111,7 @@ class DecisionContext:
         return allowed_actions(self.position)
 
 
+@slot_init
 @dataclass(frozen=True, slots=True)
 class ModelDecision:
     """One model's answer: the action, its confidence (0..1) and why.

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from legato.kernel.errors import ValidationError
+from legato.trading.agents.records import slot_init
 from legato.trading.agents.snapshot import IndicatorSet, IndicatorSettings, IndicatorSnapshot
 from legato.trading.market_data import Bar
 
@@ -58,6 +59,7 @@ class RegimeSettings:
             raise ValidationError("high_atr_share", self.high_atr_share, "a share in (0, 1)")
 
 
+@slot_init
 @dataclass(frozen=True, slots=True)
 class RegimeAssessment:
     """The regime of `symbol` at `timestamp`, how sure the agent is, and the readings used."""

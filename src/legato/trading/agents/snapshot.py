@@ -32,6 +32,7 @@ from legato.trading.agents.indicators import (
     MACDValue,
     RealizedVolatility,
 )
+from legato.trading.agents.records import slot_init
 from legato.trading.market_data import Bar
 
 __all__ = ["IndicatorSet", "IndicatorSettings", "IndicatorSnapshot"]
@@ -95,6 +96,7 @@ class IndicatorSettings:
         )
 
 
+@slot_init
 @dataclass(frozen=True, slots=True)
 class IndicatorSnapshot:
     """The indicators of `symbol` as of the bar that closed at `timestamp`.

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from legato.kernel.errors import ValidationError
+from legato.trading.agents.records import slot_init
 from legato.trading.agents.snapshot import IndicatorSet, IndicatorSettings, IndicatorSnapshot
 from legato.trading.market_data import Bar
 
@@ -51,6 +52,7 @@ class Bias(enum.Enum):
     NEUTRAL = "neutral"
 
 
+@slot_init
 @dataclass(frozen=True, slots=True)
 class Signal:
     """One indicator's vote: +1 bullish, -1 bearish, 0 abstain, and the numbers behind it."""
@@ -82,6 +84,7 @@ class TechnicalSettings:
             )
 
 
+@slot_init
 @dataclass(frozen=True, slots=True)
 class TechnicalAnalysis:
     """The agent's reading of one bar: trend, bias, confidence, and every signal's vote."""
@@ -169,28 +172,29 @@ class TechnicalAnalysisAgent:
         directional_vote = (
             _side(adx.plus_di, adx.minus_di) if adx.adx >= cfg.directional_min_adx else 0
         )
+        votes = (
+            _side(ema_fast, ema_slow),
+            _side(close, sma),
+            _side(macd.histogram, 0.0),
+            rsi_vote,
+            _side(close, bands.middle),
+            directional_vote,
+        )
         signals = (
-            Signal(
-                "ema_cross",
-                _side(ema_fast, ema_slow),
-                f"EMA fast {ema_fast:.6g} vs slow {ema_slow:.6g}",
-            ),
-            Signal("price_vs_sma", _side(close, sma), f"close {close:.6g} vs SMA {sma:.6g}"),
-            Signal("macd_histogram", _side(macd.histogram, 0.0), f"histogram {macd.histogram:.4g}"),
-            Signal("rsi_momentum", rsi_vote, f"RSI {rsi:.1f}"),
-            Signal(
-                "bollinger_side",
-                _side(close, bands.middle),
-                f"%B {bands.percent_b:.2f}",
-            ),
+            Signal("ema_cross", votes[0], f"EMA fast {ema_fast:.6g} vs slow {ema_slow:.6g}"),
+            Signal("price_vs_sma", votes[1], f"close {close:.6g} vs SMA {sma:.6g}"),
+            Signal("macd_histogram", votes[2], f"histogram {macd.histogram:.4g}"),
+            Signal("rsi_momentum", votes[3], f"RSI {rsi:.1f}"),
+            Signal("bollinger_side", votes[4], f"%B {bands.percent_b:.2f}"),
             Signal(
                 "directional",
-                directional_vote,
+                votes[5],
                 f"ADX {adx.adx:.1f}, +DI {adx.plus_di:.1f}, -DI {adx.minus_di:.1f}",
             ),
         )
-        bullish = sum(1 for signal in signals if signal.vote > 0)
-        bearish = sum(1 for signal in signals if signal.vote < 0)
+        # Every vote is exactly 1, -1 or 0: counting them is counting the signals for each side.
+        bullish = votes.count(1)
+        bearish = votes.count(-1)
         score = (bullish - bearish) / len(signals)
         if score >= cfg.bias_threshold:
             bias = Bias.LONG

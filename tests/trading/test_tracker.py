@@ -178,6 +178,30 @@ async def test_risk_state_carries_equity_lows_and_the_losing_streak(
     assert next_day.worst_drawdown > 0
 
 
+async def test_equity_marks_are_written_only_when_they_move(clock: Clock, ledger_url: str) -> None:
+    async def updated_at() -> list[float]:
+        async with ledger.database.transaction(write=False) as tx:
+            rows = await tx.fetch("SELECT updated_at FROM legato_trading_equity")
+        return [float(row[0]) for row in rows]
+
+    async with ledger_opener(ledger_url, clock)() as (ledger, _):
+        tracker = PositionTracker(ledger, clock=clock, instruments_base={PERP: "BTC"})
+        await tracker.set_balances({"USDT": Decimal(10_000)})
+        first = clock.now()
+        await tracker.risk_state(quote_asset="USDT", now=first)
+        # The same equity a minute later: the marks did not move, nothing is written.
+        await tracker.risk_state(quote_asset="USDT", now=first + timedelta(minutes=1))
+        unmoved = await updated_at()
+        await tracker.apply_fills([fill(1, "a", OrderSide.BUY, "0.100", "20000", clock)])
+        await tracker.apply_fills([fill(2, "b", OrderSide.SELL, "0.100", "19000", clock)])
+        later = first + timedelta(minutes=2)
+        after_loss = await tracker.risk_state(quote_asset="USDT", now=later)
+        moved = await updated_at()
+    assert unmoved == [first.timestamp()]
+    assert moved == [later.timestamp()]
+    assert after_loss.day_low_equity < Decimal(10_000)
+
+
 async def test_risk_state_counts_a_negative_balance_as_no_equity(
     clock: Clock, ledger_url: str
 ) -> None:

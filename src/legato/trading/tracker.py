@@ -332,7 +332,10 @@ class PositionTracker:
                 low_equity=min(marks.low_equity, equity),
                 trough_equity=min(marks.trough_equity, equity),
             )
-            await tx.put_equity_marks(marks, moment)
+            if marks != latest:
+                # Unmoved marks are not written again: the row's updated_at is when they last
+                # changed, and a decision on a quiet bar sends no statement.
+                await tx.put_equity_marks(marks, moment)
             return marks, balance
 
         # The equity the engine sees is read in the same transaction as the marks it wrote

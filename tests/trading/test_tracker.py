@@ -13,6 +13,7 @@ from legato.trading.fills import Fill, Liquidity
 from legato.trading.ledger import LedgerTransaction
 from legato.trading.orders import Order, OrderSide, OrderStatus, OrderType
 from legato.trading.positions import Position, PositionSide
+from legato.trading.risk import RiskLimits, TradingState, evaluate_trading_state
 from legato.trading.tracker import PositionTracker
 
 from .conftest import PERP
@@ -200,6 +201,33 @@ async def test_equity_marks_are_written_only_when_they_move(clock: Clock, ledger
     assert unmoved == [first.timestamp()]
     assert moved == [later.timestamp()]
     assert after_loss.day_low_equity < Decimal(10_000)
+
+
+async def test_a_drawdown_reset_measures_the_drawdown_from_the_equity_now(
+    clock: Clock, ledger_url: str
+) -> None:
+    limits = RiskLimits()
+    async with ledger_opener(ledger_url, clock)() as (ledger, _):
+        tracker = PositionTracker(ledger, clock=clock, instruments_base={PERP: "BTC"})
+        await tracker.set_balances({"USDT": Decimal(10_000)})
+        first = clock.now()
+        await tracker.risk_state(quote_asset="USDT", now=first)
+        # An 11% loss: past the 10% drawdown limit and the 3% daily one.
+        await tracker.apply_fills([fill(1, "a", OrderSide.BUY, "1", "20000", clock)])
+        await tracker.apply_fills([fill(2, "b", OrderSide.SELL, "1", "18900", clock)])
+        halted = await tracker.risk_state(quote_asset="USDT", now=first)
+        marks, replaced = await tracker.reset_drawdown(quote_asset="USDT", now=first)
+        same_day = await tracker.risk_state(quote_asset="USDT", now=first)
+        next_day = first + timedelta(days=1)
+        later = await tracker.risk_state(quote_asset="USDT", now=next_day)
+    assert evaluate_trading_state(halted, limits).state is TradingState.HALTED
+    assert replaced is not None
+    assert replaced.peak_equity == Decimal(10_000)
+    assert marks.peak_equity == marks.trough_equity == halted.equity
+    assert marks.start_equity == Decimal(10_000)  # the day's loss still counts
+    assert same_day.worst_drawdown == 0
+    assert evaluate_trading_state(same_day, limits).state is TradingState.HALTED
+    assert evaluate_trading_state(later, limits).state is TradingState.ACTIVE
 
 
 async def test_risk_state_counts_a_negative_balance_as_no_equity(

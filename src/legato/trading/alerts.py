@@ -86,6 +86,7 @@ class AlertCode(enum.Enum):
     POSITION_REPROTECTED = "position_reprotected"  # HIGH: a position had no live stop-loss
     POSITION_CLOSED_OUT = "position_closed_out"  # CRITICAL: unknown, unprotected position
     RECONCILIATION_REPORT = "reconciliation_report"  # WARNING: a difference left to a person
+    DRAWDOWN_RESET = "drawdown_reset"  # WARNING: an operator measured the drawdown from now
 
 
 @dataclass(frozen=True, slots=True)

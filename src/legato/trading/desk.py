@@ -69,7 +69,7 @@ from legato.kernel.supervisor import LoopHealth, Supervisor
 from legato.store.scratch import use_as_scratch
 from legato.trading.agents.llm import LLMClient
 from legato.trading.agents.snapshot import IndicatorSnapshot
-from legato.trading.alerts import AlertLevel
+from legato.trading.alerts import Alert, AlertCode, AlertLevel
 from legato.trading.config_change import ConfigChange, diff_desk_configs
 from legato.trading.conflicts import ConflictResolver, ConflictSettings, LLMResolver, RuleResolver
 from legato.trading.coordinator import CoordinatorAgent, PipelineOutcome, StageLatency
@@ -81,7 +81,7 @@ from legato.trading.execution import ExecutionConfig, OrderExecutionManager
 from legato.trading.fees import FeeSchedule
 from legato.trading.fills import Fill
 from legato.trading.guards import GuardAction, GuardActionKind, GuardInputs, run_guard_iteration
-from legato.trading.ledger import IntentStage, OrderRole, TradingLedger
+from legato.trading.ledger import EquityMarks, IntentStage, OrderRole, TradingLedger
 from legato.trading.market_data import Bar, load_bars, replay
 from legato.trading.matching import MatchingRules
 from legato.trading.orders import Order, OrderStatus, OrderType
@@ -676,6 +676,35 @@ class Desk:
         parts = self._running()
         parts.coordinator.set_kill_switch(on)
         parts.supervisor.trigger("runtime-guards")
+
+    async def reset_drawdown(
+        self, reason: str = "operator"
+    ) -> tuple[EquityMarks, EquityMarks | None]:
+        """Measure the drawdown from the equity now: the release of a drawdown halt.
+
+        For after a review (the limit stops a strategy that is not working): today's peak
+        and trough become the current equity, today's start and low stay, so a daily-loss
+        halt still holds until the next day. Recorded as a WARNING alert naming the peak it
+        replaced; the runtime guards run at once on the new state. Returns the new marks
+        and the replaced ones (see `PositionTracker.reset_drawdown`).
+        """
+        parts = self._running()
+        marks, replaced = await parts.tracker.reset_drawdown(
+            quote_asset=self._config.venue.quote_asset
+        )
+        was = "none" if replaced is None else f"{replaced.peak_equity:.2f}"
+        await parts.ledger.record_alert(
+            Alert(
+                AlertLevel.WARNING,
+                AlertCode.DRAWDOWN_RESET,
+                f"{reason}: drawdown now measured from equity {marks.peak_equity:.2f} "
+                f"(the peak was {was})",
+                self._clock.now(),
+            )
+        )
+        _log.warning("desk_drawdown_reset", reason=reason, peak=str(marks.peak_equity), was=was)
+        parts.supervisor.trigger("runtime-guards")
+        return marks, replaced
 
     async def close_position(self, symbol: str, reason: str = "operator") -> Order | None:
         """Close `symbol`'s position at the market, keeping its protection until it is flat.

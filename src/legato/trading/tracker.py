@@ -309,11 +309,7 @@ class PositionTracker:
         losses, last_loss_at = await self._losing_streak(moment)
 
         async def write(tx: LedgerTransaction) -> tuple[EquityMarks, Decimal]:
-            balance = await tx.balance(quote_asset)
-            if balance is None:
-                raise ValidationError(
-                    "quote_asset", quote_asset, "an asset whose balance the ledger tracks"
-                )
+            balance = await _balance(tx, quote_asset)
             equity = balance + sum((p.unrealized_pnl for p in positions), _ZERO)
             latest = await tx.latest_equity_marks()
             if latest is None:
@@ -361,6 +357,35 @@ class PositionTracker:
             trough_equity=min(marks.trough_equity, equity),
         )
 
+    async def reset_drawdown(
+        self, *, quote_asset: str, now: datetime | None = None
+    ) -> tuple[EquityMarks, EquityMarks | None]:
+        """Measure the drawdown from the equity now: an operator's release of a drawdown halt.
+
+        Today's peak and trough become the current equity (the `quote_asset` balance plus
+        the open positions' unrealized PnL); the day's start and low stay, so a daily-loss
+        halt is not lifted by this (the next day lifts it). Returns the new marks and the
+        ones they replace (None when there were none). For after a review: the drawdown
+        limit exists to stop a strategy that is not working.
+        """
+        moment = now if now is not None else self._clock.now()
+        day = moment.date().isoformat()
+        positions = await self._ledger.open_positions()
+
+        async def write(tx: LedgerTransaction) -> tuple[EquityMarks, EquityMarks | None]:
+            equity = await _balance(tx, quote_asset) + sum(
+                (p.unrealized_pnl for p in positions), _ZERO
+            )
+            latest = await tx.latest_equity_marks()
+            if latest is None or latest.day != day:
+                marks = EquityMarks(day, equity, equity, equity, equity)
+            else:
+                marks = dataclasses.replace(latest, peak_equity=equity, trough_equity=equity)
+            await tx.put_equity_marks(marks, moment)
+            return marks, latest
+
+        return await self._ledger.write(write)
+
     async def _losing_streak(self, moment: datetime) -> tuple[int, datetime | None]:
         """How many of the latest closed positions lost (after fees), and when the last closed.
 
@@ -400,3 +425,13 @@ class PositionTracker:
         if not losses:
             return 0, None
         return losses, latest[0][2]
+
+
+async def _balance(tx: LedgerTransaction, quote_asset: str) -> Decimal:
+    """The recorded `quote_asset` balance; ValidationError when the ledger tracks none."""
+    balance = await tx.balance(quote_asset)
+    if balance is None:
+        raise ValidationError(
+            "quote_asset", quote_asset, "an asset whose balance the ledger tracks"
+        )
+    return balance

@@ -34,7 +34,7 @@ from legato.trading.desk_config import (
     VenueSettings,
     desk_config_from_mapping,
 )
-from legato.trading.ledger import OrderRole
+from legato.trading.ledger import EquityMarks, OrderRole
 from legato.trading.market_data import Bar
 from legato.trading.orders import Order, OrderSide, OrderStatus, OrderType
 from trading.agents.scripted_bars import SYMBOL, trend
@@ -220,6 +220,32 @@ async def test_the_kill_switch_needs_the_token_then_closes_the_position_and_show
     assert "Kill switch is on" in page
     assert 'data-action="/desk/kill-switch"' not in page
     assert [o["status"] for o in closes if o["role"] == "close"] == ["filled"]
+
+
+async def test_a_drawdown_reset_needs_the_token_and_measures_from_the_equity_now(
+    desk_service: Any, clock: Clock, auth: dict[str, str]
+) -> None:
+    async with desk_service() as (desk, client):
+        # A peak of twice the equity: a 50% drawdown, far past the 10% halt.
+        now = clock.now()
+        day = now.date().isoformat()
+        high = EquityMarks(day, START, START, START * 2, START)
+        await desk.ledger.write(lambda tx: tx.put_equity_marks(high, now))
+        refused = await client.post("/desk/risk/reset-drawdown")
+        accepted = await client.post("/desk/risk/reset-drawdown", headers=auth)
+        alerts = (await client.get("/desk/alerts")).json()
+        marks = await desk.ledger.read(lambda tx: tx.latest_equity_marks())
+    assert refused.status_code == 401
+    assert accepted.status_code == 200
+    assert accepted.json()["details"] == {
+        "peak_equity": str(START),
+        "replaced_peak_equity": str(START * 2),
+    }
+    assert marks is not None
+    assert (marks.peak_equity, marks.trough_equity) == (START, START)
+    [alert] = [a for a in alerts if a["code"] == "drawdown_reset"]
+    assert alert["level"] == "warning"
+    assert f"the peak was {START * 2:.2f}" in alert["message"]
 
 
 async def test_pausing_a_symbol_and_closing_its_position_work_through_the_controls(

@@ -626,6 +626,23 @@ def desk_router(desk: Desk, *, reload_config: ConfigLoader | None = None) -> API
         desk.kill_switch()
         return DeskControl(ok=True, message="kill switch on: no new trades, positions closing")
 
+    @router.post("/desk/risk/reset-drawdown", response_model=DeskControl, responses=_ERRORS)
+    async def reset_drawdown() -> DeskControl:
+        """Measure the drawdown from the equity now, after a review: lifts a drawdown halt.
+
+        Today's loss still counts (a daily-loss halt lifts the next day). Recorded as a
+        WARNING alert with the peak it replaced.
+        """
+        marks, replaced = await desk.reset_drawdown(reason="operator")
+        return DeskControl(
+            ok=True,
+            message=f"drawdown measured from {marks.peak_equity:.2f}",
+            details={
+                "peak_equity": str(marks.peak_equity),
+                "replaced_peak_equity": None if replaced is None else str(replaced.peak_equity),
+            },
+        )
+
     @router.post("/desk/symbols/{symbol}/pause", response_model=DeskControl, responses=_ERRORS)
     async def pause(symbol: Symbol) -> DeskControl:
         """Stop opening new trades on one symbol (open positions stay protected)."""

@@ -17,9 +17,9 @@ from legato.trading.backtest.desk_backtest import (
     BACKTEST_RECONCILE_INTERVAL,
     BACKTEST_TELEMETRY_INTERVAL,
     backtest_desk_config,
-    backtest_execution_config,
     desk_backtest,
 )
+from legato.trading.backtest.production import backtest_execution_config
 from legato.trading.backtest.report import BacktestReport
 from legato.trading.backtest.report_files import REPORT_FILES, write_report
 from legato.trading.backtest.runner import BacktestResult
@@ -137,6 +137,22 @@ def test_the_cooldown_after_a_losing_streak_counts_market_seconds(
     assert checked >= 5
 
 
+def test_the_risk_engines_refusals_come_back_with_the_result(
+    paced: tuple[list[Bar], BacktestResult],
+) -> None:
+    bars, result = paced
+    codes = {refusal.code for refusal in result.refusals}
+    # Losing streaks' cooldowns, then the drawdown past 80% of its limit: REDUCING, where
+    # every new entry is refused and the equity curve goes flat.
+    assert {"cooldown", "drawdown_warning"} <= codes
+    assert [r.at for r in result.refusals] == sorted(r.at for r in result.refusals)
+    assert {r.at for r in result.refusals} <= {bar.timestamp for bar in bars}
+    last_trade = result.trades[-1].exit_time
+    after = [r for r in result.refusals if r.at > last_trade]
+    assert after
+    assert {r.code for r in after} == {"drawdown_warning"}
+
+
 def test_the_backtest_pacing_runs_the_loops_once_a_bar_at_market_speed() -> None:
     config = backtest_desk_config(DeskConfig(), 300.0)
     assert config.data.speed == 1.0
@@ -149,8 +165,8 @@ def test_the_backtest_pacing_runs_the_loops_once_a_bar_at_market_speed() -> None
     assert backtest_desk_config(slow, 300.0).guard_interval == 900.0
     assert backtest_desk_config(DeskConfig(), 86_400.0).reconcile_interval == 86_400.0
     execution = backtest_execution_config(300.0)
-    assert execution.fill_poll_interval == 75.0
-    assert execution.partial_protect_after == 75.0
+    assert execution.fill_poll_interval == 150.0
+    assert execution.partial_protect_after == 150.0
     assert execution.entry_timeout == 1_200.0
 
 

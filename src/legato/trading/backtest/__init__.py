@@ -15,7 +15,6 @@ from legato.trading.backtest.desk_backtest import (
     BACKTEST_RECONCILE_INTERVAL,
     BACKTEST_TELEMETRY_INTERVAL,
     backtest_desk_config,
-    backtest_execution_config,
     desk_backtest,
 )
 from legato.trading.backtest.ema_crossover import EmaCrossover
@@ -23,6 +22,7 @@ from legato.trading.backtest.executor import BracketOutcome, DirectBracketExecut
 from legato.trading.backtest.production import (
     ProductionExecutor,
     ProductionOutcome,
+    backtest_execution_config,
     production_backtest,
 )
 from legato.trading.backtest.report import (

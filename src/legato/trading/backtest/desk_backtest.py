@@ -17,7 +17,8 @@ on recorded bars would be hundreds of passes per bar that cannot see anything ne
 makes paper fills). In a backtest they run once a bar; the reconciler and the execution
 recovery loop, which have little to repair on the paper venue, every three hours of market
 time; telemetry, which nobody watches, hourly. The execution manager polls an entry every
-quarter of a bar (`backtest_execution_config`), as the production path does. Nor does it
+half bar (`backtest_execution_config` of the production path). The risk engine's refusals
+are read back from the decision log into the result, for the report. Nor does it
 store each decision that may trade before acting on it: on a fresh store that nothing else
 writes and no crash is recovered from, every decision is written in the decision log's
 batches (`Desk(buffer_decisions=True)`), the same rows a live desk writes. And its store is
@@ -37,12 +38,13 @@ from pathlib import Path
 
 from legato.kernel.errors import ValidationError
 from legato.kernel.simulation import SimulatedClock, run_simulated
+from legato.trading.backtest.production import backtest_execution_config
 from legato.trading.backtest.runner import PROGRESS_EVERY, BacktestResult
 from legato.trading.backtest.store import fresh_store
-from legato.trading.backtest.trades import EquityPoint, TradeBook
+from legato.trading.backtest.trades import EquityPoint, Refusal, TradeBook, refusal_of
+from legato.trading.decision_log import DecisionLog, PipelineStatus
 from legato.trading.desk import Desk
 from legato.trading.desk_config import DeskConfig
-from legato.trading.execution import ExecutionConfig
 from legato.trading.fills import Fill
 from legato.trading.market_data import Bar
 
@@ -50,7 +52,6 @@ __all__ = [
     "BACKTEST_RECONCILE_INTERVAL",
     "BACKTEST_TELEMETRY_INTERVAL",
     "backtest_desk_config",
-    "backtest_execution_config",
     "desk_backtest",
 ]
 
@@ -86,25 +87,6 @@ def backtest_desk_config(config: DeskConfig, spacing: float) -> DeskConfig:
         guard_interval=max(config.guard_interval, bar),
         reconcile_interval=max(config.reconcile_interval, BACKTEST_RECONCILE_INTERVAL, bar),
         telemetry_interval=max(config.telemetry_interval, BACKTEST_TELEMETRY_INTERVAL, bar),
-    )
-
-
-def backtest_execution_config(spacing: float) -> ExecutionConfig:
-    """The execution manager's settings for bars `spacing` seconds apart.
-
-    A market entry fills on the bar after the decision: the entry is polled every quarter of
-    a bar, so its fill is seen and the stop-loss placed before the next bar; a partly filled
-    entry's rest is cancelled within a quarter of a bar too (live, within two seconds; on
-    recorded bars that would be 150 polls per five-minute bar that cannot see anything new).
-    An entry with no fill at all is cancelled after four bars (at least five minutes).
-    """
-    if isinstance(spacing, bool) or not isinstance(spacing, int | float) or not spacing > 0:
-        raise ValidationError("spacing", spacing, "seconds > 0")
-    poll = max(float(spacing) / 4, 0.25)
-    return ExecutionConfig(
-        fill_poll_interval=poll,
-        partial_protect_after=poll,
-        entry_timeout=max(300.0, 16 * poll),
     )
 
 
@@ -185,6 +167,7 @@ def desk_backtest(
     )
     with _fewer_collections():
         run_simulated(desk.run(), clock=clock)
+    refusals = run_simulated(_refusals(url, len(bars)))
     if progress is not None:
         progress(len(equity))
     return BacktestResult(
@@ -196,4 +179,21 @@ def desk_backtest(
         outcomes=(),
         unexecuted=(),
         final_position=book.position if book.position else Decimal(0),
+        refusals=refusals,
+    )
+
+
+async def _refusals(url: str, bars: int) -> tuple[Refusal, ...]:
+    """The decisions the risk engine refused, from the run's decision log, in time order.
+
+    One symbol, one decision per bar at most: `bars` bounds how many there can be.
+    """
+    log = await DecisionLog.open(url, upgrade=False)
+    try:
+        rejected = await log.decisions(status=PipelineStatus.REJECTED, limit=bars)
+    finally:
+        await log.close()
+    return tuple(
+        refusal_of(record.risk or {}, record.bar_time)
+        for record in sorted(rejected, key=lambda record: record.bar_time)
     )

@@ -145,7 +145,7 @@ class ProductionExecutor:
         approved = decision.approved_proposal
         if approved is None:
             reasons = "; ".join(reason.message for reason in decision.reasons)
-            self._refusals.append(refusal_of(decision, state.now))
+            self._refusals.append(refusal_of(decision.as_dict(), state.now))
             return ProductionOutcome(proposal, False, risk=decision, reason=reasons)
         result = await self._manager.execute_trade(approved)
         return ProductionOutcome(

@@ -12,16 +12,16 @@ last digit.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
+from typing import Any
 
 from legato.kernel.errors import ValidationError
 from legato.trading.fills import Fill
 from legato.trading.orders import OrderSide
 from legato.trading.positions import PositionSide
-from legato.trading.risk import ReasonEffect, RiskDecision
 
 __all__ = ["ClosedTrade", "EquityPoint", "Refusal", "TradeBook", "exit_reason", "refusal_of"]
 
@@ -50,15 +50,18 @@ class Refusal:
     message: str
 
 
-def refusal_of(decision: RiskDecision, at: datetime) -> Refusal:
-    """The refusal `decision` stands for: its first rejecting reason (any reason without one)."""
-    reasons = decision.reasons
-    rule = next((r for r in reasons if r.effect is ReasonEffect.REJECT), None)
+def refusal_of(verdict: Mapping[str, Any], at: datetime) -> Refusal:
+    """The refusal a risk verdict (`RiskDecision.as_dict()`, as the desk stores it) stands for.
+
+    Its rule is the first reason that rejects (else the first reason given).
+    """
+    reasons = list(verdict.get("reasons") or ())
+    rule = next((r for r in reasons if r.get("effect") == "reject"), None)
     if rule is None and reasons:
         rule = reasons[0]
     if rule is None:
-        return Refusal(at, decision.outcome.value, "refused without a reason given")
-    return Refusal(at, rule.code.value, rule.message)
+        return Refusal(at, str(verdict.get("outcome", "rejected")), "refused without a reason")
+    return Refusal(at, str(rule["code"]), str(rule["message"]))
 
 
 @dataclass(frozen=True, slots=True)

@@ -54,6 +54,14 @@ async def test_an_entry_in_a_high_volatility_regime_against_the_trend_is_flagged
     ]
 
 
+async def test_a_weak_consensus_just_under_the_threshold_does_not_read_as_equal_to_it() -> None:
+    case = await uptrend_case(())
+    weak = replace(case.decision, consensus=0.596)
+    [conflict] = detect_conflicts(weak, case.technical, case.regime)
+    assert conflict.kind is ConflictKind.WEAK_CONSENSUS
+    assert "59.6% of the weight, under 60%" in conflict.description
+
+
 def test_the_rules_wait_on_a_split_vote_abort_against_the_trend_and_cut_size_otherwise() -> None:
     rules = RuleResolver()
 

@@ -186,7 +186,7 @@ def detect_conflicts(
         found.append(
             Conflict(
                 ConflictKind.SPLIT_VOTE,
-                f"split vote: {action.value} leads with only {decision.consensus:.0%} of the "
+                f"split vote: {action.value} leads with only {decision.consensus:.1%} of the "
                 "weight",
             )
         )
@@ -194,7 +194,8 @@ def detect_conflicts(
         found.append(
             Conflict(
                 ConflictKind.WEAK_CONSENSUS,
-                f"{action.value} agreed with {decision.consensus:.0%} of the weight, under "
+                # One decimal: 59.6% shown as "60%, under 60%" reads as a contradiction.
+                f"{action.value} agreed with {decision.consensus:.1%} of the weight, under "
                 f"{cfg.weak_consensus:.0%}",
             )
         )

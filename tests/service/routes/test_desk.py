@@ -13,6 +13,7 @@ import random
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
@@ -183,6 +184,10 @@ async def test_the_history_routes_show_the_decision_votes_entry_and_equity_behin
     assert executed["votes"], "an executed decision carries its model votes"
     assert all(0.0 <= vote["confidence"] <= 1.0 for vote in executed["votes"])
     assert f'data-decision="{executed["key"]}"' in decisions_page
+    # A bar's time is market time, shown as it is: a replay runs ahead of the wall clock,
+    # and "in 1 d" (relative to now) would say nothing about the bar.
+    bar = datetime.fromisoformat(executed["bar_time"])
+    assert f'<time datetime="{bar.isoformat()}">{bar:%Y-%m-%d %H:%M}</time>' in decisions_page
     # The price chart marks the entry fill at its price, inside the span of recent closes.
     entries = [m for m in prices["markers"] if m["kind"] == "entry"]
     assert [m["role"] for m in entries] == ["entry"]

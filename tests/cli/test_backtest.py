@@ -137,3 +137,22 @@ def test_the_summary_says_what_the_risk_engine_refused(tmp_path: Path) -> None:
     assert summary["refusals"][0]["code"] == "cooldown"
     assert summary["refusals"][0]["count"] > 0
     assert "## Refused by the risk engine" in (tmp_path / "summary.md").read_text()
+
+
+def test_the_market_defaults_to_the_one_the_file_name_gives(tmp_path: Path) -> None:
+    recorded = default_market_data_dir() / "binance_ETH-BTC_5m_2018-01.csv"
+    named = CliRunner().invoke(
+        app,
+        [
+            *("backtest", "--data", str(recorded), "--strategy", "ema"),
+            *("--out", str(tmp_path / "a"), "--to", "2018-01-12T00:00"),
+        ],
+    )
+    assert named.exit_code == 0, named.output
+    assert "ema on ETH-BTC" in named.output
+    unnamed = tmp_path / "bars.csv"
+    unnamed.write_bytes(recorded.read_bytes())
+    refused = CliRunner().invoke(app, ["backtest", "--data", str(unnamed)])
+    assert refused.exit_code != 0
+    assert "--symbol" in refused.output
+    assert "bars.csv" in refused.output

@@ -16,8 +16,11 @@ from typing import IO
 
 import pytest
 
+from legato.cli.run import _desk_config
+from legato.kernel.settings import load_settings
 from legato.kernel.simulation import run_simulated
 from legato.trading.ledger import TradingLedger
+from legato.trading.market_data import default_market_data_dir
 from legato.trading.orders import OrderStatus
 
 pytestmark = pytest.mark.slow
@@ -181,3 +184,17 @@ def test_ctrl_c_stops_a_trading_desk_cleanly_with_the_store_agreeing(tmp_path: P
     assert len(positions) == reported
     for symbol, stop_loss, _ in positions:
         assert stop_loss is not None, f"{symbol} was left without a live stop-loss"
+
+
+def test_a_recorded_file_is_traded_as_the_market_its_name_gives(tmp_path: Path) -> None:
+    settings = load_settings(environ={})
+    eth_btc = default_market_data_dir() / "binance_ETH-BTC_5m_2018-01.csv"
+    named = _desk_config(settings, data=eth_btc, symbol=None, speed=None, bars=None)
+    # Not the BTC perpetual renamed: ETH quoted in BTC, at the file's own tick size.
+    assert named.symbols == ("ETH-BTC",)
+    assert named.instrument("ETH-BTC").quote_asset == "BTC"
+    assert named.instrument("ETH-BTC").tick_size < 0.0001
+    unnamed = tmp_path / "bars.csv"
+    unnamed.write_bytes(eth_btc.read_bytes())
+    fallback = _desk_config(settings, data=unnamed, symbol=None, speed=None, bars=None)
+    assert fallback.symbols == ("BTC-USDT-PERP",)  # a name that says nothing: as before

@@ -47,7 +47,7 @@ from legato.trading.desk_config import (
     trading_recorded_market,
 )
 from legato.trading.fees import FeeSchedule
-from legato.trading.market_data import Bar, load_bars
+from legato.trading.market_data import Bar, load_bars, symbol_from_filename
 from legato.trading.matching import MatchingRules
 
 __all__ = ["BacktestStrategy", "backtest"]
@@ -74,8 +74,13 @@ def backtest(
         ),
     ],
     symbol: Annotated[
-        str, typer.Option(help="The file's symbol, traded by the backtest.", show_default=False)
-    ],
+        str | None,
+        typer.Option(
+            help="The file's market, traded by the backtest (default: the one its name gives, "
+            "binance_ETH-BTC_5m_2018-01.csv: ETH-BTC).",
+            show_default=False,
+        ),
+    ] = None,
     start: Annotated[
         str | None,
         typer.Option(
@@ -115,6 +120,7 @@ def backtest(
     )
     try:
         settings = load_settings(config if config is not None else options.config_file)
+        symbol = symbol if symbol is not None else _named_market(data)
         recorded = list(load_bars(data, symbol))
         configured = desk_config_from_mapping(dict(settings.desk))
         desk_config = trading_recorded_market(configured, symbol, recorded)
@@ -133,6 +139,16 @@ def backtest(
     except Exception as error:
         raise fail(options, error) from None
     _summarise(report, written, json_output=options.json_output)
+
+
+def _named_market(data: Path) -> str:
+    """The market a recorded file's name gives; ValidationError asking for --symbol if none."""
+    try:
+        return symbol_from_filename(data)
+    except ValidationError:
+        raise ValidationError(
+            "--symbol", None, f"the market of {data.name} (its name does not say)"
+        ) from None
 
 
 def _note_fitted(config: DeskConfig, symbol: str) -> None:

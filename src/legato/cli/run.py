@@ -33,7 +33,7 @@ from legato.cli.invoke import invoke
 from legato.cli.options import CliOptions
 from legato.cli.output import Output
 from legato.kernel.clock import RealClock
-from legato.kernel.errors import ConfigError
+from legato.kernel.errors import ConfigError, ValidationError
 from legato.kernel.logs import get_logger
 from legato.kernel.settings import LegatoSettings, redact_url
 from legato.service.routes.desk import mount_desk
@@ -47,7 +47,7 @@ from legato.trading.desk_config import (
     trading_recorded_market,
 )
 from legato.trading.desk_tasks import Scheduling
-from legato.trading.market_data import load_bars
+from legato.trading.market_data import load_bars, symbol_from_filename
 
 __all__ = ["run"]
 
@@ -69,7 +69,10 @@ def run(
     ] = None,
     symbol: Annotated[
         str | None,
-        typer.Option(help="With --data: the file's symbol (default: the desk's first symbol)."),
+        typer.Option(
+            help="With --data: the file's market (default: the one its name gives, else the "
+            "desk's first symbol)."
+        ),
     ] = None,
     speed: Annotated[
         float | None,
@@ -130,9 +133,17 @@ def _desk_config(
         data_table["bars"] = bars
     table["data"] = data_table
     config = desk_config_from_mapping(table)
-    if data is not None and symbol is not None and symbol not in config.symbols:
-        # One recorded file feeds one symbol: trade it as the desk's only symbol.
-        config = trading_recorded_market(config, symbol, list(load_bars(data, symbol)))
+    if data is None:
+        return config
+    market = symbol
+    if market is None:
+        try:
+            market = symbol_from_filename(data)
+        except ValidationError:
+            return config  # a name that says nothing: the desk's first symbol trades it
+    if market not in config.symbols:
+        # One recorded file feeds one market: trade it as the desk's only symbol.
+        config = trading_recorded_market(config, market, list(load_bars(data, market)))
     return config
 
 

@@ -22,29 +22,27 @@ from legato.trading.coordinator import PipelineOutcome
 from legato.trading.decision_log import DecisionRecord
 
 
-@dataclass(frozen=True, slots=True)
-class _Plain:
-    name: str
-    size: int
-    note: str | None = None
-    tags: tuple[str, ...] = ()
+def _record_class(name: str) -> Any:
+    """A fresh frozen, slotted dataclass with defaults and a check: the twins' one body."""
 
-    def __post_init__(self) -> None:
-        if self.size < 0:
-            raise ValidationError("size", self.size, "an integer >= 0")
+    @dataclass(frozen=True, slots=True)
+    class Record:
+        name: str
+        size: int
+        note: str | None = None
+        tags: tuple[str, ...] = ()
+
+        def __post_init__(self) -> None:
+            if self.size < 0:
+                raise ValidationError("size", self.size, "an integer >= 0")
+
+    Record.__name__ = Record.__qualname__ = name
+    return Record
 
 
-@slot_init
-@dataclass(frozen=True, slots=True)
-class _Fast:
-    name: str
-    size: int
-    note: str | None = None
-    tags: tuple[str, ...] = ()
-
-    def __post_init__(self) -> None:
-        if self.size < 0:
-            raise ValidationError("size", self.size, "an integer >= 0")
+# The same class twice: as `dataclasses` builds it, and with `slot_init`'s `__init__`.
+_Plain = _record_class("_Plain")
+_Fast = slot_init(_record_class("_Fast"))
 
 
 def _values(record: Any) -> tuple[Any, ...]:

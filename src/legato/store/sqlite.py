@@ -21,6 +21,15 @@ from legato.store.errors import StoreUnavailableError
 
 __all__ = ["SqliteDatabase"]
 
+# sqlite3 binds an exact int, float, str or bytes directly; any other parameter (None, a
+# bool) goes through its adaptation protocol first, which, with no adapter registered,
+# looks up `__adapt__` and `__conform__` and builds and clears an AttributeError for each.
+# Stored rows are full of NULLs and flags: with these two adapters the lookup finds its
+# answer at once. They bind exactly what sqlite3 binds without them (NULL, and the integer
+# 0 or 1), so no value changes; they are process-wide, as sqlite3's adapters are.
+sqlite3.register_adapter(type(None), lambda value: value)
+sqlite3.register_adapter(bool, int)
+
 
 class _SqliteTransaction:
     __slots__ = ("_connection",)

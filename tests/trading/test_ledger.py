@@ -751,6 +751,9 @@ async def test_a_sole_writer_answers_its_reads_from_memory_as_the_store_would(
             await ledger.orphaned_protection(),
             await ledger.latest_closed_results(5),
             *await ledger.read(in_transaction),
+            await ledger.orders(open_only=True),
+            await ledger.orders(symbol=other, open_only=True),
+            await ledger.orders(open_only=True, intent_id="1"),
             await ledger.has_open_positions_or_orders(),
         ]
 
@@ -797,6 +800,10 @@ async def test_a_sole_writer_answers_its_reads_from_memory_as_the_store_would(
     assert (after_close[-1], after_flat[-1], after_idle[-1]) == (True, True, False)
     assert [record.order.client_order_id for record in after_close[5]] == ["lg-1-SL", "lg-1-TP"]
     assert len(after_close[6]) == 2  # the closed position from before, and this one
+    working = [record.order.client_order_id for record in after_close[-4]]
+    assert working == ["ext-1", "lg-1-SL", "lg-1-TP"]
+    assert [record.order.client_order_id for record in after_close[-3]] == ["ext-1"]
+    assert [record.order.client_order_id for record in after_close[-2]] == ["lg-1-SL", "lg-1-TP"]
 
 
 # ---------------------------------------------------------------- batched commits

@@ -964,8 +964,8 @@ class TradingLedger:
         The ledger reads them once, here; after that, the reads that only re-read what this
         ledger wrote (the open positions, the positions watermark, the latest closed
         results, balances, the latest equity marks, which fills are recorded, an order by
-        client id, the protective orders left on flat symbols, whether any position is open
-        or any order working) are answered from memory,
+        client id, the working orders, the protective orders left on flat symbols, whether
+        any position is open or any order working) are answered from memory,
         kept up to date with each transaction that commits (lists come sorted as SQLite's
         binary collation sorts them). Never for a store that another process, another
         connection or another ledger object may write: it would not see their writes.
@@ -1144,6 +1144,16 @@ class TradingLedger:
         intent_id: str | None = None,
     ) -> list[LedgerOrder]:
         """The recorded orders, filtered, in client id order."""
+        known = self._known
+        if known is not None and open_only:
+            # A sole writer knows every working order (the runtime guards ask every pass).
+            return [
+                record
+                for cid in sorted(known.working)
+                if (record := known.order(cid)) is not None
+                and (symbol is None or record.order.symbol == symbol)
+                and (intent_id is None or record.intent_id == intent_id)
+            ]
         clauses: list[str] = []
         params: list[Any] = []
         if symbol is not None:

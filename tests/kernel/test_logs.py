@@ -22,6 +22,7 @@ from legato.kernel.logs import (
     configure_logging,
     current_correlation,
     get_logger,
+    logs_at,
     redact_secrets,
 )
 from legato.kernel.settings import LegatoSettings, ServiceSettings
@@ -317,3 +318,15 @@ def test_reconfiguring_replaces_the_standard_library_handler(output: io.StringIO
 
     assert first.getvalue() == ""
     assert [line["event"] for line in json_lines(output)] == ["once"]
+
+
+def test_logs_at_says_which_levels_the_configuration_writes(output: io.StringIO) -> None:
+    configure_logging("warning", "json", output)
+    assert not logs_at("info")
+    assert logs_at("warning")
+    assert logs_at(logging.ERROR)
+    configure_logging("debug", "json", output)
+    assert logs_at("debug")
+    # structlog configured by hand, with a wrapper this module does not know: all written.
+    structlog.configure(wrapper_class=structlog.BoundLogger)
+    assert logs_at("debug")

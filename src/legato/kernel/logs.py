@@ -42,6 +42,7 @@ __all__ = [
     "configure_logging",
     "current_correlation",
     "get_logger",
+    "logs_at",
     "redact_secrets",
 ]
 
@@ -58,6 +59,9 @@ _LEVELS = {
     "error": logging.ERROR,
     "critical": logging.CRITICAL,
 }
+# The threshold of each filtering logger class structlog hands out (it makes one per level
+# and keeps it), so the configured class says which levels are written.
+_THRESHOLDS = {structlog.make_filtering_bound_logger(number): number for number in _LEVELS.values()}
 _FORMATS = ("console", "json", "auto")
 _MASK = "**********"
 # Key endings that name credentials whatever the value's type. Deliberately not any key
@@ -205,6 +209,18 @@ def get_logger(name: str, **initial_values: Any) -> FilteringBoundLogger:
     # ConsoleRenderer shows either key in its logger column.
     logger: FilteringBoundLogger = structlog.get_logger(logger_name=name, **initial_values)
     return logger
+
+
+def logs_at(level: str | int) -> bool:
+    """True when a line at `level` is written under the current logging configuration.
+
+    For a line that costs something to log on a hot path: loggers here are lazy (they follow
+    the latest `configure_logging`), so each call assembles a bound logger before its level
+    drops the line. A configuration this module does not know (structlog set up by hand)
+    counts as writing everything.
+    """
+    threshold = _THRESHOLDS.get(structlog.get_config()["wrapper_class"], logging.NOTSET)
+    return _level_number(level) >= threshold
 
 
 @contextmanager

@@ -29,7 +29,6 @@ from __future__ import annotations
 import asyncio
 import enum
 import hashlib
-import logging
 import re
 from bisect import bisect_left
 from collections.abc import Iterable, Mapping, Sequence
@@ -43,6 +42,7 @@ import structlog
 from legato.kernel.bus import MessageBus
 from legato.kernel.clock import Clock, RealClock
 from legato.kernel.errors import ValidationError
+from legato.kernel.logs import logs_at
 from legato.kernel.message import Message
 from legato.trading.agents.decision import DecisionSettings, TradeDecision, TradingDecisionAgent
 from legato.trading.agents.models import DecisionContext, DecisionModel, TradeAction
@@ -91,13 +91,6 @@ __all__ = [
 ]
 
 _log = structlog.get_logger(__name__)
-# The configured logger classes that drop `info` lines (structlog makes one per level, once).
-# A lazy logger assembles a whole bound logger on every call, even for a line its level then
-# drops: once per bar in a backtest, which logs at warning.
-_QUIET_AT_INFO = frozenset(
-    structlog.make_filtering_bound_logger(level)
-    for level in (logging.WARNING, logging.ERROR, logging.CRITICAL)
-)
 _SOURCE = "coordinator"
 _ENTRIES = (TradeAction.BUY, TradeAction.SELL)
 LATENCY_BUCKETS: tuple[float, ...] = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0)
@@ -790,7 +783,7 @@ class CoordinatorAgent:
         counted = (run.snapshot.symbol, value)
         self._decided[counted] = self._decided.get(counted, 0) + 1
         await self._publish(run, "outcome", {"key": run.key, "status": value, "detail": detail})
-        if structlog.get_config()["wrapper_class"] not in _QUIET_AT_INFO:
+        if logs_at("info"):  # once a bar: a backtest logs at warning
             _log.info("desk_decision", key=run.key, status=value, detail=detail)
         if outcome.status is status and outcome.detail == detail:
             return outcome  # built finished (a no-trade run): nothing to replace

@@ -782,3 +782,25 @@ async def test_recorded_trades_feed_the_engine_as_one_price_bars(clock: Clock) -
     traded = {trade.price for trade in trades}
     assert all(fill.price <= target and fill.price in traded for fill in fills)
     assert sum(fill.quantity for fill in fills) <= Decimal("0.5")
+
+
+async def test_fills_of_one_symbol_are_that_symbols_fills_in_order(
+    perp: Instrument, spot: Instrument, clock: Clock, bar: BarMaker
+) -> None:
+    venue = PaperVenue(
+        [perp, spot],
+        balances={"USDT": Decimal(100_000), "ETH": Decimal(10)},
+        config=EXACT,
+        clock=clock,
+    )
+    venue.process_bar(bar(0, "100", "101", "99", "100"))
+    venue.process_bar(bar(0, "100", "101", "99", "100", symbol=SPOT))
+    for number, symbol in enumerate((PERP, SPOT, PERP)):
+        await venue.place_order(market(f"m{number}", OrderSide.BUY, "1", symbol=symbol))
+        venue.process_bar(bar(number + 1, "100", "101", "99", "100", symbol=symbol))
+    every = await venue.fills()
+    perp_fills, spot_fills = await venue.fills(PERP), await venue.fills(SPOT)
+    assert [fill.client_order_id for fill in every] == ["m0", "m1", "m2"]
+    assert perp_fills == [fill for fill in every if fill.symbol == PERP]
+    assert spot_fills == [fill for fill in every if fill.symbol == SPOT]
+    assert [fill.client_order_id for fill in perp_fills] == ["m0", "m2"]

@@ -100,6 +100,8 @@ async def test_a_venue_restored_from_the_store_fills_exactly_like_one_that_never
     after = order("lg-e2", OrderSide.BUY, OrderType.MARKET, "0.005")
 
     assert await restarted.fills() == await kept.fills()
+    assert await restarted.fills(perp.symbol) == await kept.fills(perp.symbol)
+    assert await restarted.fills(perp.symbol) == await kept.fills()  # one symbol traded
     assert await restarted.positions() == await kept.positions()
     assert restarted.closed_positions == kept.closed_positions
     assert await restarted.balances() == await kept.balances()

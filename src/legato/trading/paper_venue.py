@@ -282,6 +282,8 @@ class PaperVenue:
         self._unmarked: set[str] = set()
         self._closed_positions: list[Position] = []
         self._fills: list[Fill] = []
+        # The same fills per symbol (what `fills(symbol)` lists, without a pass over all).
+        self._symbol_fills: dict[str, list[Fill]] = {}
         self._last_price: dict[str, Decimal] = {}
         self._subscriptions: list[_BarSubscription] = []
         self._calls: Counter[str] = Counter()
@@ -403,6 +405,9 @@ class PaperVenue:
         self._unmarked = set()
         self._closed_positions = list(state.closed_positions)
         self._fills = list(state.fills)
+        self._symbol_fills = {}
+        for fill in self._fills:
+            self._symbol_fills.setdefault(fill.symbol, []).append(fill)
         self._last_price = dict(state.last_prices)
         self._order_sequence = state.order_sequence
         self._fill_sequence = state.fill_sequence
@@ -460,10 +465,8 @@ class PaperVenue:
         if symbol is not None:
             self.instrument(symbol)
         fault = await self._enter("fills", None)
-        if symbol is None:
-            fills = list(self._fills)  # a copy at C speed: monitors list every fill each pass
-        else:
-            fills = [fill for fill in self._fills if fill.symbol == symbol]
+        # A copy at C speed: monitors list every fill each pass.
+        fills = list(self._fills if symbol is None else self._symbol_fills.get(symbol, ()))
         return await self._leave("fills", None, fault, fills)
 
     async def positions(self) -> Sequence[Position]:
@@ -987,21 +990,21 @@ class PaperVenue:
         fee = fees.fee(price, quantity, liquidity)
         self._fill_sequence += 1
         assert order.venue_order_id is not None
-        self._fills.append(
-            Fill(
-                fill_id=f"{self._name.upper()}-F{self._fill_sequence:08d}",
-                client_order_id=order.client_order_id,
-                venue_order_id=order.venue_order_id,
-                symbol=order.symbol,
-                side=order.side,
-                quantity=quantity,
-                price=price,
-                fee=fee,
-                fee_asset=instrument.quote_asset,
-                liquidity=liquidity,
-                timestamp=now,
-            )
+        fill = Fill(
+            fill_id=f"{self._name.upper()}-F{self._fill_sequence:08d}",
+            client_order_id=order.client_order_id,
+            venue_order_id=order.venue_order_id,
+            symbol=order.symbol,
+            side=order.side,
+            quantity=quantity,
+            price=price,
+            fee=fee,
+            fee_asset=instrument.quote_asset,
+            liquidity=liquidity,
+            timestamp=now,
         )
+        self._fills.append(fill)
+        self._symbol_fills.setdefault(fill.symbol, []).append(fill)
         quote, base = instrument.quote_asset, instrument.base_asset
         holdings = self._holdings
         if instrument.is_perpetual:

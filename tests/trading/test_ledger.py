@@ -5,7 +5,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager, closing
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -740,6 +740,8 @@ async def test_a_sole_writer_answers_its_reads_from_memory_as_the_store_would(
                 await tx.latest_equity_marks(),
                 await tx.get_order("lg-0-SL"),
                 await tx.get_order("ext-1"),
+                await tx.fills_of("lg-1-E"),
+                await tx.fills_of("lg-0-SL"),
             ]
 
         return [
@@ -804,6 +806,77 @@ async def test_a_sole_writer_answers_its_reads_from_memory_as_the_store_would(
     assert working == ["ext-1", "lg-1-SL", "lg-1-TP"]
     assert [record.order.client_order_id for record in after_close[-3]] == ["ext-1"]
     assert [record.order.client_order_id for record in after_close[-2]] == ["lg-1-SL", "lg-1-TP"]
+
+
+async def test_a_sole_writer_lists_the_fills_of_an_order_as_the_store_does(
+    clock: Clock, ledger_url: str
+) -> None:
+    def fill(fill_id: str, cid: str, at: datetime) -> Fill:
+        return Fill(
+            fill_id,
+            cid,
+            f"V-{cid}",
+            PERP,
+            OrderSide.BUY,
+            Decimal("0.010"),
+            Decimal("20000.5"),
+            Decimal("0.080002"),
+            "USDT",
+            Liquidity.TAKER,
+            at,
+        )
+
+    async def book(tx: LedgerTransaction, fills: list[Fill]) -> list[Fill]:
+        for item in fills:
+            await tx.add_fill(item)
+        return await tx.fills_of("lg-1-E")
+
+    # Stored as a UTC timestamp: read back in UTC.
+    east = clock.now().astimezone(timezone(timedelta(hours=2)))
+    plain = await TradingLedger.open(ledger_url, upgrade=False, clock=clock)
+    sole = TradingLedger(plain.database)
+    try:
+        await plain.write(lambda tx: tx.add_fill(fill("F-0", "lg-1-E", clock.now())))
+        await sole.assume_sole_writer()
+        fresh = [fill("F-1", "lg-1-E", east), fill("F-2", "lg-2-E", clock.now())]
+        in_write = await sole.write(lambda tx: book(tx, fresh))
+        after = await sole.read(lambda tx: tx.fills_of("lg-1-E"))
+        stored = await plain.read(lambda tx: tx.fills_of("lg-1-E"))
+    finally:
+        await plain.close()
+    assert in_write == after == stored
+    assert [item.fill_id for item in stored] == ["F-0", "F-1"]
+    assert [item.timestamp.tzinfo for item in in_write] == [UTC, UTC]
+
+
+async def test_a_sole_writer_knows_its_equity_inputs_while_no_write_is_under_way(
+    clock: Clock, ledger_url: str
+) -> None:
+    marks = EquityMarks("2024-01-01", Decimal(1000), Decimal(990), Decimal(1010), Decimal(990))
+    during: list[object] = []
+
+    async def write(tx: LedgerTransaction) -> None:
+        await tx.put_equity_marks(marks, clock.now())
+        during.append(ledger.known_equity_inputs("USDT"))
+
+    async with counted_ledger(ledger_url, clock) as (ledger, _):
+        await ledger.write(lambda tx: tx.set_balance("USDT", Decimal(1000), clock.now()))
+        shared = ledger.known_equity_inputs("USDT")
+        await ledger.assume_sole_writer()
+        before = ledger.known_equity_inputs("USDT")
+        await ledger.write(write)
+        after = ledger.known_equity_inputs("USDT")
+        untracked = ledger.known_equity_inputs("BTC")
+        stored = await ledger.read(lambda tx: _both(tx.balance("USDT"), tx.latest_equity_marks()))
+    assert shared is None  # not a sole writer: only the store knows
+    assert before == (Decimal(1000), None)
+    assert during == [None]  # a write is under way: only a write can tell
+    assert after == stored == (Decimal(1000), marks)
+    assert untracked == (None, marks)
+
+
+async def _both(first: Awaitable[Any], second: Awaitable[Any]) -> tuple[Any, Any]:
+    return await first, await second
 
 
 # ---------------------------------------------------------------- batched commits

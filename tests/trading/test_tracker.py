@@ -10,14 +10,14 @@ import pytest
 from legato.kernel.clock import Clock
 from legato.store.errors import StoreUnavailableError
 from legato.trading.fills import Fill, Liquidity
-from legato.trading.ledger import LedgerTransaction
+from legato.trading.ledger import LedgerTransaction, TradingLedger
 from legato.trading.orders import Order, OrderSide, OrderStatus, OrderType
 from legato.trading.positions import Position, PositionSide
-from legato.trading.risk import RiskLimits, TradingState, evaluate_trading_state
+from legato.trading.risk import RiskLimits, RiskState, TradingState, evaluate_trading_state
 from legato.trading.tracker import PositionTracker
 
 from .conftest import PERP
-from .execution_harness import ledger_opener
+from .execution_harness import TRADING_TABLES, ledger_opener
 from .test_ledger import closed_position, counted_ledger
 
 
@@ -201,6 +201,43 @@ async def test_equity_marks_are_written_only_when_they_move(clock: Clock, ledger
     assert unmoved == [first.timestamp()]
     assert moved == [later.timestamp()]
     assert after_loss.day_low_equity < Decimal(10_000)
+
+
+async def test_a_sole_writer_decides_on_unmoved_marks_without_a_transaction(
+    clock: Clock, ledger_url: str
+) -> None:
+    async def decisions(ledger: TradingLedger) -> list[RiskState]:
+        tracker = PositionTracker(ledger, clock=clock, instruments_base={PERP: "BTC"})
+        first = clock.now()
+        states = [await tracker.risk_state(quote_asset="USDT", now=first)]
+        await tracker.apply_fills([fill(1, "a", OrderSide.BUY, "0.100", "20000", clock)])
+        await tracker.mark({PERP: Decimal(19900)})
+        # A lower equity moves the marks; the same equity a minute later does not.
+        for minutes in (1, 2, 3):
+            later = first + timedelta(minutes=minutes)
+            states.append(await tracker.risk_state(quote_asset="USDT", now=later))
+        states.append(await tracker.risk_state(quote_asset="USDT", now=first + timedelta(days=1)))
+        return states
+
+    async with counted_ledger(ledger_url, clock) as (shared, _):
+        await PositionTracker(shared, clock=clock).set_balances({"USDT": Decimal(10_000)})
+        expected = await decisions(shared)
+        marks = await shared.read(lambda tx: tx.latest_equity_marks())
+        async with shared.database.transaction() as tx:
+            for table in TRADING_TABLES.split(", "):
+                await tx.execute(f"DELETE FROM {table}")
+    async with counted_ledger(ledger_url, clock) as (sole, counting):
+        await PositionTracker(sole, clock=clock).set_balances({"USDT": Decimal(10_000)})
+        await sole.assume_sole_writer()
+        transactions = counting.transactions
+        states = await decisions(sole)
+        opened = counting.transactions - transactions
+        sole_marks = await sole.read(lambda tx: tx.latest_equity_marks())
+    assert states == expected
+    assert sole_marks == marks
+    # The fill's booking and the mark; the marks written by the first decision, the one
+    # after the mark and the new day's: the two quiet decisions open no transaction.
+    assert opened == 2 + 3
 
 
 async def test_a_drawdown_reset_measures_the_drawdown_from_the_equity_now(

@@ -503,12 +503,15 @@ class OrderExecutionManager:
         zero: after a restart the first pass offers every fill again and the ledger, which
         holds the booked fill ids durably, skips the ones booked before.
         """
-        fills = list(await self._venue.fills())
+        # The venue's list is read as it is now (not copied again): the cursor is taken
+        # before the booking awaits, and the fills booked are a slice of it.
+        fills = await self._venue.fills()
+        seen = (len(fills), fills[-1].fill_id if fills else None)
         await self._tracker.apply_fills(self._fills_after_booked(fills))
-        self._fills_booked = (len(fills), fills[-1].fill_id if fills else None)
+        self._fills_booked = seen
         return await self._cancel_orphaned_protection()
 
-    def _fills_after_booked(self, fills: list[Fill]) -> list[Fill]:
+    def _fills_after_booked(self, fills: Sequence[Fill]) -> Sequence[Fill]:
         """The part of the venue's fill list that the last monitor pass had not seen.
 
         The whole list when it no longer starts as it did then (shorter, or another fill

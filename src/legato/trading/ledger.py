@@ -339,6 +339,22 @@ def _position_params(position: Position) -> tuple[Any, ...]:
     )
 
 
+def _fill_params(fill: Fill) -> tuple[Any, ...]:
+    return (
+        fill.fill_id,
+        fill.client_order_id,
+        fill.venue_order_id,
+        fill.symbol,
+        fill.side.value,
+        str(fill.quantity),
+        str(fill.price),
+        str(fill.fee),
+        fill.fee_asset,
+        fill.liquidity.value,
+        fill.timestamp.timestamp(),
+    )
+
+
 def _fill_row(row: Row) -> Fill:
     timestamp = _dt(row[10])
     assert timestamp is not None
@@ -500,6 +516,13 @@ def _as_stored(position: Position) -> Position:
     return _position_row(_position_params(position))
 
 
+def _fill_as_stored(fill: Fill) -> Fill:
+    # The fill as a read of its row builds it.
+    if _stored_as_is(fill.timestamp):
+        return fill
+    return _fill_row(_fill_params(fill))
+
+
 @dataclass(slots=True)
 class _KnownState:
     """What a sole writer knows of its store without reading it, as of its last commit.
@@ -511,7 +534,8 @@ class _KnownState:
     `TradingLedger.orphaned_protection` looks through), `working` those of every order
     still working (what `TradingLedger.has_open_positions_or_orders` asks about).
     `closed_results` are the closed positions' (row id, realized PnL, fees paid, close
-    time), in row id order.
+    time), in row id order; `order_fills` the recorded fills of each order (by client id),
+    in the order they were recorded.
     """
 
     open_positions: dict[str, Position]
@@ -524,6 +548,12 @@ class _KnownState:
     protective: set[str]
     working: set[str] = dataclasses.field(default_factory=set)
     stored_orders: dict[str, LedgerOrder] = dataclasses.field(default_factory=dict)
+    order_fills: dict[str, list[Fill]] = dataclasses.field(default_factory=dict)
+
+    def keep_fill(self, fill: Fill) -> None:
+        """Take in a fill as written."""
+        self.fill_ids.add(fill.fill_id)
+        self.order_fills.setdefault(fill.client_order_id, []).append(_fill_as_stored(fill))
 
     def order(self, client_order_id: str) -> LedgerOrder | None:
         """The order with this client id as a read of its row would give it, or None."""
@@ -583,6 +613,7 @@ class LedgerTransaction:
         "_balances",
         "_closed_rows",
         "_fill_ids",
+        "_fills",
         "_has_open_row",
         "_held_positions",
         "_known",
@@ -613,6 +644,8 @@ class LedgerTransaction:
         self._balances: dict[str, Decimal] = {}
         self._marks: dict[str, EquityMarks] = {}
         self._fill_ids: set[str] = set()
+        # The fills this transaction recorded, in the order it recorded them.
+        self._fills: list[Fill] = []
         self._rows_recorded = 0
         self._closed_rows: list[tuple[int, Decimal, Decimal, datetime | None]] = []
 
@@ -631,7 +664,8 @@ class LedgerTransaction:
         for marks in self._marks.values():
             if known.marks is None or marks.day >= known.marks.day:
                 known.marks = marks
-        known.fill_ids.update(self._fill_ids)
+        for fill in self._fills:
+            known.keep_fill(fill)
         for record in self._orders.values():
             known.keep_order(record)
         known.positions_recorded += self._rows_recorded
@@ -695,28 +729,24 @@ class LedgerTransaction:
         known = self._known
         if known is not None and (fill.fill_id in known.fill_ids or fill.fill_id in self._fill_ids):
             return False
-        rows = await self._tx.fetch(
-            _INSERT_FILL,
-            (
-                fill.fill_id,
-                fill.client_order_id,
-                fill.venue_order_id,
-                fill.symbol,
-                fill.side.value,
-                str(fill.quantity),
-                str(fill.price),
-                str(fill.fee),
-                fill.fee_asset,
-                fill.liquidity.value,
-                fill.timestamp.timestamp(),
-            ),
-        )
+        rows = await self._tx.fetch(_INSERT_FILL, _fill_params(fill))
         if rows:
             self._fill_ids.add(fill.fill_id)
+            self._fills.append(fill)
         return bool(rows)
 
     async def fills_of(self, client_order_id: str) -> list[Fill]:
         """The recorded fills of one order, in arrival order."""
+        known = self._known
+        if known is not None:
+            # Those recorded before this transaction, then the ones it recorded itself.
+            fills = list(known.order_fills.get(client_order_id, ()))
+            fills.extend(
+                _fill_as_stored(fill)
+                for fill in self._fills
+                if fill.client_order_id == client_order_id
+            )
+            return fills
         rows = await self._tx.fetch(
             f"SELECT {_FILL_COLUMNS} FROM legato_trading_fills WHERE client_order_id = ? "
             "ORDER BY id",
@@ -807,6 +837,8 @@ class LedgerTransaction:
         """The most recent day's equity marks, or None before the first."""
         if self._known is not None:
             stored = self._known.marks
+            if not self._marks:
+                return stored
             candidates = list(self._marks.values())
             if stored is not None and stored.day not in self._marks:
                 candidates.append(stored)
@@ -919,7 +951,7 @@ class TradingLedger:
     reads no clock itself.
     """
 
-    __slots__ = ("_database", "_held", "_known")
+    __slots__ = ("_database", "_held", "_known", "_writes_under_way")
 
     def __init__(self, database: Database) -> None:
         self._database = database
@@ -927,6 +959,8 @@ class TradingLedger:
         self._known: _KnownState | None = None
         # The transaction a sole writer's writes land in (see `batch_commits`).
         self._held: _HeldTransaction | None = None
+        # Calls of `write` begun and not finished (see `known_equity_inputs`).
+        self._writes_under_way = 0
 
     @classmethod
     async def open(
@@ -963,11 +997,11 @@ class TradingLedger:
         backtest's scratch store (which `use_as_scratch` locks for its one connection).
         The ledger reads them once, here; after that, the reads that only re-read what this
         ledger wrote (the open positions, the positions watermark, the latest closed
-        results, balances, the latest equity marks, which fills are recorded, an order by
-        client id, the working orders, the protective orders left on flat symbols, whether
-        any position is open or any order working) are answered from memory,
-        kept up to date with each transaction that commits (lists come sorted as SQLite's
-        binary collation sorts them). Never for a store that another process, another
+        results, balances, the latest equity marks, which fills are recorded and those of
+        an order, an order by client id, the working orders, the protective orders left on
+        flat symbols, whether any position is open or any order working) are answered from
+        memory, kept up to date with each transaction that commits (lists come sorted as
+        SQLite's binary collation sorts them). Never for a store that another process, another
         connection or another ledger object may write: it would not see their writes.
         """
         positions = await self.open_positions()
@@ -978,7 +1012,7 @@ class TradingLedger:
             "WHERE status = 'closed' ORDER BY id"
         )
         marks = await self.read(lambda tx: tx.latest_equity_marks())
-        fill_ids = await self._fetch("SELECT fill_id FROM legato_trading_fills")
+        fills = await self.fills()
         orders = await self.orders()
         self._known = _KnownState(
             open_positions={position.symbol: position for position in positions},
@@ -989,10 +1023,12 @@ class TradingLedger:
                 for row_id, realized, fees, closed_at in closed
             ],
             marks=marks,
-            fill_ids={fill_id for (fill_id,) in fill_ids},
+            fill_ids=set(),
             orders={},
             protective=set(),
         )
+        for fill in fills:
+            self._known.keep_fill(fill)
         for record in orders:
             self._known.keep_order(record)
 
@@ -1053,8 +1089,16 @@ class TradingLedger:
 
         Raises StoreUnavailableError (a TransientError) when the store cannot be reached.
         """
-        if self._held is not None:
-            return await self._write_held(self._held, fn)
+        self._writes_under_way += 1
+        try:
+            if self._held is not None:
+                return await self._write_held(self._held, fn)
+            return await self._write_alone(fn)
+        finally:
+            self._writes_under_way -= 1
+
+    async def _write_alone(self, fn: Callable[[LedgerTransaction], Awaitable[_T]]) -> _T:
+        """`write` in a store transaction of its own."""
         # `_transaction` written out (one context manager less per journal write). A SQLite
         # write transaction holds the write lock from its start: it runs serialized.
         try:
@@ -1069,6 +1113,20 @@ class TradingLedger:
         # Committed: a sole writer's memory takes in what was written.
         ledger_tx.remember()
         return result
+
+    def known_equity_inputs(self, asset: str) -> tuple[Decimal | None, EquityMarks | None] | None:
+        """`asset`'s recorded total and the latest equity marks, from a sole writer's memory.
+
+        What a write begun now would read first (`LedgerTransaction.balance` and
+        `latest_equity_marks`), without one: a caller that would only write when those ask
+        for it can see that nothing needs writing. None when the ledger is not the sole
+        writer (`assume_sole_writer`) or a write is under way, which a write begun now would
+        run after: then only a write can tell.
+        """
+        known = self._known
+        if known is None or self._writes_under_way:
+            return None
+        return known.balances.get(asset), known.marks
 
     async def _write_held(
         self, held: _HeldTransaction, fn: Callable[[LedgerTransaction], Awaitable[_T]]

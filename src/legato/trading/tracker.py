@@ -307,27 +307,12 @@ class PositionTracker:
         day = moment.date().isoformat()
         positions = await self._ledger.open_positions()
         losses, last_loss_at = await self._losing_streak(moment)
+        unrealized = sum((p.unrealized_pnl for p in positions), _ZERO)
 
         async def write(tx: LedgerTransaction) -> tuple[EquityMarks, Decimal]:
             balance = await _balance(tx, quote_asset)
-            equity = balance + sum((p.unrealized_pnl for p in positions), _ZERO)
             latest = await tx.latest_equity_marks()
-            if latest is None:
-                marks = EquityMarks(day, equity, equity, equity, equity)
-            elif latest.day != day:
-                peak = max(latest.peak_equity, equity)
-                trough = equity if equity >= latest.peak_equity else latest.trough_equity
-                marks = EquityMarks(day, equity, equity, peak, min(trough, equity))
-            else:
-                marks = latest
-            if equity > marks.peak_equity:
-                # A new high resets the drawdown: the trough is measured from the new peak.
-                marks = dataclasses.replace(marks, peak_equity=equity, trough_equity=equity)
-            marks = dataclasses.replace(
-                marks,
-                low_equity=min(marks.low_equity, equity),
-                trough_equity=min(marks.trough_equity, equity),
-            )
+            marks = _marks_at(latest, balance + unrealized, day)
             if marks != latest:
                 # Unmoved marks are not written again: the row's updated_at is when they last
                 # changed, and a decision on a quiet bar sends no statement.
@@ -336,9 +321,20 @@ class PositionTracker:
 
         # The equity the engine sees is read in the same transaction as the marks it wrote
         # (one read less per decision); as `TradingLedger.balances` reports it, a negative
-        # balance counts as zero.
-        marks, balance = await self._ledger.write(write)
-        equity = max(balance, _ZERO) + sum((p.unrealized_pnl for p in positions), _ZERO)
+        # balance counts as zero. A sole writer's memory may show that the marks have not
+        # moved: then there is nothing to write, and no transaction is needed to say so.
+        known = self._ledger.known_equity_inputs(quote_asset)
+        unmoved: tuple[EquityMarks, Decimal] | None = None
+        if known is not None:
+            total, latest = known
+            if (
+                total is not None
+                and latest is not None
+                and _marks_at(latest, total + unrealized, day) == latest
+            ):
+                unmoved = latest, total
+        marks, balance = unmoved if unmoved is not None else await self._ledger.write(write)
+        equity = max(balance, _ZERO) + unrealized
         exposure: dict[str, Decimal] = {}
         for position in positions:
             asset = self._base.get(position.symbol, position.symbol)
@@ -425,6 +421,26 @@ class PositionTracker:
         if not losses:
             return 0, None
         return losses, latest[0][2]
+
+
+def _marks_at(latest: EquityMarks | None, equity: Decimal, day: str) -> EquityMarks:
+    """The equity marks after `equity` is seen on `day`, the `latest` marks before it."""
+    if latest is None:
+        marks = EquityMarks(day, equity, equity, equity, equity)
+    elif latest.day != day:
+        peak = max(latest.peak_equity, equity)
+        trough = equity if equity >= latest.peak_equity else latest.trough_equity
+        marks = EquityMarks(day, equity, equity, peak, min(trough, equity))
+    else:
+        marks = latest
+    if equity > marks.peak_equity:
+        # A new high resets the drawdown: the trough is measured from the new peak.
+        marks = dataclasses.replace(marks, peak_equity=equity, trough_equity=equity)
+    return dataclasses.replace(
+        marks,
+        low_equity=min(marks.low_equity, equity),
+        trough_equity=min(marks.trough_equity, equity),
+    )
 
 
 async def _balance(tx: LedgerTransaction, quote_asset: str) -> Decimal:

@@ -18,6 +18,8 @@ and NautilusTrader the same values are computed with Legato's EMA and fed in).
 - Legato, full desk: `desk_backtest(DeskConfig(), bars, ...)`, the agents, coordinator,
   risk engine, execution manager and paper venue with a SQLite store, as `legato backtest`
   runs it (its own decisions, not the EMA crossover: its figures are speed only).
+  `agents_alone_bars_per_cpu_second` is the floor under it: the same agents computing the
+  same readings and decisions with nothing else (no bus, store, risk, execution or venue).
 - backtesting.py, backtrader, NautilusTrader: when installed (test and benchmark
   dependencies only); an engine that is missing is reported as such.
 
@@ -30,6 +32,7 @@ docs/backtesting.md), so exact equality is not expected.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import gc
 import json
@@ -47,7 +50,12 @@ from pathlib import Path
 from typing import Any
 
 from legato.kernel.logs import configure_logging
+from legato.trading.agents.decision import DecisionSettings, TradingDecisionAgent
 from legato.trading.agents.indicators import EMA
+from legato.trading.agents.models import DecisionContext
+from legato.trading.agents.regime import RegimeDetectionAgent
+from legato.trading.agents.snapshot import IndicatorSet
+from legato.trading.agents.technical import TechnicalAnalysisAgent
 from legato.trading.backtest import EmaCrossover, backtest
 from legato.trading.backtest.desk_backtest import desk_backtest
 from legato.trading.backtest.production import production_backtest
@@ -159,6 +167,57 @@ def run_legato_desk(bars: list[Bar]) -> EngineRun:
 
     wall, cpu, (entries, exits, net) = _timed(once)
     return EngineRun("legato", "full desk", wall, cpu, entries, exits, net)
+
+
+def run_desk_agents_alone(bars: list[Bar]) -> float:
+    """Bars per CPU second of the desk's agents alone: the floor under the full desk's cost.
+
+    What the coordinator computes on every bar, built as it builds it for the default
+    config's first strategy: the indicators, the technical and regime readings and the
+    six-model decision. No bus, store, risk engine, execution, venue or event-loop turns:
+    whatever the rest of the desk costs comes on top of this.
+    """
+    config = DeskConfig()
+    strategy, instrument = config.strategies[0], config.instruments[0]
+    symbol = instrument.symbol
+    symbol_bars = [dataclasses.replace(bar, symbol=symbol) for bar in bars]
+    settings = DecisionSettings(
+        min_consensus=strategy.min_consensus,
+        stop_atr=strategy.stop_atr,
+        target_atr=strategy.target_atr,
+        tick_size=instrument.tick_size,
+    )
+
+    async def decide_all() -> int:
+        indicators = IndicatorSet(symbol)
+        technical_agent = TechnicalAnalysisAgent(symbol)
+        regime_agent = RegimeDetectionAgent(symbol)
+        agent = TradingDecisionAgent(None, settings)
+        decided = 0
+        for bar in symbol_bars:
+            snapshot = indicators.update(bar)
+            technical = technical_agent.analyze(snapshot)
+            regime = regime_agent.analyze(snapshot)
+            if technical is None or regime is None:
+                continue
+            context = DecisionContext(
+                symbol=symbol,
+                timestamp=snapshot.timestamp,
+                indicators=snapshot,
+                technical=technical,
+                regime=regime,
+            )
+            await agent.decide(context)
+            decided += 1
+        return decided
+
+    cpus: list[float] = []
+    for _ in range(REPEATS):
+        gc.collect()
+        cpu = time.process_time()
+        asyncio.run(decide_all())
+        cpus.append(time.process_time() - cpu)
+    return len(bars) / statistics.median(cpus)
 
 
 def _frame(bars: list[Bar]) -> Any:
@@ -436,6 +495,7 @@ def main() -> None:
     legato = run_legato(bars)
     production = run_legato_production(bars)
     desk = run_legato_desk(bars)
+    agents_alone = run_desk_agents_alone(bars)
     peers: dict[str, object] = {}
     agreements: dict[str, object] = {}
     runners: dict[str, Callable[[list[Bar]], EngineRun | str]] = {
@@ -476,6 +536,7 @@ def main() -> None:
                     "path": "full desk: agents, coordinator, risk engine, execution manager, "
                     "paper venue, SQLite (its own strategy)",
                     "goal_bars_per_second": 20_000,
+                    "agents_alone_bars_per_cpu_second": round(agents_alone),
                 },
                 "peers": peers,
                 "agreement": agreements,

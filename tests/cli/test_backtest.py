@@ -137,6 +137,30 @@ def test_the_summary_says_what_the_risk_engine_refused(tmp_path: Path) -> None:
     assert summary["refusals"][0]["code"] == "cooldown"
     assert summary["refusals"][0]["count"] > 0
     assert "## Refused by the risk engine" in (tmp_path / "summary.md").read_text()
+    # A liquid market fills every entry in full: nothing to say about it.
+    fills = summary["entry_fills"]
+    assert fills["entries"] == fills["full"] > 0
+    assert "filled less than asked" not in result.output
+
+
+def test_the_summary_says_when_a_thin_market_filled_entries_in_part(tmp_path: Path) -> None:
+    # XRP-ETH with 100,000 ETH to start: the desk asks for tens of millions of XRP, and a
+    # one-minute bar fills a few hundred. Without a word, the report's -0.00% reads as a bug.
+    recorded = default_market_data_dir() / "binance_XRP-ETH_1m_2019-10.csv"
+    result = CliRunner().invoke(
+        app,
+        [
+            *("backtest", "--data", str(recorded)),
+            *("--out", str(tmp_path), "--to", "2019-10-11T08:00"),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "entry orders filled less than asked" in result.output
+    assert "desk.venue.participation" in result.output
+    fills = json.loads((tmp_path / "summary.json").read_text())["entry_fills"]
+    assert fills["partial"] > 0
+    assert 0 < fills["median_partial_share"] < 0.001
+    assert "## Entries filled less than asked" in (tmp_path / "summary.md").read_text()
 
 
 def test_the_market_defaults_to_the_one_the_file_name_gives(tmp_path: Path) -> None:

@@ -131,7 +131,9 @@ def backtest(
         title = f"{strategy.value} on {symbol}, {bars[0].timestamp:%Y-%m-%d %H:%M} to " + (
             f"{bars[-1].timestamp:%Y-%m-%d %H:%M} UTC"
         )
-        report = BacktestReport.build(title, result.trades, result.equity, result.refusals)
+        report = BacktestReport.build(
+            title, result.trades, result.equity, result.refusals, result.entries
+        )
         written = write_report(report, out)
     except KeyboardInterrupt:
         typer.echo("error: interrupted", err=True)
@@ -273,6 +275,14 @@ def _summarise(report: BacktestReport, written: dict[str, Path], *, json_output:
         typer.echo(
             f"  refused {refused} proposals by the risk engine; most: {most.code} "
             f"({most.count}, from {most.first:%Y-%m-%d %H:%M} UTC)"
+        )
+    fills = report.entry_fills
+    if fills is not None and fills.short:
+        # Why a report on a thin market shows slivers: a bar fills an order up to a share of
+        # its volume, and the rest of the entry is cancelled once what filled is protected.
+        typer.echo(
+            f"  {fills.sentence()}: a bar fills one order up to desk.venue.participation "
+            "of its volume"
         )
     for path in written.values():
         typer.echo(f"  wrote {path}")

@@ -15,16 +15,18 @@ from legato.kernel.errors import ValidationError
 from legato.trading.backtest.charts import report_html
 from legato.trading.backtest.report import (
     BacktestReport,
+    EntryFillSummary,
     RefusalGroup,
     bar_interval,
     compute_metrics,
     equity_csv,
     group_refusals,
+    summarise_entry_fills,
     summary_json,
     summary_markdown,
     trades_csv,
 )
-from legato.trading.backtest.trades import ClosedTrade, EquityPoint, Refusal
+from legato.trading.backtest.trades import ClosedTrade, EntryFill, EquityPoint, Refusal
 from legato.trading.positions import PositionSide
 
 T0 = datetime(2024, 1, 1, tzinfo=UTC)
@@ -235,3 +237,66 @@ def test_a_report_without_refusals_has_no_refusal_section() -> None:
     assert json.loads(summary_json(report))["refusals"] == []
     assert "Refused" not in summary_markdown(report)
     assert "Refused" not in report_html(report, b"")
+
+
+def entry(asked: str, filled: str, day: int = 0) -> EntryFill:
+    return EntryFill(T0 + DAY * day, Decimal(asked), Decimal(filled))
+
+
+def test_entry_fills_are_counted_in_full_in_part_and_not_at_all() -> None:
+    entries = [
+        entry("10", "10"),
+        entry("1000000", "25", 1),
+        entry("200", "50", 2),
+        entry("400", "300", 3),
+        entry("5", "0", 4),
+    ]
+    assert summarise_entry_fills(entries) == EntryFillSummary(
+        entries=5,
+        full=1,
+        partial=3,
+        unfilled=1,
+        median_partial_share=0.25,
+    )
+    assert summarise_entry_fills([]) is None
+
+
+def test_a_sliver_of_a_fill_keeps_its_digits_in_the_sentence() -> None:
+    # 75 of 70,796,961 asked: "0.00%" would say nothing filled at all.
+    summary = summarise_entry_fills([entry("70796961", "75"), entry("70572626", "24")])
+    assert summary is not None
+    assert summary.sentence() == (
+        "2 of 2 entry orders filled less than asked "
+        "(2 in part, a median 0.000070% of the size asked)"
+    )
+    half = summarise_entry_fills([entry("4", "2"), entry("4", "0")])
+    assert half is not None
+    assert half.sentence() == (
+        "2 of 2 entry orders filled less than asked "
+        "(1 in part, a median 50.00% of the size asked; 1 not at all)"
+    )
+
+
+def test_every_report_form_says_when_entries_filled_less_than_asked() -> None:
+    report = BacktestReport.build(
+        "t", TRADES, curve(), entries=[entry("10", "10"), entry("100", "1", 1)]
+    )
+    assert json.loads(summary_json(report))["entry_fills"] == {
+        "entries": 2,
+        "full": 1,
+        "partial": 1,
+        "unfilled": 0,
+        "median_partial_share": 0.01,
+    }
+    assert "## Entries filled less than asked (1)" in summary_markdown(report)
+    assert "participation share of each bar's volume" in summary_markdown(report)
+    assert "Entries filled less than asked (1)" in report_html(report, b"")
+
+
+def test_entries_that_filled_in_full_add_no_section() -> None:
+    report = BacktestReport.build("t", TRADES, curve(), entries=[entry("10", "10")])
+    assert json.loads(summary_json(report))["entry_fills"]["full"] == 1
+    assert "Entries" not in summary_markdown(report)
+    assert "Entries" not in report_html(report, b"")
+    unknown = BacktestReport.build("t", TRADES, curve())
+    assert json.loads(summary_json(unknown))["entry_fills"] is None

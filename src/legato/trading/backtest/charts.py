@@ -18,6 +18,7 @@ from matplotlib.figure import Figure
 
 from legato.kernel.errors import ValidationError
 from legato.trading.backtest.report import (
+    ENTRY_FILLS_NOTE,
     REFUSAL_HEADERS,
     BacktestReport,
     metric_rows,
@@ -109,6 +110,13 @@ def report_html(report: BacktestReport, png: bytes) -> str:
             f"<h2>Refused by the risk engine ({refused})</h2>\n"
             f"<table>\n<tr>{refusal_header}</tr>\n{refusal_lines}\n</table>\n"
         )
+    fills = report.entry_fills
+    short = ""
+    if fills is not None and fills.short:
+        short = (
+            f"<h2>Entries filled less than asked ({fills.short})</h2>\n"
+            f"<p>{escape(fills.sentence())}. {escape(ENTRY_FILLS_NOTE)}</p>\n"
+        )
     title = escape(report.title)
     return (
         "<!DOCTYPE html>\n"
@@ -118,6 +126,7 @@ def report_html(report: BacktestReport, png: bytes) -> str:
         f'<img alt="equity curve and drawdown" src="data:image/png;base64,{picture}">\n'
         f"<h2>Summary</h2>\n<table>\n{metric_lines}\n</table>\n"
         f"{refusals}"
+        f"{short}"
         f"<h2>Trades ({len(report.trades)})</h2>\n<table>\n{header}\n{trade_lines}\n</table>\n"
         "</body>\n</html>\n"
     )

@@ -41,11 +41,19 @@ from legato.kernel.simulation import SimulatedClock, run_simulated
 from legato.trading.backtest.production import backtest_execution_config
 from legato.trading.backtest.runner import PROGRESS_EVERY, BacktestResult
 from legato.trading.backtest.store import fresh_store
-from legato.trading.backtest.trades import EquityPoint, Refusal, TradeBook, refusal_of
+from legato.trading.backtest.trades import (
+    EntryFill,
+    EquityPoint,
+    Refusal,
+    TradeBook,
+    entry_fills,
+    refusal_of,
+)
 from legato.trading.decision_log import DecisionLog, PipelineStatus
 from legato.trading.desk import Desk
 from legato.trading.desk_config import DeskConfig
 from legato.trading.fills import Fill
+from legato.trading.ledger import TradingLedger
 from legato.trading.market_data import Bar
 
 __all__ = [
@@ -167,7 +175,7 @@ def desk_backtest(
     )
     with _fewer_collections():
         run_simulated(desk.run(), clock=clock)
-    refusals = run_simulated(_refusals(url, len(bars)))
+    refusals, entries = run_simulated(_read_back(url, len(bars)))
     if progress is not None:
         progress(len(equity))
     return BacktestResult(
@@ -180,20 +188,29 @@ def desk_backtest(
         unexecuted=(),
         final_position=book.position if book.position else Decimal(0),
         refusals=refusals,
+        entries=entries,
     )
 
 
-async def _refusals(url: str, bars: int) -> tuple[Refusal, ...]:
-    """The decisions the risk engine refused, from the run's decision log, in time order.
+async def _read_back(url: str, bars: int) -> tuple[tuple[Refusal, ...], tuple[EntryFill, ...]]:
+    """The run's refusals and entry orders, read back from its store.
 
-    One symbol, one decision per bar at most: `bars` bounds how many there can be.
+    The refusals come from the decision log, in time order; the entry orders, with what each
+    filled, from the ledger. One symbol, one decision per bar at most: `bars` bounds how many
+    refusals there can be.
     """
     log = await DecisionLog.open(url, upgrade=False)
     try:
         rejected = await log.decisions(status=PipelineStatus.REJECTED, limit=bars)
     finally:
         await log.close()
-    return tuple(
+    ledger = await TradingLedger.open(url, upgrade=False)
+    try:
+        orders = await ledger.orders()
+    finally:
+        await ledger.close()
+    refusals = tuple(
         refusal_of(record.risk or {}, record.bar_time)
         for record in sorted(rejected, key=lambda record: record.bar_time)
     )
+    return refusals, entry_fills(orders)

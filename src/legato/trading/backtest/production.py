@@ -34,7 +34,7 @@ from legato.kernel.simulation import SimulatedClock, run_simulated
 from legato.trading.backtest.runner import BacktestResult, run_backtest
 from legato.trading.backtest.store import fresh_store, use_as_scratch
 from legato.trading.backtest.strategy import Strategy
-from legato.trading.backtest.trades import Refusal, refusal_of
+from legato.trading.backtest.trades import Refusal, entry_fills, refusal_of
 from legato.trading.errors import OrderRejected
 from legato.trading.execution import ExecutionConfig, ExecutionResult, OrderExecutionManager
 from legato.trading.instruments import Instrument
@@ -282,7 +282,9 @@ def production_backtest(
                 progress=progress,
             )
             await executor.book_fills()
-            return dataclasses.replace(result, refusals=executor.refusals)
+            return dataclasses.replace(
+                result, refusals=executor.refusals, entries=entry_fills(await ledger.orders())
+            )
         finally:
             await ledger.close()
 

@@ -22,6 +22,10 @@ of returns are floats. The conventions, stated once:
   (count, first and last time, the first refusal's sentence), most frequent first. They say
   why a curve goes flat: a desk past 80% of its drawdown limit only reduces positions, and
   refuses every new one until equity recovers, which it cannot do without trading.
+- Entry fills: how many entry orders filled in full, in part or not at all, and the median
+  share filled of those filled in part. They say why positions are smaller than asked: on
+  a thin market the paper venue fills one order up to a share of each bar's volume, and the
+  execution manager protects what filled and cancels the rest.
 
 Text renderers (`trades_csv`, `equity_csv`, `summary_json`, `summary_markdown`) return
 strings that depend only on their inputs, so the same backtest gives the same bytes.
@@ -34,6 +38,7 @@ import io
 import itertools
 import json
 import math
+import statistics
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -41,13 +46,15 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 
 from legato.kernel.errors import ValidationError
-from legato.trading.backtest.trades import ClosedTrade, EquityPoint, Refusal
+from legato.trading.backtest.trades import ClosedTrade, EntryFill, EquityPoint, Refusal
 
 __all__ = [
+    "ENTRY_FILLS_NOTE",
     "REFUSAL_HEADERS",
     "TRADE_COLUMNS",
     "BacktestMetrics",
     "BacktestReport",
+    "EntryFillSummary",
     "RefusalGroup",
     "bar_interval",
     "compute_metrics",
@@ -55,6 +62,7 @@ __all__ = [
     "group_refusals",
     "metric_rows",
     "refusal_rows",
+    "summarise_entry_fills",
     "summary_json",
     "summary_markdown",
     "trades_csv",
@@ -148,10 +156,69 @@ def group_refusals(refusals: Sequence[Refusal]) -> tuple[RefusalGroup, ...]:
 
 
 @dataclass(frozen=True, slots=True)
+class EntryFillSummary:
+    """How fully the entry orders filled: in full, in part, not at all.
+
+    `median_partial_share` is the median of filled / asked over the entries filled in part
+    (None when none was).
+    """
+
+    entries: int
+    full: int
+    partial: int
+    unfilled: int
+    median_partial_share: float | None
+
+    @property
+    def short(self) -> int:
+        """Entries that filled less than they asked for (in part or not at all)."""
+        return self.partial + self.unfilled
+
+    def as_dict(self) -> dict[str, object]:
+        """The summary as JSON-ready values."""
+        return {
+            "entries": self.entries,
+            "full": self.full,
+            "partial": self.partial,
+            "unfilled": self.unfilled,
+            "median_partial_share": _rounded(self.median_partial_share),
+        }
+
+    def sentence(self) -> str:
+        """One line for a reader: how many entries filled short, and by how much."""
+        text = f"{self.short} of {self.entries} entry orders filled less than asked"
+        if self.median_partial_share is not None:
+            text += (
+                f" ({self.partial} in part, a median {_share(self.median_partial_share)} "
+                "of the size asked"
+            )
+            text += f"; {self.unfilled} not at all)" if self.unfilled else ")"
+        return text
+
+
+def summarise_entry_fills(entries: Sequence[EntryFill]) -> EntryFillSummary | None:
+    """How fully `entries` filled; None when there were none (or none are known)."""
+    if not entries:
+        return None
+    shares = [
+        float(entry.filled / entry.asked) for entry in entries if 0 < entry.filled < entry.asked
+    ]
+    unfilled = sum(1 for entry in entries if not entry.filled)
+    return EntryFillSummary(
+        entries=len(entries),
+        full=len(entries) - len(shares) - unfilled,
+        partial=len(shares),
+        unfilled=unfilled,
+        median_partial_share=statistics.median(shares) if shares else None,
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class BacktestReport:
     """A titled report: the closed trades, the equity curve and the metrics computed from them.
 
-    `refusals` are the risk engine's refusals, grouped by rule (`group_refusals`).
+    `refusals` are the risk engine's refusals, grouped by rule (`group_refusals`);
+    `entry_fills` how fully the entry orders filled (None when they are not known).
     """
 
     title: str
@@ -159,6 +226,7 @@ class BacktestReport:
     equity: tuple[EquityPoint, ...]
     metrics: BacktestMetrics
     refusals: tuple[RefusalGroup, ...] = ()
+    entry_fills: EntryFillSummary | None = None
 
     @classmethod
     def build(
@@ -167,6 +235,7 @@ class BacktestReport:
         trades: Sequence[ClosedTrade],
         equity: Sequence[EquityPoint],
         refusals: Sequence[Refusal] = (),
+        entries: Sequence[EntryFill] = (),
     ) -> BacktestReport:
         """Compute the metrics of `trades` and `equity` and bundle them under `title`."""
         return cls(
@@ -175,6 +244,7 @@ class BacktestReport:
             tuple(equity),
             compute_metrics(trades, equity),
             group_refusals(refusals),
+            summarise_entry_fills(entries),
         )
 
 
@@ -332,17 +402,31 @@ def equity_csv(equity: Sequence[EquityPoint]) -> str:
 
 
 def summary_json(report: BacktestReport) -> str:
-    """The title, metrics and refusals as indented JSON with sorted keys, ending in a newline."""
+    """The title, metrics, refusals and entry fills as indented JSON with sorted keys.
+
+    It ends in a newline; `entry_fills` is null when the run does not know them.
+    """
+    fills = report.entry_fills
     document = {
         "title": report.title,
         "metrics": report.metrics.as_dict(),
         "refusals": [group.as_dict() for group in report.refusals],
+        "entry_fills": None if fills is None else fills.as_dict(),
     }
     return json.dumps(document, indent=2, sort_keys=True) + "\n"
 
 
 def _percent(value: float | Decimal | None) -> str:
     return "n/a" if value is None else f"{float(value) * 100:.2f}%"
+
+
+def _share(value: float) -> str:
+    # A share far below a percent (a sliver of a position) keeps two significant digits
+    # instead of rounding to 0.00%.
+    percent = value * 100
+    if percent >= 0.01 or percent <= 0:
+        return f"{percent:.2f}%"
+    return f"{percent:.{1 - math.floor(math.log10(percent))}f}%"
 
 
 def _ratio(value: float | None) -> str:
@@ -377,6 +461,12 @@ def metric_rows(metrics: BacktestMetrics) -> list[tuple[str, str]]:
 
 REFUSAL_HEADERS = ("Rule", "Refused", "First", "Last", "First refusal")
 
+ENTRY_FILLS_NOTE = (
+    "The paper venue fills one order up to its participation share of each bar's volume; the "
+    "execution manager protects what filled and cancels the rest, so these positions are "
+    "smaller than their proposals asked."
+)
+
 
 def refusal_rows(refusals: Sequence[RefusalGroup]) -> list[tuple[str, str, str, str, str]]:
     """The refusal groups as formatted rows (`REFUSAL_HEADERS`), in the report's order."""
@@ -393,7 +483,7 @@ def refusal_rows(refusals: Sequence[RefusalGroup]) -> list[tuple[str, str, str, 
 
 
 def summary_markdown(report: BacktestReport) -> str:
-    """The title, the metrics and the refusals as Markdown tables, ending in a newline."""
+    """The title, the metrics, the refusals and short entries as Markdown, ending in a newline."""
     lines = [f"# {report.title}", "", "| Metric | Value |", "|---|---|"]
     lines.extend(f"| {label} | {value} |" for label, value in metric_rows(report.metrics))
     if report.refusals:
@@ -405,4 +495,8 @@ def summary_markdown(report: BacktestReport) -> str:
             "| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |"
             for row in refusal_rows(report.refusals)
         )
+    fills = report.entry_fills
+    if fills is not None and fills.short:
+        lines.extend(["", f"## Entries filled less than asked ({fills.short})", ""])
+        lines.append(f"{fills.sentence()}. {ENTRY_FILLS_NOTE}")
     return "\n".join(lines) + "\n"

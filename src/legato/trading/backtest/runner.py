@@ -35,7 +35,7 @@ from legato.kernel.errors import ValidationError
 from legato.kernel.simulation import SimulatedClock, run_simulated
 from legato.trading.backtest.executor import DirectBracketExecutor
 from legato.trading.backtest.strategy import Strategy, StrategyContext, TradeExecutor, TradeOutcome
-from legato.trading.backtest.trades import ClosedTrade, EquityPoint, Refusal, TradeBook
+from legato.trading.backtest.trades import ClosedTrade, EntryFill, EquityPoint, Refusal, TradeBook
 from legato.trading.fills import Fill
 from legato.trading.instruments import Instrument
 from legato.trading.market_data import Bar
@@ -58,7 +58,8 @@ class BacktestResult:
     `trades`). `outcomes` are the executor's answers, in the order they came back;
     `unexecuted` the proposals made on the last bar, which no later bar could fill;
     `refusals` the proposals the risk engine refused, in time order (none on the research
-    path, which has no risk engine).
+    path, which has no risk engine); `entries` the entry orders placed and how much of each
+    filled, in the order they were placed (read from the store: none on the research path).
     """
 
     symbol: str
@@ -70,6 +71,7 @@ class BacktestResult:
     unexecuted: tuple[TradeProposal, ...]
     final_position: Decimal
     refusals: tuple[Refusal, ...] = ()
+    entries: tuple[EntryFill, ...] = ()
 
     def __repr__(self) -> str:
         # A summary: the full repr of thousands of points is useless to read, and asyncio

@@ -12,7 +12,7 @@ last digit.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -20,10 +20,20 @@ from typing import Any
 
 from legato.kernel.errors import ValidationError
 from legato.trading.fills import Fill
+from legato.trading.ledger import LedgerOrder, OrderRole
 from legato.trading.orders import OrderSide
 from legato.trading.positions import PositionSide
 
-__all__ = ["ClosedTrade", "EquityPoint", "Refusal", "TradeBook", "exit_reason", "refusal_of"]
+__all__ = [
+    "ClosedTrade",
+    "EntryFill",
+    "EquityPoint",
+    "Refusal",
+    "TradeBook",
+    "entry_fills",
+    "exit_reason",
+    "refusal_of",
+]
 
 _ZERO = Decimal(0)
 # Client order id suffixes used by both the research executor and the desk's execution manager
@@ -62,6 +72,30 @@ def refusal_of(verdict: Mapping[str, Any], at: datetime) -> Refusal:
     if rule is None:
         return Refusal(at, str(verdict.get("outcome", "rejected")), "refused without a reason")
     return Refusal(at, str(rule["code"]), str(rule["message"]))
+
+
+@dataclass(frozen=True, slots=True)
+class EntryFill:
+    """An entry order the run placed: when, the quantity it asked for and the quantity filled.
+
+    On a thin market the paper venue fills an order only up to its share of each bar's volume
+    (`MatchingRules.participation`); the execution manager protects what filled and cancels
+    the rest, so a position can be a sliver of the size the proposal asked for.
+    """
+
+    at: datetime
+    asked: Decimal
+    filled: Decimal
+
+
+def entry_fills(records: Iterable[LedgerOrder]) -> tuple[EntryFill, ...]:
+    """The entry orders among `records` (a ledger's orders), in the order they were placed."""
+    placed = sorted(
+        (order.created_at, order.client_order_id, order.quantity, order.filled_quantity)
+        for record in records
+        if record.role is OrderRole.ENTRY and (order := record.order).created_at is not None
+    )
+    return tuple(EntryFill(at, asked, filled) for at, _, asked, filled in placed)
 
 
 @dataclass(frozen=True, slots=True)

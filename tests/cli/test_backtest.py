@@ -180,3 +180,65 @@ def test_the_market_defaults_to_the_one_the_file_name_gives(tmp_path: Path) -> N
     assert refused.exit_code != 0
     assert "--symbol" in refused.output
     assert "bars.csv" in refused.output
+
+
+def test_a_file_of_trades_is_made_into_bars_and_gives_the_bar_files_report(
+    tmp_path: Path,
+) -> None:
+    # The recorded XRP-ETH trades, made into one-minute bars, are the recorded one-minute bars:
+    # the same backtest over either file writes the same summary, byte for byte.
+    directory = default_market_data_dir()
+    window = ("--to", "2019-10-11T06:00")
+    trades = CliRunner().invoke(
+        app,
+        [
+            *("backtest", "--data", str(directory / "binance_XRP-ETH_trades_2019-10.csv")),
+            *("--out", str(tmp_path / "trades"), *window),
+        ],
+    )
+    assert trades.exit_code == 0, trades.output
+    assert "holds trades: made 2,469 bars of 60 s (--bar)" in trades.output
+    bars = CliRunner().invoke(
+        app,
+        [
+            *("backtest", "--data", str(directory / "binance_XRP-ETH_1m_2019-10.csv")),
+            *("--out", str(tmp_path / "bars"), *window),
+        ],
+    )
+    assert bars.exit_code == 0, bars.output
+    for name in ("summary.json", "trades.csv", "equity.csv"):
+        assert (tmp_path / "trades" / name).read_bytes() == (tmp_path / "bars" / name).read_bytes()
+
+
+def test_bar_length_applies_to_trades_only_and_must_be_positive(tmp_path: Path) -> None:
+    directory = default_market_data_dir()
+    on_bars = CliRunner().invoke(
+        app,
+        [
+            *("backtest", "--data", str(directory / "binance_XRP-ETH_1m_2019-10.csv")),
+            *("--bar", "5", "--out", str(tmp_path / "a")),
+        ],
+    )
+    assert on_bars.exit_code != 0
+    assert "--bar" in on_bars.output
+    assert "holds bars already" in on_bars.output
+    zero = CliRunner().invoke(
+        app,
+        [
+            *("backtest", "--data", str(directory / "binance_ETH-USDT-PERP_trades_2023-02.csv")),
+            *("--bar", "0", "--out", str(tmp_path / "b")),
+        ],
+    )
+    assert zero.exit_code != 0
+    assert "a bar length in seconds > 0" in zero.output
+    seconds = CliRunner().invoke(
+        app,
+        [
+            *("backtest", "--data", str(directory / "binance_ETH-USDT-PERP_trades_2023-02.csv")),
+            *("--bar", "1", "--strategy", "ema", "--out", str(tmp_path / "c")),
+        ],
+    )
+    assert seconds.exit_code == 0, seconds.output
+    assert "made 199 bars of 1 s" in seconds.output
+    # One equity point per bar made: the header and 199 rows.
+    assert len((tmp_path / "c" / "equity.csv").read_text().splitlines()) == 200

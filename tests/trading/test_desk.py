@@ -15,11 +15,16 @@ from legato.kernel.errors import ValidationError
 from legato.kernel.simulation import SimulatedClock, run_simulated
 from legato.trading.decision_log import DecisionLog, DecisionRecord, PipelineStatus
 from legato.trading.desk import STOP_GRACE_SECONDS, Desk, desk_bars
-from legato.trading.desk_config import DataSettings, DeskConfig
+from legato.trading.desk_config import (
+    DataSettings,
+    DataSource,
+    DeskConfig,
+    trading_recorded_market,
+)
 from legato.trading.desk_tasks import Scheduling
 from legato.trading.faults import Fault
 from legato.trading.ledger import LedgerOrder, OrderRole, TradingLedger
-from legato.trading.market_data import Bar
+from legato.trading.market_data import Bar, default_market_data_dir, load_bars
 from legato.trading.orders import OrderStatus
 
 from .agents.scripted_bars import SYMBOL, T0, trend
@@ -374,3 +379,20 @@ async def test_a_scratch_store_keeps_other_connections_out_while_the_desk_runs(
             other.close()
     finally:
         await desk.stop()
+
+
+@pytest.mark.skipif(not default_market_data_dir().is_dir(), reason="recorded data not found")
+def test_a_recorded_file_of_trades_feeds_the_desk_as_bars_of_the_data_interval() -> None:
+    recorded = default_market_data_dir() / "binance_XRP-ETH_trades_2019-10.csv"
+    config = trading_recorded_market(
+        DeskConfig(),
+        "XRP-ETH",
+        list(load_bars(default_market_data_dir() / "binance_XRP-ETH_1m_2019-10.csv")),
+    )
+    config = dataclasses.replace(
+        config,
+        data=DataSettings(source=DataSource.CSV, path=str(recorded), interval_seconds=60),
+    )
+    assert list(desk_bars(config, T0)) == list(
+        load_bars(default_market_data_dir() / "binance_XRP-ETH_1m_2019-10.csv")
+    )

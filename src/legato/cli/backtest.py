@@ -4,13 +4,15 @@ Both strategies run on simulated time, as fast as the machine allows, through th
 path: the whole desk (agents, coordinator, risk engine, execution manager, paper venue), or
 the EMA(12)/EMA(26) crossover through the risk engine, the execution manager and the paper
 venue. The store is a SQLite file in the output directory, replaced at each run, so the same
-inputs always give the same report, byte for byte.
+inputs always give the same report, byte for byte. A file of public trades is made into bars
+first (`--bar` seconds each, one minute by default).
 """
 
 from __future__ import annotations
 
 import enum
 import json
+import math
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -47,12 +49,21 @@ from legato.trading.desk_config import (
     trading_recorded_market,
 )
 from legato.trading.fees import FeeSchedule
-from legato.trading.market_data import Bar, load_bars, symbol_from_filename
+from legato.trading.market_data import (
+    Bar,
+    bars_from_trades,
+    is_trades_file,
+    load_bars,
+    load_trades,
+    symbol_from_filename,
+)
 from legato.trading.matching import MatchingRules
 
 __all__ = ["BacktestStrategy", "backtest"]
 
 STORE_FILE = "backtest.db"
+TRADE_BAR_SECONDS = 60.0
+"""The bar length a file of trades is made into when `--bar` does not say."""
 """The run's SQLite store, in the output directory; removed when the report is written."""
 
 
@@ -69,7 +80,8 @@ def backtest(
         Path,
         typer.Option(
             "--data",
-            help="Recorded bars CSV (timestamp,open,high,low,close,volume).",
+            help="Recorded bars CSV (timestamp,open,high,low,close,volume), or public trades "
+            "(timestamp,id,side,price,amount) made into bars of --bar seconds.",
             show_default=False,
         ),
     ],
@@ -111,6 +123,15 @@ def backtest(
         BacktestStrategy,
         typer.Option(help="desk: the whole desk; ema: the EMA(12)/EMA(26) crossover."),
     ] = BacktestStrategy.DESK,
+    bar: Annotated[
+        float | None,
+        typer.Option(
+            "--bar",
+            help="For a file of trades: the length of the bars made from them, in seconds "
+            "(default 60). A file of bars keeps its own.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Backtest the desk (or the EMA crossover) on a recorded file; write the report."""
     options = options_of(ctx)
@@ -121,7 +142,7 @@ def backtest(
     try:
         settings = load_settings(config if config is not None else options.config_file)
         symbol = symbol if symbol is not None else _named_market(data)
-        recorded = list(load_bars(data, symbol))
+        recorded = _recorded_bars(data, symbol, bar)
         configured = desk_config_from_mapping(dict(settings.desk))
         desk_config = trading_recorded_market(configured, symbol, recorded)
         if symbol not in configured.symbols:
@@ -141,6 +162,24 @@ def backtest(
     except Exception as error:
         raise fail(options, error) from None
     _summarise(report, written, json_output=options.json_output)
+
+
+def _recorded_bars(data: Path, symbol: str, bar: float | None) -> list[Bar]:
+    """The file's bars, or its trades made into bars of `bar` seconds (said on stderr)."""
+    if not is_trades_file(data):
+        if bar is not None:
+            raise ValidationError("--bar", bar, f"no --bar: {data.name} holds bars already")
+        return list(load_bars(data, symbol))
+    seconds = TRADE_BAR_SECONDS if bar is None else bar
+    if not seconds > 0 or not math.isfinite(seconds):
+        raise ValidationError("--bar", bar, "a bar length in seconds > 0")
+    bars = list(bars_from_trades(load_trades(data, symbol), seconds))
+    if not bars:
+        raise ValidationError("--data", str(data), "a file with at least one trade")
+    typer.echo(
+        f"{data.name} holds trades: made {len(bars):,} bars of {seconds:g} s (--bar)", err=True
+    )
+    return bars
 
 
 def _named_market(data: Path) -> str:

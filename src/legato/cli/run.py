@@ -47,7 +47,7 @@ from legato.trading.desk_config import (
     trading_recorded_market,
 )
 from legato.trading.desk_tasks import Scheduling
-from legato.trading.market_data import load_bars, symbol_from_filename
+from legato.trading.market_data import is_trades_file, load_market_bars, symbol_from_filename
 
 __all__ = ["run"]
 
@@ -143,7 +143,8 @@ def _desk_config(
             return config  # a name that says nothing: the desk's first symbol trades it
     if market not in config.symbols:
         # One recorded file feeds one market: trade it as the desk's only symbol.
-        config = trading_recorded_market(config, market, list(load_bars(data, market)))
+        recorded = load_market_bars(data, market, trade_bar_seconds=config.data.interval_seconds)
+        config = trading_recorded_market(config, market, list(recorded))
     return config
 
 
@@ -303,6 +304,13 @@ def _summary(desk: Desk) -> str:
 def _describe_data(config: DeskConfig) -> str:
     data = config.data
     if data.source is DataSource.CSV:
+        assert data.path is not None  # DataSettings requires it for csv
+        if is_trades_file(data.path):
+            return (
+                f"{data.interval_seconds:g}s bars made from the recorded trades in {data.path} "
+                "([desk.data] interval_seconds), "
+                f"{data.speed:g}x"
+            )
         return f"recorded bars from {data.path}, {data.speed:g}x"
     return f"synthetic (seed {data.seed}), {data.interval_seconds:g}s bars at {data.speed:g}x" + (
         "" if data.bars is None else f", {data.bars} bars"

@@ -2,8 +2,8 @@
 
 `Desk(config, store_url=..., clock=...)` wires, for the configured symbols:
 
-- the market feed: the seeded synthetic generator, or a recorded CSV (`load_bars`), paced
-  on the clock at `data.speed` times the bars' own spacing;
+- the market feed: the seeded synthetic generator, or a recorded CSV of bars or of trades
+  (`load_market_bars`), paced on the clock at `data.speed` times the bars' own spacing;
 - the paper venue, which matches every bar;
 - the `CoordinatorAgent` (indicators, agents, conflicts, risk, execution), one decision
   pipeline per symbol at a time;
@@ -82,7 +82,7 @@ from legato.trading.fees import FeeSchedule
 from legato.trading.fills import Fill
 from legato.trading.guards import GuardAction, GuardActionKind, GuardInputs, run_guard_iteration
 from legato.trading.ledger import EquityMarks, IntentStage, OrderRole, TradingLedger
-from legato.trading.market_data import Bar, load_bars, replay
+from legato.trading.market_data import Bar, load_market_bars, replay
 from legato.trading.matching import MatchingRules
 from legato.trading.orders import Order, OrderStatus, OrderType
 from legato.trading.paper_venue import PaperVenue, PaperVenueConfig
@@ -233,7 +233,10 @@ def desk_bars(
     data = config.data
     if data.source is DataSource.CSV:
         assert data.path is not None  # DataSettings requires it for csv
-        bars: Iterator[Bar] = load_bars(Path(data.path), config.symbols[0])
+        # A file of trades is made into bars of the synthetic bar length.
+        bars: Iterator[Bar] = load_market_bars(
+            Path(data.path), config.symbols[0], trade_bar_seconds=data.interval_seconds
+        )
         if after is not None:
             bars = (bar for bar in bars if bar.timestamp > after)
     else:

@@ -217,7 +217,8 @@ class DataSettings:
     """The market feed: the seeded synthetic generator, or a recorded CSV replayed.
 
     `speed` replays a recorded file (or paces synthetic bars) that many times faster than
-    the bars' own spacing; `interval_seconds` is the synthetic bar length; `bars` caps how
+    the bars' own spacing; `interval_seconds` is the synthetic bar length, and the length of
+    the bars a recorded file of public trades is made into; `bars` caps how
     many bars are fed (None: the whole file, or forever for synthetic data).
     """
 

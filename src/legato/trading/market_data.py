@@ -5,11 +5,17 @@ root (`default_market_data_dir()`), or anywhere a caller points at. Every price 
 Decimal parsed from the file's text (never through a float), and every timestamp is an aware
 UTC datetime. Loaders are lazy iterators; `replay` turns any iterable of bars into an async
 stream paced on a `Clock`, so a replay on simulated time runs as fast as the CPU allows.
+
+A file of public trades becomes bars with `bars_from_trades` (or `load_market_bars`, which
+reads either kind of file): one bar per interval that has trades, as an exchange's own bars
+are made. The recorded XRP-ETH trades give, at one minute, exactly the recorded one-minute
+bars of the same days.
 """
 
 from __future__ import annotations
 
 import csv
+import math
 from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -25,8 +31,11 @@ __all__ = [
     "TRADE_COLUMNS",
     "Bar",
     "Trade",
+    "bars_from_trades",
     "default_market_data_dir",
+    "is_trades_file",
     "load_bars",
+    "load_market_bars",
     "load_trades",
     "replay",
     "symbol_from_filename",
@@ -187,6 +196,85 @@ def load_trades(path: Path | str, symbol: str | None = None) -> Iterator[Trade]:
             price=_parse_decimal("price", row["price"], resolved, line),
             amount=_parse_decimal("amount", row["amount"], resolved, line),
         )
+
+
+def bars_from_trades(trades: Iterable[Trade], seconds: float) -> Iterator[Bar]:
+    """Yield one OHLCV bar per `seconds`-long interval that has trades, in time order.
+
+    Intervals are aligned on the UTC epoch (a one-minute bar opens on the minute) and a bar
+    carries its interval's opening time; open and close are its first and last trade's price
+    (in file order), volume the sum of the amounts. An interval without trades makes no bar,
+    as on the exchange's own recorded bars. Trades must come in time order: ValidationError
+    names the first that goes back, and `seconds` must be a number > 0.
+    """
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not seconds > 0:
+        raise ValidationError("seconds", seconds, "a bar length in seconds > 0")
+    if not math.isfinite(seconds):
+        raise ValidationError("seconds", seconds, "a bar length in seconds > 0")
+    current: list[Decimal] | None = None  # open, high, low, close, volume
+    opening = 0.0
+    symbol = ""
+    previous: datetime | None = None
+    for trade in trades:
+        if previous is not None and trade.timestamp < previous:
+            raise ValidationError(
+                "timestamp",
+                trade.timestamp.isoformat(),
+                f"not before the trade before it ({previous.isoformat()})",
+                trade_id=trade.trade_id,
+            )
+        previous = trade.timestamp
+        start = math.floor(trade.timestamp.timestamp() / seconds) * seconds
+        price = trade.price
+        if current is not None and start == opening:
+            if price > current[1]:
+                current[1] = price
+            elif price < current[2]:
+                current[2] = price
+            current[3] = price
+            current[4] += trade.amount
+            continue
+        if current is not None:
+            yield _bar(symbol, opening, current)
+        current = [price, price, price, price, trade.amount]
+        opening, symbol = start, trade.symbol
+    if current is not None:
+        yield _bar(symbol, opening, current)
+
+
+def _bar(symbol: str, opening: float, values: list[Decimal]) -> Bar:
+    open_, high, low, close, volume = values
+    return Bar(symbol, datetime.fromtimestamp(opening, UTC), open_, high, low, close, volume)
+
+
+def is_trades_file(path: Path | str) -> bool:
+    """True for a CSV of public trades, False for one of bars; ValidationError for neither."""
+    resolved = _resolve(path)
+    if not resolved.is_file():
+        raise ValidationError("path", str(resolved), "an existing CSV file")
+    with resolved.open(newline="") as handle:
+        header = tuple(next(csv.reader(handle), ()))
+    if header in (BAR_COLUMNS, TRADE_COLUMNS):
+        return header == TRADE_COLUMNS
+    raise ValidationError(
+        "header",
+        list(header),
+        f"bars ({','.join(BAR_COLUMNS)}) or trades ({','.join(TRADE_COLUMNS)})",
+        path=str(resolved),
+    )
+
+
+def load_market_bars(
+    path: Path | str, symbol: str | None = None, *, trade_bar_seconds: float = 60.0
+) -> Iterator[Bar]:
+    """The bars of a recorded file of bars, or of a file of trades made into bars.
+
+    A file of trades gives one bar per `trade_bar_seconds` with trades (`bars_from_trades`);
+    a file of bars is read as it is (`load_bars`). The header says which it is.
+    """
+    if is_trades_file(path):
+        return bars_from_trades(load_trades(path, symbol), trade_bar_seconds)
+    return load_bars(path, symbol)
 
 
 def _resolve(path: Path | str) -> Path:

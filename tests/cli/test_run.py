@@ -11,6 +11,7 @@ import sys
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
+from decimal import Decimal
 from pathlib import Path
 from typing import IO
 
@@ -198,3 +199,29 @@ def test_a_recorded_file_is_traded_as_the_market_its_name_gives(tmp_path: Path) 
     unnamed.write_bytes(eth_btc.read_bytes())
     fallback = _desk_config(settings, data=unnamed, symbol=None, speed=None, bars=None)
     assert fallback.symbols == ("BTC-USDT-PERP",)  # a name that says nothing: as before
+
+
+def test_a_missing_data_file_is_refused_before_the_store_is_made(tmp_path: Path) -> None:
+    missing = tmp_path / "binance_BTC-USDT-PERP_5m_missing.csv"
+    result = subprocess.run(
+        _legato(tmp_path, "run", "--data", str(missing), "--bars", "5", "--port", "0"),
+        cwd=tmp_path,
+        env=_env(tmp_path),
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    assert result.returncode != 0
+    assert f"invalid path: got '{missing}', expected an existing CSV file" in result.stderr
+    assert not list(tmp_path.glob("*.db*"))  # nothing written
+
+
+def test_a_recorded_file_of_trades_is_traded_as_bars_of_the_data_interval() -> None:
+    settings = load_settings(environ={})
+    trades = default_market_data_dir() / "binance_XRP-ETH_trades_2019-10.csv"
+    config = _desk_config(settings, data=trades, symbol=None, speed=None, bars=None)
+    assert config.symbols == ("XRP-ETH",)
+    # Fitted on bars made at the data interval (5 minutes by default): the tick is the
+    # trades' finest price step.
+    assert config.instrument("XRP-ETH").tick_size == Decimal("0.00000001")

@@ -135,6 +135,9 @@ def _desk_config(
     config = desk_config_from_mapping(table)
     if data is None:
         return config
+    # A file that is missing, or holds neither bars nor trades, is refused here: before the
+    # store is opened, so a bad --data changes nothing.
+    is_trades_file(data)
     market = symbol
     if market is None:
         try:

@@ -242,3 +242,22 @@ def test_bar_length_applies_to_trades_only_and_must_be_positive(tmp_path: Path) 
     assert "made 199 bars of 1 s" in seconds.output
     # One equity point per bar made: the header and 199 rows.
     assert len((tmp_path / "c" / "equity.csv").read_text().splitlines()) == 200
+
+
+def test_an_out_path_that_is_a_file_is_refused_before_the_run(tmp_path: Path) -> None:
+    taken = tmp_path / "report"
+    taken.write_text("not a directory")
+    result = CliRunner().invoke(app, backtest(taken, *SLICE))
+    assert result.exit_code != 0
+    assert "invalid --out" in result.output
+    assert "a directory for the report" in result.output
+    assert taken.read_text() == "not a directory"
+
+
+def test_a_range_shorter_than_the_warm_up_says_why_nothing_was_decided(tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        app, backtest(tmp_path, "--from", "2023-01-05T00:00", "--to", "2023-01-05T02:00")
+    )
+    assert result.exit_code == 0, result.output
+    assert "warm up over their first 70 bars and this range holds 25" in result.output
+    assert json.loads((tmp_path / "summary.json").read_text())["metrics"]["trades"] == 0

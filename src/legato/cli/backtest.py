@@ -37,6 +37,7 @@ from legato.cli.invoke import fail, options_of
 from legato.kernel.errors import ValidationError
 from legato.kernel.logs import configure_logging
 from legato.kernel.settings import load_settings
+from legato.trading.agents.snapshot import IndicatorSettings
 from legato.trading.backtest.desk_backtest import desk_backtest
 from legato.trading.backtest.ema_crossover import EmaCrossover
 from legato.trading.backtest.production import production_backtest
@@ -140,6 +141,8 @@ def backtest(
         "debug" if options.debug else "warning", "console", stream=sys.__stderr__ or sys.stderr
     )
     try:
+        if out.exists() and not out.is_dir():
+            raise ValidationError("--out", str(out), "a directory for the report, or a new path")
         settings = load_settings(config if config is not None else options.config_file)
         symbol = symbol if symbol is not None else _named_market(data)
         recorded = _recorded_bars(data, symbol, bar)
@@ -148,6 +151,13 @@ def backtest(
         if symbol not in configured.symbols:
             _note_fitted(desk_config, symbol)
         bars = _slice(recorded, start, end)
+        warm_up = IndicatorSettings().warm_up  # the desk's coordinator uses the defaults
+        if strategy is BacktestStrategy.DESK and len(bars) <= warm_up:
+            typer.echo(
+                f"the desk's indicators warm up over their first {warm_up} bars and this range "
+                f"holds {len(bars)}: no bar will be decided (widen --from/--to)",
+                err=True,
+            )
         result = _run(strategy, desk_config, bars, out, quiet=options.json_output)
         title = f"{strategy.value} on {symbol}, {bars[0].timestamp:%Y-%m-%d %H:%M} to " + (
             f"{bars[-1].timestamp:%Y-%m-%d %H:%M} UTC"

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from legato.cli.app import app
@@ -261,3 +262,80 @@ def test_a_range_shorter_than_the_warm_up_says_why_nothing_was_decided(tmp_path:
     assert result.exit_code == 0, result.output
     assert "warm up over their first 70 bars and this range holds 25" in result.output
     assert json.loads((tmp_path / "summary.json").read_text())["metrics"]["trades"] == 0
+
+
+MY_EMA = """
+from legato.trading.backtest.ema_crossover import EmaCrossover
+
+Mine = EmaCrossover
+"""
+
+BUY_AND_HOLD = """
+from decimal import Decimal
+
+
+class BuyAndHold:
+    def on_bar(self, bar, ctx):
+        if ctx.is_flat and not ctx.pending:
+            ctx.buy(Decimal("0.5"), stop_loss=bar.close * Decimal("0.9"))
+
+
+class NeedsArguments:
+    def __init__(self, quantity):
+        self.quantity = quantity
+
+    def on_bar(self, bar, ctx):
+        pass
+
+
+not_a_strategy = 42
+"""
+
+
+def test_a_strategy_of_your_own_runs_from_its_module_like_the_shipped_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The shipped crossover named through a user's module: the same production path, so the
+    # same trades, equity and metrics, byte for byte; only the title names the strategy.
+    (tmp_path / "my_ema.py").write_text(MY_EMA)
+    monkeypatch.chdir(tmp_path)
+    runner = CliRunner()
+    shipped = runner.invoke(app, backtest(tmp_path / "a", "--strategy", "ema", *SLICE))
+    mine = runner.invoke(app, backtest(tmp_path / "b", "--strategy", "my_ema:Mine", *SLICE))
+    assert shipped.exit_code == 0, shipped.output
+    assert mine.exit_code == 0, mine.output
+    assert "my_ema:Mine on BTC-USDT-PERP" in mine.output
+    for name in ("trades.csv", "equity.csv"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+    first = json.loads((tmp_path / "a" / "summary.json").read_text())
+    second = json.loads((tmp_path / "b" / "summary.json").read_text())
+    assert first["metrics"] == second["metrics"]
+    assert first["metrics"]["trades"] > 0
+
+
+def test_your_strategy_goes_through_the_risk_engine_and_bad_names_are_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "mine.py").write_text(BUY_AND_HOLD)
+    monkeypatch.chdir(tmp_path)
+    runner = CliRunner()
+    held = runner.invoke(app, backtest(tmp_path / "ok", "--strategy", "mine:BuyAndHold", *SLICE))
+    assert held.exit_code == 0, held.output
+    # No take-profit: the risk engine's reward-to-risk rule (at least 1.5) refuses every
+    # proposal, as it would the desk's, and the report says so.
+    summary = json.loads((tmp_path / "ok" / "summary.json").read_text())
+    assert summary["metrics"]["trades"] == 0
+    assert [group["code"] for group in summary["refusals"]] == ["reward_to_risk"]
+    for spec, expected in [
+        ("nosuchmodule:X", "an importable module"),
+        ("mine:Missing", "mine to define 'Missing'"),
+        ("mine:not_a_strategy", "not_a_strategy to have on_bar(bar, ctx)"),
+        ("mine:NeedsArguments", "a class made with no arguments"),
+        ("momentum", "MODULE:NAME"),
+    ]:
+        out = tmp_path / spec.replace(":", "_")
+        refused = runner.invoke(app, backtest(out, "--strategy", spec, *SLICE))
+        assert refused.exit_code != 0, spec
+        assert "invalid --strategy" in refused.output, refused.output
+        assert expected in refused.output, refused.output
+        assert not out.exists()  # refused before anything was written

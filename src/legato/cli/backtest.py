@@ -10,7 +10,6 @@ first (`--bar` seconds each, one minute by default).
 
 from __future__ import annotations
 
-import enum
 import json
 import math
 import sys
@@ -18,7 +17,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, cast
 
 import typer
 from rich.console import Console
@@ -34,6 +33,7 @@ from rich.progress import (
 from rich.text import Text
 
 from legato.cli.invoke import fail, options_of
+from legato.cli.user_code import import_spec
 from legato.kernel.errors import ValidationError
 from legato.kernel.logs import configure_logging
 from legato.kernel.settings import load_settings
@@ -44,6 +44,7 @@ from legato.trading.backtest.production import production_backtest
 from legato.trading.backtest.report import BacktestReport
 from legato.trading.backtest.report_files import write_report
 from legato.trading.backtest.runner import BacktestResult
+from legato.trading.backtest.strategy import Strategy
 from legato.trading.desk_config import (
     DeskConfig,
     desk_config_from_mapping,
@@ -60,19 +61,17 @@ from legato.trading.market_data import (
 )
 from legato.trading.matching import MatchingRules
 
-__all__ = ["BacktestStrategy", "backtest"]
+__all__ = ["backtest"]
 
 STORE_FILE = "backtest.db"
+"""The run's SQLite store, in the output directory; removed when the report is written."""
 TRADE_BAR_SECONDS = 60.0
 """The bar length a file of trades is made into when `--bar` does not say."""
-"""The run's SQLite store, in the output directory; removed when the report is written."""
-
-
-class BacktestStrategy(enum.Enum):
-    """What `legato backtest` runs."""
-
-    DESK = "desk"
-    EMA = "ema"
+DESK, EMA = "desk", "ema"
+_STRATEGIES = (
+    "desk (the whole desk), ema (the EMA crossover), or MODULE:NAME for a strategy of yours: "
+    "a class made with no arguments (or an object) with on_bar(bar, ctx)"
+)
 
 
 def backtest(
@@ -121,9 +120,13 @@ def backtest(
         "backtest-report"
     ),
     strategy: Annotated[
-        BacktestStrategy,
-        typer.Option(help="desk: the whole desk; ema: the EMA(12)/EMA(26) crossover."),
-    ] = BacktestStrategy.DESK,
+        str,
+        typer.Option(
+            help="desk: the whole desk; ema: the EMA(12)/EMA(26) crossover; MODULE:NAME: your "
+            "strategy class (made with no arguments) or object, with on_bar(bar, ctx), from a "
+            "module in the working directory or on PYTHONPATH.",
+        ),
+    ] = DESK,
     bar: Annotated[
         float | None,
         typer.Option(
@@ -143,6 +146,8 @@ def backtest(
     try:
         if out.exists() and not out.is_dir():
             raise ValidationError("--out", str(out), "a directory for the report, or a new path")
+        # The user's strategy is imported and made first: a bad one is refused before any work.
+        plain = None if strategy == DESK else _strategy(strategy)
         settings = load_settings(config if config is not None else options.config_file)
         symbol = symbol if symbol is not None else _named_market(data)
         recorded = _recorded_bars(data, symbol, bar)
@@ -152,14 +157,14 @@ def backtest(
             _note_fitted(desk_config, symbol)
         bars = _slice(recorded, start, end)
         warm_up = IndicatorSettings().warm_up  # the desk's coordinator uses the defaults
-        if strategy is BacktestStrategy.DESK and len(bars) <= warm_up:
+        if plain is None and len(bars) <= warm_up:
             typer.echo(
                 f"the desk's indicators warm up over their first {warm_up} bars and this range "
                 f"holds {len(bars)}: no bar will be decided (widen --from/--to)",
                 err=True,
             )
-        result = _run(strategy, desk_config, bars, out, quiet=options.json_output)
-        title = f"{strategy.value} on {symbol}, {bars[0].timestamp:%Y-%m-%d %H:%M} to " + (
+        result = _run(plain, desk_config, bars, out, quiet=options.json_output)
+        title = f"{strategy} on {symbol}, {bars[0].timestamp:%Y-%m-%d %H:%M} to " + (
             f"{bars[-1].timestamp:%Y-%m-%d %H:%M} UTC"
         )
         report = BacktestReport.build(
@@ -241,13 +246,14 @@ def _slice(bars: list[Bar], start: str | None, end: str | None) -> list[Bar]:
 
 
 def _run(
-    strategy: BacktestStrategy, config: DeskConfig, bars: list[Bar], out: Path, *, quiet: bool
+    plain: Strategy | None, config: DeskConfig, bars: list[Bar], out: Path, *, quiet: bool
 ) -> BacktestResult:
+    """Run the desk (`plain` None) or `plain` through the production path over `bars`."""
     out.mkdir(parents=True, exist_ok=True)
     store = out / STORE_FILE
     try:
         with _progress(len(bars), quiet=quiet) as advance:
-            if strategy is BacktestStrategy.DESK:
+            if plain is None:
                 return desk_backtest(config, bars, store=store, progress=advance)
             venue = config.venue
             rules = MatchingRules(
@@ -258,7 +264,7 @@ def _run(
                 ),
             )
             return production_backtest(
-                EmaCrossover(),
+                plain,
                 bars,
                 config.instrument(bars[0].symbol),
                 store=store,
@@ -270,6 +276,28 @@ def _run(
             )
     finally:
         store.unlink(missing_ok=True)
+
+
+def _strategy(spec: str) -> Strategy:
+    """The strategy `--strategy` names: the EMA crossover, or the user's MODULE:NAME."""
+    if spec == EMA:
+        return EmaCrossover()
+    if ":" not in spec:
+        raise ValidationError("--strategy", spec, _STRATEGIES)
+    module, name = import_spec("--strategy", spec, _STRATEGIES)
+    found = getattr(module, name, None)
+    if found is None:
+        raise ValidationError("--strategy", spec, f"{module.__name__} to define {name!r}")
+    if isinstance(found, type):
+        try:
+            found = found()
+        except TypeError as error:
+            raise ValidationError(
+                "--strategy", spec, f"a class made with no arguments ({error})"
+            ) from error
+    if not callable(getattr(found, "on_bar", None)):
+        raise ValidationError("--strategy", spec, f"{name} to have on_bar(bar, ctx)")
+    return cast(Strategy, found)
 
 
 class _RateColumn(ProgressColumn):

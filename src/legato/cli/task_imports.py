@@ -15,16 +15,14 @@ with the same name and options, on the orchestrator the CLI opened on the config
 The store named in the user's module is not used: `--store`, `--config` and the settings are.
 
 Like uvicorn, the working directory is put first on `sys.path`, so a module next to where
-the command runs is importable without installing it.
+the command runs is importable without installing it (`legato.cli.user_code.import_spec`).
 """
 
 from __future__ import annotations
 
-import importlib
-import os
-import sys
 from collections.abc import Sequence
 
+from legato.cli.user_code import import_spec
 from legato.kernel.errors import ValidationError
 from legato.orchestrator.app import Orchestrator
 
@@ -40,8 +38,6 @@ def import_tasks(target: Orchestrator, specs: Sequence[str]) -> tuple[str, ...]:
     a module that cannot be imported, an attribute that is not an Orchestrator, a module
     without any, or two modules registering different functions under one name.
     """
-    if specs and os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
     registered: list[str] = []
     for spec in specs:
         for source in _orchestrators(spec):
@@ -61,18 +57,8 @@ def import_tasks(target: Orchestrator, specs: Sequence[str]) -> tuple[str, ...]:
 
 
 def _orchestrators(spec: str) -> list[Orchestrator]:
-    module_name, _, attribute = spec.partition(":")
-    if not module_name:
-        raise ValidationError("--import", spec, _EXAMPLE)
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as error:
-        raise ValidationError(
-            "--import",
-            spec,
-            f"an importable module ({type(error).__name__}: {error}; the working directory "
-            "and PYTHONPATH are searched)",
-        ) from error
+    module, attribute = import_spec("--import", spec, _EXAMPLE)
+    module_name = module.__name__
     if attribute:
         found = getattr(module, attribute, None)
         if not isinstance(found, Orchestrator):

@@ -21,8 +21,12 @@ SYMBOL = "BTC-USDT-PERP"
 SLICE = ["--from", "2023-01-03T00:00", "--to", "2023-01-07T04:00"]
 
 
+def backtest_file(data: Path, out: Path, *args: str) -> list[str]:
+    return ["backtest", "--data", str(data), "--out", str(out), *args]
+
+
 def backtest(out: Path, *args: str) -> list[str]:
-    return ["backtest", "--data", str(RECORDED), "--symbol", SYMBOL, "--out", str(out), *args]
+    return backtest_file(RECORDED, out, "--symbol", SYMBOL, *args)
 
 
 def test_the_ema_backtest_writes_the_same_report_byte_for_byte(tmp_path: Path) -> None:
@@ -150,10 +154,7 @@ def test_the_summary_says_when_a_thin_market_filled_entries_in_part(tmp_path: Pa
     recorded = default_market_data_dir() / "binance_XRP-ETH_1m_2019-10.csv"
     result = CliRunner().invoke(
         app,
-        [
-            *("backtest", "--data", str(recorded)),
-            *("--out", str(tmp_path), "--to", "2019-10-11T08:00"),
-        ],
+        backtest_file(recorded, tmp_path, "--to", "2019-10-11T08:00"),
     )
     assert result.exit_code == 0, result.output
     assert "entry orders filled less than asked" in result.output
@@ -192,19 +193,15 @@ def test_a_file_of_trades_is_made_into_bars_and_gives_the_bar_files_report(
     window = ("--to", "2019-10-11T06:00")
     trades = CliRunner().invoke(
         app,
-        [
-            *("backtest", "--data", str(directory / "binance_XRP-ETH_trades_2019-10.csv")),
-            *("--out", str(tmp_path / "trades"), *window),
-        ],
+        backtest_file(
+            directory / "binance_XRP-ETH_trades_2019-10.csv", tmp_path / "trades", *window
+        ),
     )
     assert trades.exit_code == 0, trades.output
     assert "holds trades: made 2,469 bars of 60 s (--bar)" in trades.output
     bars = CliRunner().invoke(
         app,
-        [
-            *("backtest", "--data", str(directory / "binance_XRP-ETH_1m_2019-10.csv")),
-            *("--out", str(tmp_path / "bars"), *window),
-        ],
+        backtest_file(directory / "binance_XRP-ETH_1m_2019-10.csv", tmp_path / "bars", *window),
     )
     assert bars.exit_code == 0, bars.output
     for name in ("summary.json", "trades.csv", "equity.csv"):
@@ -212,32 +209,18 @@ def test_a_file_of_trades_is_made_into_bars_and_gives_the_bar_files_report(
 
 
 def test_bar_length_applies_to_trades_only_and_must_be_positive(tmp_path: Path) -> None:
-    directory = default_market_data_dir()
-    on_bars = CliRunner().invoke(
-        app,
-        [
-            *("backtest", "--data", str(directory / "binance_XRP-ETH_1m_2019-10.csv")),
-            *("--bar", "5", "--out", str(tmp_path / "a")),
-        ],
-    )
+    bars = default_market_data_dir() / "binance_XRP-ETH_1m_2019-10.csv"
+    trades = default_market_data_dir() / "binance_ETH-USDT-PERP_trades_2023-02.csv"
+    runner = CliRunner()
+    on_bars = runner.invoke(app, backtest_file(bars, tmp_path / "a", "--bar", "5"))
     assert on_bars.exit_code != 0
     assert "--bar" in on_bars.output
     assert "holds bars already" in on_bars.output
-    zero = CliRunner().invoke(
-        app,
-        [
-            *("backtest", "--data", str(directory / "binance_ETH-USDT-PERP_trades_2023-02.csv")),
-            *("--bar", "0", "--out", str(tmp_path / "b")),
-        ],
-    )
+    zero = runner.invoke(app, backtest_file(trades, tmp_path / "b", "--bar", "0"))
     assert zero.exit_code != 0
     assert "a bar length in seconds > 0" in zero.output
-    seconds = CliRunner().invoke(
-        app,
-        [
-            *("backtest", "--data", str(directory / "binance_ETH-USDT-PERP_trades_2023-02.csv")),
-            *("--bar", "1", "--strategy", "ema", "--out", str(tmp_path / "c")),
-        ],
+    seconds = runner.invoke(
+        app, backtest_file(trades, tmp_path / "c", "--bar", "1", "--strategy", "ema")
     )
     assert seconds.exit_code == 0, seconds.output
     assert "made 199 bars of 1 s" in seconds.output

@@ -322,3 +322,21 @@ def test_your_strategy_goes_through_the_risk_engine_and_bad_names_are_refused(
         assert "invalid --strategy" in refused.output, refused.output
         assert expected in refused.output, refused.output
         assert not out.exists()  # refused before anything was written
+
+
+def test_the_getting_started_strategy_runs_as_the_page_says(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # docs/getting-started.md shows a strategy of your own and its figures: both must hold.
+    page = (Path(__file__).resolve().parents[2] / "docs" / "getting-started.md").read_text()
+    code = page.split("Put this in `breakout.py`:\n\n```python\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "breakout.py").write_text(code)
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(
+        app, backtest(tmp_path / "report", "--strategy", "breakout:Breakout")
+    )
+    assert result.exit_code == 0, result.output
+    assert "trades 40  return 0.49%" in result.output
+    assert "40 trades (+0.49%)" in page
+    assert "refused 24 proposals by the risk engine; most: cooldown" in result.output
+    assert "cooldown refuses 24 entries" in page

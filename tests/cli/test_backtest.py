@@ -85,6 +85,9 @@ def test_the_desk_backtest_runs_as_a_real_process(tmp_path: Path) -> None:
     assert sorted(Path(path).name for path in printed["files"].values()) == sorted(REPORT_FILES)
     assert printed["metrics"]["end"].startswith("2023-01-03T06:00")
     assert all((out / name).stat().st_size > 0 for name in REPORT_FILES)
+    # The summary's other parts too, as summary.json has them.
+    summary = json.loads((out / "summary.json").read_text())
+    assert {key: printed[key] for key in summary} == summary
 
 
 def test_a_market_the_settings_do_not_list_trades_on_its_own_tick_size(tmp_path: Path) -> None:

@@ -41,7 +41,7 @@ from legato.trading.agents.snapshot import IndicatorSettings
 from legato.trading.backtest.desk_backtest import desk_backtest
 from legato.trading.backtest.ema_crossover import EmaCrossover
 from legato.trading.backtest.production import production_backtest
-from legato.trading.backtest.report import BacktestReport
+from legato.trading.backtest.report import BacktestReport, summary_json
 from legato.trading.backtest.report_files import write_report
 from legato.trading.backtest.runner import BacktestResult
 from legato.trading.backtest.strategy import Strategy
@@ -334,11 +334,10 @@ def _progress(total: int, *, quiet: bool) -> Iterator[Callable[[int], None]]:
 def _summarise(report: BacktestReport, written: dict[str, Path], *, json_output: bool) -> None:
     metrics = report.metrics
     if json_output:
-        typer.echo(
-            json.dumps(
-                {"metrics": metrics.as_dict(), "files": {k: str(v) for k, v in written.items()}}
-            )
-        )
+        # What summary.json holds (metrics, refusals, entry fills), and where the files are.
+        document = json.loads(summary_json(report))
+        document["files"] = {k: str(v) for k, v in written.items()}
+        typer.echo(json.dumps(document))
         return
     typer.echo(f"{report.title}")
     typer.echo(

@@ -27,6 +27,7 @@ from legato.trading.backtest.executor import BracketOutcome, DirectBracketExecut
 from legato.trading.backtest.report import BacktestReport
 from legato.trading.backtest.report_files import REPORT_FILES, write_report
 from legato.trading.backtest.runner import BacktestResult, backtest, run_backtest
+from legato.trading.backtest.strategy import StrategyContext
 from legato.trading.backtest.trades import ClosedTrade
 from legato.trading.instruments import Instrument, InstrumentKind
 from legato.trading.market_data import Bar, default_market_data_dir, load_bars
@@ -77,6 +78,31 @@ def test_an_order_asked_for_on_a_bar_fills_at_the_next_bars_open(bar: BarMaker) 
     entry = result.fills[0]
     assert (entry.timestamp, entry.price) == (bars[2].timestamp, bars[2].open * Decimal("1.0005"))
     assert strategy.positions == [0, 0, 1, 1, 1]
+
+
+class EquitySeen:
+    """Records `ctx.equity` on every bar; buys on the bar given."""
+
+    def __init__(self, buy_at: int) -> None:
+        self.buy_at = buy_at
+        self.equity: list[Decimal] = []
+
+    def on_bar(self, bar: Bar, ctx: StrategyContext) -> None:
+        self.equity.append(ctx.equity)
+        if len(self.equity) - 1 == self.buy_at:
+            buy()(bar, ctx)
+
+
+def test_the_strategy_reads_the_equity_curve_at_each_bars_close(bar: BarMaker) -> None:
+    # What a strategy sizes from is what the report plots: the equity point of its bar.
+    bars = [bar(i, str(100 + i), str(102 + i), str(99 + i), str(101 + i)) for i in range(6)]
+    strategy = EquitySeen(buy_at=1)
+    result = backtest(strategy, bars, BTC)
+    assert strategy.equity == [point.equity for point in result.equity]
+    assert strategy.equity[0] == result.initial_equity
+    # Held from bar 2: the equity moves with the close (and paid the entry's fee).
+    assert strategy.equity[2] != strategy.equity[1]
+    assert strategy.equity[3] - strategy.equity[2] == bars[3].close - bars[2].close
 
 
 def test_a_proposal_on_the_last_bar_is_returned_unexecuted(bar: BarMaker) -> None:

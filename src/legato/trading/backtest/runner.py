@@ -9,7 +9,7 @@
    executor that runs timers of its own in the background (the desk's supervised loops);
 2. lets the venue match the bar against the resting orders (`PaperVenue.process_bar`) and
    books the fills in a `TradeBook`;
-3. records the equity, marked at the bar's close;
+3. records the equity, marked at the bar's close (`ctx.equity` reads it);
 4. calls `strategy.on_bar(bar, ctx)` and hands each proposal it made to the executor, as a
    task the runner owns (a `TaskGroup`): an executor may wait for later bars (an entry fill)
    while the runner goes on feeding them.
@@ -178,7 +178,9 @@ async def run_backtest(
                         for fill in new_fills:
                             apply_fill(fill)
                         ctx.position = book.position
-                    record(point(bar.timestamp, bar.close))
+                    marked = point(bar.timestamp, bar.close)
+                    record(marked)
+                    ctx.equity = marked.equity
                     if progress is not None and not len(equity) % PROGRESS_EVERY:
                         progress(len(equity))
                     ctx.pending = in_flight > 0

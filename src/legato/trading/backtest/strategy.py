@@ -1,7 +1,7 @@
 """The strategy API: a `Strategy` sees one closed bar at a time and asks for trades.
 
 A strategy is any object with `on_bar(bar, ctx)`. It keeps its own indicators, reads the
-account through `ctx` (`position`, `pending`), and asks for trades with `ctx.buy`,
+account through `ctx` (`position`, `pending`, `equity`), and asks for trades with `ctx.buy`,
 `ctx.sell` and `ctx.close`. Those calls do not touch a venue: they build `TradeProposal`
 values that the runner hands to a `TradeExecutor` after `on_bar` returns. The executor is the
 seam between research and production: `DirectBracketExecutor` places the bracket straight on
@@ -69,6 +69,7 @@ class StrategyContext:
         "_proposals",
         "_strategy_id",
         "_submit",
+        "equity",
         "pending",
         "position",
     )
@@ -90,6 +91,9 @@ class StrategyContext:
         self.pending = False
         """True while an earlier proposal is still with the executor (research path: until its
         entry has filled and its protection is placed)."""
+        self.equity = Decimal(0)
+        """The account's equity at this bar's close: its quote balance after every fill so far,
+        plus the position marked at the close (the report's equity curve at this bar)."""
 
     @property
     def instrument(self) -> Instrument:

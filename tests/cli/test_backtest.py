@@ -274,6 +274,16 @@ class NeedsArguments:
         pass
 
 
+class Fails:
+    def __init__(self):
+        self.bars = 0
+
+    def on_bar(self, bar, ctx):
+        self.bars += 1
+        if self.bars == 3:
+            return 1 / 0
+
+
 not_a_strategy = 42
 """
 
@@ -312,6 +322,12 @@ def test_your_strategy_goes_through_the_risk_engine_and_bad_names_are_refused(
     summary = json.loads((tmp_path / "ok" / "summary.json").read_text())
     assert summary["metrics"]["trades"] == 0
     assert [group["code"] for group in summary["refusals"]] == ["reward_to_risk"]
+    failing = runner.invoke(app, backtest(tmp_path / "no", "--strategy", "mine:Fails", *SLICE))
+    assert failing.exit_code != 0
+    assert (
+        "ZeroDivisionError: division by zero (raised by the strategy on the bar of "
+        "2023-01-03 00:10:00+00:00)" in failing.output
+    )
     for spec, expected in [
         ("nosuchmodule:X", "an importable module"),
         ("mine:Missing", "mine to define 'Missing'"),

@@ -63,6 +63,10 @@ def describe(error: BaseException) -> str:
         text = str(error)
     else:
         text = f"{type(error).__name__}: {error}"
+    notes = getattr(error, "__notes__", None)
+    if notes:
+        # What the code that saw the error added (PEP 678), such as where it happened.
+        text += f" ({'; '.join(str(note) for note in notes)})"
     return " ".join(text.split())
 
 

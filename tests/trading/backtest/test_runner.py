@@ -127,8 +127,10 @@ class _FailingStrategy:
 
 def test_a_strategy_error_is_raised_as_itself(bar: BarMaker) -> None:
     bars = [bar(i, "100", "101", "99", "100") for i in range(5)]
-    with pytest.raises(ValidationError, match="threshold"):
+    with pytest.raises(ValidationError, match="threshold") as raised:
         backtest(_FailingStrategy(), bars, BTC)
+    # It says which bar: the strategy failed on its third.
+    assert raised.value.__notes__ == [f"raised by the strategy on the bar of {bars[2].timestamp}"]
 
 
 def test_the_strategy_sees_each_bar_once_in_order(recorded: list[Bar]) -> None:

@@ -185,7 +185,12 @@ async def run_backtest(
                         progress(len(equity))
                     ctx.pending = in_flight > 0
                     ctx.begin_bar(bar)
-                    on_bar(bar, ctx)
+                    try:
+                        on_bar(bar, ctx)
+                    except Exception as error:
+                        # Which bar the strategy failed on: the first thing its author asks.
+                        error.add_note(f"raised by the strategy on the bar of {bar.timestamp}")
+                        raise
                     if proposals:
                         if bar is last:
                             # No later bar can fill them; report them instead of sending them.

@@ -322,6 +322,19 @@ def test_your_strategy_goes_through_the_risk_engine_and_bad_names_are_refused(
     summary = json.loads((tmp_path / "ok" / "summary.json").read_text())
     assert summary["metrics"]["trades"] == 0
     assert [group["code"] for group in summary["refusals"]] == ["reward_to_risk"]
+    # A parameter without a default: the value is read as it looks (here a decimal).
+    given = runner.invoke(
+        app,
+        backtest(
+            tmp_path / "given",
+            "--strategy",
+            "mine:NeedsArguments",
+            "--param",
+            "quantity=0.5",
+            *SLICE,
+        ),
+    )
+    assert given.exit_code == 0, given.output
     failing = runner.invoke(app, backtest(tmp_path / "no", "--strategy", "mine:Fails", *SLICE))
     assert failing.exit_code != 0
     assert (
@@ -359,3 +372,40 @@ def test_the_getting_started_strategy_runs_as_the_page_says(
     assert "40 trades (+0.49%)" in page
     assert "refused 24 proposals by the risk engine; most: cooldown" in result.output
     assert "cooldown refuses 24 entries" in page
+
+
+def test_params_make_the_strategy_converted_to_the_types_of_its_defaults(
+    tmp_path: Path,
+) -> None:
+    runner = CliRunner()
+    default = runner.invoke(app, backtest(tmp_path / "a", "--strategy", "ema", *SLICE))
+    tuned = runner.invoke(
+        app,
+        backtest(
+            tmp_path / "b",
+            *("--strategy", "ema", "--param", "quantity=0.5", "--param", "fast=6", *SLICE),
+        ),
+    )
+    assert default.exit_code == 0, default.output
+    assert tuned.exit_code == 0, tuned.output
+    quantities = {
+        line.split(",")[2] for line in (tmp_path / "b" / "trades.csv").read_text().splitlines()[1:]
+    }
+    assert quantities == {"0.5"}  # a Decimal, as EmaCrossover's default quantity
+    # fast=6 became an int period: a faster EMA crosses more often.
+    count = json.loads((tmp_path / "a" / "summary.json").read_text())["metrics"]["trades"]
+    faster = json.loads((tmp_path / "b" / "summary.json").read_text())["metrics"]["trades"]
+    assert faster > count
+    for args, expected in [
+        (("--strategy", "ema", "--param", "quantity=lots"), "expected a Decimal"),
+        (("--strategy", "ema", "--param", "speed=3"), "parameters EmaCrossover takes"),
+        (("--strategy", "ema", "--param", "quantity"), "NAME=VALUE"),
+        (("--strategy", "ema", "--param", "fast=5", "--param", "fast=6"), "fast given once"),
+        (("--param", "fast=5"), "no --param with the desk"),
+    ]:
+        out = tmp_path / "refused"
+        refused = runner.invoke(app, backtest(out, *args, *SLICE))
+        assert refused.exit_code != 0, args
+        assert "invalid --param" in refused.output, refused.output
+        assert expected in refused.output, refused.output
+        assert not out.exists()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -288,13 +289,23 @@ not_a_strategy = 42
 """
 
 
+@pytest.fixture
+def user_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[[str, str], None]:
+    """Writes a module of the user's into the working directory, where --strategy looks."""
+    monkeypatch.chdir(tmp_path)
+
+    def write(name: str, code: str) -> None:
+        (tmp_path / f"{name}.py").write_text(code)
+
+    return write
+
+
 def test_a_strategy_of_your_own_runs_from_its_module_like_the_shipped_one(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, user_module: Callable[[str, str], None]
 ) -> None:
     # The shipped crossover named through a user's module: the same production path, so the
     # same trades, equity and metrics, byte for byte; only the title names the strategy.
-    (tmp_path / "my_ema.py").write_text(MY_EMA)
-    monkeypatch.chdir(tmp_path)
+    user_module("my_ema", MY_EMA)
     runner = CliRunner()
     shipped = runner.invoke(app, backtest(tmp_path / "a", "--strategy", "ema", *SLICE))
     mine = runner.invoke(app, backtest(tmp_path / "b", "--strategy", "my_ema:Mine", *SLICE))
@@ -310,10 +321,9 @@ def test_a_strategy_of_your_own_runs_from_its_module_like_the_shipped_one(
 
 
 def test_your_strategy_goes_through_the_risk_engine_and_bad_names_are_refused(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, user_module: Callable[[str, str], None]
 ) -> None:
-    (tmp_path / "mine.py").write_text(BUY_AND_HOLD)
-    monkeypatch.chdir(tmp_path)
+    user_module("mine", BUY_AND_HOLD)
     runner = CliRunner()
     held = runner.invoke(app, backtest(tmp_path / "ok", "--strategy", "mine:BuyAndHold", *SLICE))
     assert held.exit_code == 0, held.output
@@ -357,13 +367,13 @@ def test_your_strategy_goes_through_the_risk_engine_and_bad_names_are_refused(
 
 
 def test_the_getting_started_strategy_runs_as_the_page_says(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, user_module: Callable[[str, str], None]
 ) -> None:
     # docs/getting-started.md shows a strategy of your own and its figures: both must hold.
     page = (Path(__file__).resolve().parents[2] / "docs" / "getting-started.md").read_text()
-    code = page.split("Put this in `breakout.py`:\n\n```python\n", 1)[1].split("```", 1)[0]
-    (tmp_path / "breakout.py").write_text(code)
-    monkeypatch.chdir(tmp_path)
+    user_module(
+        "breakout", page.split("Put this in `breakout.py`:\n\n```python\n", 1)[1].split("```")[0]
+    )
     result = CliRunner().invoke(
         app, backtest(tmp_path / "report", "--strategy", "breakout:Breakout")
     )

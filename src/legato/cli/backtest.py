@@ -1,11 +1,12 @@
-"""`legato backtest`: the desk (or the EMA crossover) over a recorded file, and its report.
+"""`legato backtest`: the desk, or a strategy, over a recorded file, and its report.
 
-Both strategies run on simulated time, as fast as the machine allows, through the production
+Everything runs on simulated time, as fast as the machine allows, through the production
 path: the whole desk (agents, coordinator, risk engine, execution manager, paper venue), or
-the EMA(12)/EMA(26) crossover through the risk engine, the execution manager and the paper
-venue. The store is a SQLite file in the output directory, replaced at each run, so the same
-inputs always give the same report, byte for byte. A file of public trades is made into bars
-first (`--bar` seconds each, one minute by default).
+a strategy (the EMA(12)/EMA(26) crossover, or the user's own, `--strategy MODULE:NAME` made
+with `--param` keyword arguments) through the risk engine, the execution manager and the
+paper venue. The store is a SQLite file in the output directory, replaced at each run, so
+the same inputs always give the same report, byte for byte. A file of public trades is made
+into bars first (`--bar` seconds each, one minute by default).
 """
 
 from __future__ import annotations
@@ -72,7 +73,7 @@ TRADE_BAR_SECONDS = 60.0
 DESK, EMA = "desk", "ema"
 _STRATEGIES = (
     "desk (the whole desk), ema (the EMA crossover), or MODULE:NAME for a strategy of yours: "
-    "a class made with no arguments (or an object) with on_bar(bar, ctx)"
+    "a class (made with the --param keyword arguments) or an object, with on_bar(bar, ctx)"
 )
 
 
@@ -125,8 +126,8 @@ def backtest(
         str,
         typer.Option(
             help="desk: the whole desk; ema: the EMA(12)/EMA(26) crossover; MODULE:NAME: your "
-            "strategy class (made with no arguments) or object, with on_bar(bar, ctx), from a "
-            "module in the working directory or on PYTHONPATH.",
+            "strategy class (made with the --param keyword arguments) or object, with "
+            "on_bar(bar, ctx), from a module in the working directory or on PYTHONPATH.",
         ),
     ] = DESK,
     param: Annotated[
@@ -149,7 +150,7 @@ def backtest(
         ),
     ] = None,
 ) -> None:
-    """Backtest the desk (or the EMA crossover) on a recorded file; write the report."""
+    """Backtest the desk (or a strategy) on a recorded file; write the report."""
     options = options_of(ctx)
     # As `invoke` does, but without its event loop: the backtest runs its own simulated one.
     configure_logging(

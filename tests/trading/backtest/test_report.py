@@ -269,6 +269,9 @@ def test_a_sliver_of_a_fill_keeps_its_digits_in_the_sentence() -> None:
         "2 of 2 entry orders filled less than asked "
         "(2 in part, a median 0.000070% of the size asked)"
     )
+    none = summarise_entry_fills([entry("4", "0"), entry("4", "4")])
+    assert none is not None
+    assert none.sentence() == "1 of 2 entry orders filled less than asked (1 not at all)"
     half = summarise_entry_fills([entry("4", "2"), entry("4", "0")])
     assert half is not None
     assert half.sentence() == (

@@ -193,6 +193,8 @@ class EntryFillSummary:
                 "of the size asked"
             )
             text += f"; {self.unfilled} not at all)" if self.unfilled else ")"
+        elif self.unfilled:
+            text += f" ({self.unfilled} not at all)"
         return text
 
 

@@ -134,9 +134,9 @@ def backtest(
         list[str] | None,
         typer.Option(
             "--param",
-            help="NAME=VALUE given to the strategy's class when it is made (repeatable; true, "
-            "false, integers and decimals are converted), e.g. --strategy ema --param "
-            "quantity=0.5.",
+            metavar="NAME=VALUE",
+            help="A keyword argument for the strategy's class, converted to the type of the "
+            "parameter's default (repeatable), e.g. --strategy ema --param quantity=0.5.",
             show_default=False,
         ),
     ] = None,
@@ -144,6 +144,7 @@ def backtest(
         float | None,
         typer.Option(
             "--bar",
+            metavar="SECONDS",
             help="For a file of trades: the length of the bars made from them, in seconds "
             "(default 60). A file of bars keeps its own.",
             show_default=False,

@@ -998,11 +998,12 @@ class TradingLedger:
         The ledger reads them once, here; after that, the reads that only re-read what this
         ledger wrote (the open positions, the positions watermark, the latest closed
         results, balances, the latest equity marks, which fills are recorded and those of
-        an order, an order by client id, the working orders, the protective orders left on
-        flat symbols, whether any position is open or any order working) are answered from
-        memory, kept up to date with each transaction that commits (lists come sorted as
-        SQLite's binary collation sorts them). Never for a store that another process, another
-        connection or another ledger object may write: it would not see their writes.
+        an order, an order by client id, the orders (all, or the working ones), the
+        protective orders left on flat symbols, whether any position is open or any order
+        working) are answered from memory, kept up to date with each transaction that
+        commits (lists come sorted as SQLite's binary collation sorts them). Never for a
+        store that another process, another connection or another ledger object may write:
+        it would not see their writes.
         """
         positions = await self.open_positions()
         rows = await self._fetch("SELECT asset, total FROM legato_trading_balances")
@@ -1203,11 +1204,12 @@ class TradingLedger:
     ) -> list[LedgerOrder]:
         """The recorded orders, filtered, in client id order."""
         known = self._known
-        if known is not None and open_only:
-            # A sole writer knows every working order (the runtime guards ask every pass).
+        if known is not None:
+            # A sole writer knows every order it holds: the runtime guards ask for the working
+            # ones every pass, a backtest for all of them at its end.
             return [
                 record
-                for cid in sorted(known.working)
+                for cid in sorted(known.working if open_only else known.orders)
                 if (record := known.order(cid)) is not None
                 and (symbol is None or record.order.symbol == symbol)
                 and (intent_id is None or record.intent_id == intent_id)

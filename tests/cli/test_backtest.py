@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -290,14 +290,24 @@ not_a_strategy = 42
 
 
 @pytest.fixture
-def user_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[[str, str], None]:
-    """Writes a module of the user's into the working directory, where --strategy looks."""
+def user_module(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Callable[[str, str], None]]:
+    """Writes a module of the user's into the working directory, where --strategy looks.
+
+    The import path and the imported modules are put back afterwards: no test sees another's.
+    """
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    written: list[str] = []
 
     def write(name: str, code: str) -> None:
         (tmp_path / f"{name}.py").write_text(code)
+        written.append(name)
 
-    return write
+    yield write
+    for name in written:
+        sys.modules.pop(name, None)
 
 
 def test_a_strategy_of_your_own_runs_from_its_module_like_the_shipped_one(

@@ -207,9 +207,11 @@ def bars_from_trades(trades: Iterable[Trade], seconds: float) -> Iterator[Bar]:
     as on the exchange's own recorded bars. Trades must come in time order: ValidationError
     names the first that goes back, and `seconds` must be a number > 0.
     """
-    if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not seconds > 0:
-        raise ValidationError("seconds", seconds, "a bar length in seconds > 0")
-    if not math.isfinite(seconds):
+    if (
+        isinstance(seconds, bool)
+        or not isinstance(seconds, int | float)
+        or not 0 < seconds < math.inf
+    ):
         raise ValidationError("seconds", seconds, "a bar length in seconds > 0")
     current: list[Decimal] | None = None  # open, high, low, close, volume
     opening = 0.0

@@ -47,7 +47,6 @@ from legato.trading.backtest.production import production_backtest
 from legato.trading.backtest.report import BacktestReport, summary_json
 from legato.trading.backtest.report_files import write_report
 from legato.trading.backtest.runner import BacktestResult
-from legato.trading.backtest.strategy import Strategy
 from legato.trading.desk_config import (
     DeskConfig,
     desk_config_from_mapping,
@@ -63,6 +62,7 @@ from legato.trading.market_data import (
     symbol_from_filename,
 )
 from legato.trading.matching import MatchingRules
+from legato.trading.strategy import Strategy
 
 __all__ = ["backtest"]
 

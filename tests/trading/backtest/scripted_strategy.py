@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from decimal import Decimal
 
-from legato.trading.backtest.strategy import StrategyContext
 from legato.trading.market_data import Bar
+from legato.trading.strategy import StrategyContext
 
 Action = Callable[[Bar, StrategyContext], object]
 

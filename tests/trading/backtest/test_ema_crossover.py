@@ -5,11 +5,11 @@ from __future__ import annotations
 from decimal import Decimal
 
 from legato.trading.backtest.ema_crossover import EmaCrossover
-from legato.trading.backtest.strategy import StrategyContext
 from legato.trading.instruments import Instrument, PriceRounding
 from legato.trading.market_data import Bar
 from legato.trading.orders import OrderSide
 from legato.trading.proposals import TradeProposal
+from legato.trading.strategy import StrategyContext
 
 from ..conftest import BarMaker
 

@@ -27,13 +27,13 @@ from legato.trading.backtest.executor import BracketOutcome, DirectBracketExecut
 from legato.trading.backtest.report import BacktestReport
 from legato.trading.backtest.report_files import REPORT_FILES, write_report
 from legato.trading.backtest.runner import BacktestResult, backtest, run_backtest
-from legato.trading.backtest.strategy import StrategyContext
 from legato.trading.backtest.trades import ClosedTrade
 from legato.trading.instruments import Instrument, InstrumentKind
 from legato.trading.market_data import Bar, default_market_data_dir, load_bars
 from legato.trading.orders import OrderSide
 from legato.trading.paper_venue import PaperVenue
 from legato.trading.positions import Position, PositionSide
+from legato.trading.strategy import StrategyContext
 
 from ..conftest import BarMaker
 from .scripted_strategy import ScriptedStrategy, buy

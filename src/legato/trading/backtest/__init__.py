@@ -36,13 +36,13 @@ from legato.trading.backtest.report import (
 )
 from legato.trading.backtest.report_files import REPORT_FILES, write_report
 from legato.trading.backtest.runner import PROGRESS_EVERY, BacktestResult, backtest, run_backtest
-from legato.trading.backtest.strategy import (
+from legato.trading.backtest.trades import ClosedTrade, EquityPoint, TradeBook
+from legato.trading.strategy import (
     Strategy,
     StrategyContext,
     TradeExecutor,
     TradeOutcome,
 )
-from legato.trading.backtest.trades import ClosedTrade, EquityPoint, TradeBook
 
 __all__ = [
     "BACKTEST_RECONCILE_INTERVAL",

@@ -11,8 +11,8 @@ from __future__ import annotations
 from decimal import Decimal
 
 from legato.trading.agents.indicators import EMA
-from legato.trading.backtest.strategy import StrategyContext
 from legato.trading.market_data import Bar
+from legato.trading.strategy import StrategyContext
 
 __all__ = ["EmaCrossover"]
 

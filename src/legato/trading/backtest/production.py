@@ -33,7 +33,6 @@ from legato.kernel.errors import ValidationError
 from legato.kernel.simulation import SimulatedClock, run_simulated
 from legato.trading.backtest.runner import BacktestResult, run_backtest
 from legato.trading.backtest.store import fresh_store, use_as_scratch
-from legato.trading.backtest.strategy import Strategy
 from legato.trading.backtest.trades import Refusal, entry_fills, refusal_of
 from legato.trading.errors import OrderRejected
 from legato.trading.execution import ExecutionConfig, ExecutionResult, OrderExecutionManager
@@ -45,6 +44,7 @@ from legato.trading.orders import Order, OrderStatus, OrderType
 from legato.trading.paper_venue import PaperVenue, PaperVenueConfig
 from legato.trading.proposals import TradeProposal
 from legato.trading.risk import RiskDecision, RiskLimits, RiskManagementEngine
+from legato.trading.strategy import Strategy
 from legato.trading.tracker import PositionTracker
 
 __all__ = [

@@ -34,7 +34,6 @@ from legato.kernel.clock import Clock
 from legato.kernel.errors import ValidationError
 from legato.kernel.simulation import SimulatedClock, run_simulated
 from legato.trading.backtest.executor import DirectBracketExecutor
-from legato.trading.backtest.strategy import Strategy, StrategyContext, TradeExecutor, TradeOutcome
 from legato.trading.backtest.trades import ClosedTrade, EntryFill, EquityPoint, Refusal, TradeBook
 from legato.trading.fills import Fill
 from legato.trading.instruments import Instrument
@@ -42,6 +41,7 @@ from legato.trading.market_data import Bar
 from legato.trading.matching import MatchingRules
 from legato.trading.paper_venue import PaperVenue, PaperVenueConfig
 from legato.trading.proposals import TradeProposal
+from legato.trading.strategy import Strategy, StrategyContext, TradeExecutor, TradeOutcome
 
 __all__ = ["PROGRESS_EVERY", "BacktestResult", "backtest", "run_backtest"]
 

@@ -7,12 +7,12 @@ from decimal import Decimal
 import pytest
 
 from legato.kernel.errors import ValidationError
-from legato.trading.backtest.strategy import StrategyContext
 from legato.trading.instruments import Instrument
 from legato.trading.orders import OrderSide
 from legato.trading.proposals import TradeProposal
+from legato.trading.strategy import StrategyContext
 
-from ..conftest import BarMaker
+from .conftest import BarMaker
 
 
 def context(perp: Instrument, bar: BarMaker) -> tuple[StrategyContext, list[TradeProposal]]:

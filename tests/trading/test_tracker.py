@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 from decimal import Decimal
 
@@ -127,6 +128,25 @@ async def test_fills_realize_pnl_move_the_balance_and_close_the_position_once(
     assert balance == Decimal(1000) + Decimal(10) - fees
     assert take_record is not None
     assert take_record.order.filled_quantity == Decimal("0.010")
+
+
+async def test_a_position_closes_when_its_fill_happened_not_when_it_was_booked(
+    clock: Clock, ledger_url: str
+) -> None:
+    # A backtest books the venue's fills lazily (before the next proposal): a stop-loss that
+    # filled an hour earlier must not start the losing streak's cooldown only now.
+    opening = fill(1, "a", OrderSide.BUY, "0.100", "20000", clock)
+    stopped = fill(2, "b", OrderSide.SELL, "0.100", "19000", clock)
+    async with ledger_opener(ledger_url, clock)() as (ledger, _):
+        tracker = PositionTracker(ledger, clock=clock)
+        await tracker.set_balances({"USDT": Decimal(10_000)})
+        await asyncio.sleep(3600)
+        await tracker.apply_fills([opening, stopped])
+        (closed,) = await ledger.closed_positions(PERP)
+        state = await tracker.risk_state(quote_asset="USDT")
+    assert closed.closed_at == stopped.timestamp == clock.now() - timedelta(hours=1)
+    assert state.consecutive_losses == 1
+    assert state.last_loss_at == stopped.timestamp
 
 
 async def test_a_fill_larger_than_the_position_flips_it(clock: Clock, ledger_url: str) -> None:

@@ -79,7 +79,11 @@ async def _book_fill(tx: LedgerTransaction, fill: Fill, at: datetime) -> bool:
     remainder = fill.quantity
     if position is not None and fill.side is position.side.closing_side:
         closing = min(fill.quantity, position.quantity)
-        reduced = position.reduce(closing, fill.price, fill.fee * closing / fill.quantity, at)
+        # Closed when the fill happened, not when it was booked (a backtest books lazily,
+        # and a cooldown after a loss is measured from the close).
+        reduced = position.reduce(
+            closing, fill.price, fill.fee * closing / fill.quantity, fill.timestamp
+        )
         realized = reduced.realized_pnl - position.realized_pnl
         await tx.put_position(reduced)
         remainder = fill.quantity - closing

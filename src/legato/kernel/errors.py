@@ -38,6 +38,7 @@ __all__ = [
     "UnknownOutcomeError",
     "ValidationError",
     "classify",
+    "sole_error",
 ]
 
 
@@ -191,3 +192,19 @@ def classify(error: BaseException) -> ErrorKind:
         if isinstance(error, error_type):
             return kind
     return ErrorKind.PERMANENT
+
+
+def sole_error(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
+    """The one exception `group` holds, however deeply nested; None when it holds more.
+
+    A task group wraps its one failure in a group, and nested task groups wrap it again:
+    a caller that knows only the failure (a strategy's own error, a ValidationError) wants
+    it raised as itself.
+    """
+    found = group
+    while len(found.exceptions) == 1:
+        only = found.exceptions[0]
+        if not isinstance(only, BaseExceptionGroup):
+            return only
+        found = only
+    return None

@@ -87,6 +87,7 @@ class AlertCode(enum.Enum):
     POSITION_CLOSED_OUT = "position_closed_out"  # CRITICAL: unknown, unprotected position
     RECONCILIATION_REPORT = "reconciliation_report"  # WARNING: a difference left to a person
     DRAWDOWN_RESET = "drawdown_reset"  # WARNING: an operator measured the drawdown from now
+    STRATEGY_FAILED = "strategy_failed"  # HIGH: a user's strategy raised on a bar
 
 
 @dataclass(frozen=True, slots=True)

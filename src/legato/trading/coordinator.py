@@ -73,7 +73,7 @@ from legato.trading.instruments import Instrument
 from legato.trading.market_data import Bar
 from legato.trading.orders import Order, OrderSide
 from legato.trading.proposals import TradeProposal
-from legato.trading.risk import RiskDecision, RiskManagementEngine
+from legato.trading.risk import RiskDecision, RiskManagementEngine, RiskState
 from legato.trading.tracker import PositionTracker
 
 __all__ = [
@@ -264,9 +264,10 @@ class _Book:
 class _Run:
     # The working state of one run: its key, the chain of messages, the stage timings.
     key: str
-    bar_time: str  # the snapshot's timestamp in ISO 8601, as in `key`
+    bar_time: str  # the bar's timestamp in ISO 8601, as in `key`
     book: _Book
-    snapshot: IndicatorSnapshot
+    symbol: str
+    snapshot: IndicatorSnapshot | None  # None for a strategy's proposal (`run_proposal`)
     last: Message | None = None
     correlation_id: str | None = None
 
@@ -521,11 +522,11 @@ class CoordinatorAgent:
                 return PipelineOutcome(key, symbol, snapshot.timestamp, RunDisposition.SUPERSEDED)
             if await self._log.has(key):
                 return PipelineOutcome(key, symbol, snapshot.timestamp, RunDisposition.DUPLICATE)
-            return await self._run(_Run(key, bar_time, book, snapshot))
+            return await self._run(_Run(key, bar_time, book, symbol, snapshot))
 
     async def _run(self, run: _Run) -> PipelineOutcome:
-        book, snapshot = run.book, run.snapshot
-        symbol = snapshot.symbol
+        book, snapshot, symbol = run.book, run.snapshot, run.symbol
+        assert snapshot is not None  # an agents' run always has one
         started = self._clock.monotonic()
         technical = book.technical.analyze(snapshot)
         regime = book.regime.analyze(snapshot)
@@ -620,6 +621,140 @@ class CoordinatorAgent:
         )
         return await self._act(run, outcome, context, technical, regime, position is not None)
 
+    # ------------------------------------------------------------------ a strategy's proposals
+
+    async def publish_bar(self, bar: Bar) -> Message:
+        """Publish `bar`'s ``desk.signal.<symbol>`` message, for a symbol a strategy trades.
+
+        An agents' run starts its chain with this message. A symbol traded by a strategy
+        (`run_proposal`) gets one each bar all the same, so its price chart and bus history
+        read as an agents' symbol's do. Returns the message: the chains of the proposals the
+        strategy made on the bar hang from it.
+        """
+        symbol = bar.symbol
+        self._book(symbol)
+        bar_time = self.bar_time_text(bar.timestamp)
+        signal = self._bus.create_message(
+            self._topic("signal", symbol),
+            _SOURCE,
+            {
+                "key": _key(symbol, bar_time),
+                "symbol": symbol,
+                "bar_time": bar_time,
+                "close": str(bar.close),
+            },
+        )
+        await self._bus.publish(signal)
+        return signal
+
+    async def run_proposal(
+        self,
+        proposal: TradeProposal,
+        *,
+        bar_time: datetime,
+        signal: Message,
+        source: str,
+        sequence: int = 1,
+    ) -> PipelineOutcome:
+        """Carry a strategy's `proposal`, made on the bar of `bar_time`, through the pipeline.
+
+        What follows a decision in an agents' run follows here, under the symbol's lock: the
+        run is keyed by the bar (the second proposal of a bar gets "#2" after the key, and so
+        on, by `sequence`) and claimed in the decision log, as a BUY, SELL or CLOSE decision
+        whose strategy and reasoning name `source` and which has no votes; it is announced on
+        the bus, caused by the bar's `signal` (see `publish_bar`); then an opening proposal
+        is checked by the risk engine, which may refuse it or cut its quantity (the
+        strategy's own), and executed, and a reduce-only one closes the position through the
+        desk's closer. A paused symbol's proposals are stored and not acted on; a key
+        already claimed (a restart replaying a bar) is a DUPLICATE and does nothing.
+        """
+        if not isinstance(proposal, TradeProposal):
+            raise ValidationError("proposal", proposal, "a TradeProposal")
+        if isinstance(sequence, bool) or not isinstance(sequence, int) or sequence < 1:
+            raise ValidationError("sequence", sequence, "an int >= 1")
+        symbol = proposal.symbol
+        book = self._book(symbol)
+        text = self.bar_time_text(bar_time)
+        key = _key(symbol, text) if sequence == 1 else f"{_key(symbol, text)}#{sequence}"
+        async with book.lock:
+            if await self._log.has(key):
+                return PipelineOutcome(key, symbol, bar_time, RunDisposition.DUPLICATE)
+            closing = proposal.reduce_only
+            if closing:
+                action = TradeAction.CLOSE
+                asked = "asked to close the position"
+            else:
+                action = TradeAction.BUY if proposal.side is OrderSide.BUY else TradeAction.SELL
+                target = "" if proposal.take_profit is None else f", target {proposal.take_profit}"
+                asked = (
+                    f"asked to {proposal.side.value.lower()} {proposal.quantity} at the market "
+                    f"(stop {proposal.stop_loss}{target})"
+                )
+            reasoning = f"{source} {asked}"
+            now = self._clock.now()
+            claimed = await self._log.claim(
+                DecisionRecord(
+                    key=key,
+                    symbol=symbol,
+                    bar_time=bar_time,
+                    strategy=source,
+                    correlation_id=signal.correlation_id,
+                    action=action,
+                    leading_action=action,
+                    consensus=1.0,
+                    split=False,
+                    entry=proposal.entry_price,
+                    stop=proposal.stop_loss,
+                    target=proposal.take_profit,
+                    reasoning=reasoning,
+                    analysis={"strategy": source},
+                    status=PipelineStatus.CLAIMED,
+                    created_at=now,
+                    updated_at=now,
+                ),
+                (),
+            )
+            if not claimed:
+                return PipelineOutcome(key, symbol, bar_time, RunDisposition.DUPLICATE)
+            run = _Run(key, text, book, symbol, None, signal, signal.correlation_id)
+            await self._publish(
+                run,
+                "decision",
+                {
+                    "action": action._value_,
+                    "strategy": source,
+                    "quantity": str(proposal.quantity),
+                    "entry": str(proposal.entry_price),
+                    "stop": None if proposal.stop_loss is None else str(proposal.stop_loss),
+                    "target": None if proposal.take_profit is None else str(proposal.take_profit),
+                    "reasoning": reasoning,
+                },
+            )
+            outcome = PipelineOutcome(
+                key, symbol, bar_time, RunDisposition.DECIDED, correlation_id=run.correlation_id
+            )
+            if symbol in self._paused:
+                return await self._end(run, outcome, PipelineStatus.PAUSED, "the symbol is paused")
+            if closing:
+                if self._closer is None:
+                    return await self._end(
+                        run, outcome, PipelineStatus.NO_TRADE, "CLOSE asked; no closer configured"
+                    )
+                if await self._tracker.ledger.position(symbol) is None:
+                    # Its stop-loss or take-profit closed it on the bar the strategy just saw.
+                    return await self._end(
+                        run, outcome, PipelineStatus.NO_TRADE, "no open position to close"
+                    )
+                await self._closer.close_position(symbol, f"decision {key}: {reasoning}")
+                return await self._end(run, outcome, PipelineStatus.CLOSE_REQUESTED, "CLOSE")
+            started = self._clock.monotonic()
+            state = await self._tracker.risk_state(
+                quote_asset=self._quote, kill_switch=self._kill_switch
+            )
+            # The bus's correlation id, as an agents' proposal carries: signal to order.
+            carried = replace(proposal, correlation_id=run.correlation_id)
+            return await self._carry_out(run, outcome, carried, state, started)
+
     async def _announce(
         self,
         run: _Run,
@@ -712,6 +847,21 @@ class CoordinatorAgent:
             )
         except ValidationError as error:
             return await self._end(run, outcome, PipelineStatus.INVALID, str(error))
+        return await self._carry_out(run, outcome, proposal, state, started)
+
+    async def _carry_out(
+        self,
+        run: _Run,
+        outcome: PipelineOutcome,
+        proposal: TradeProposal,
+        state: RiskState,
+        started: float,
+    ) -> PipelineOutcome:
+        """Risk-check `proposal` on `state`, link it to its intent, execute it, end the run.
+
+        `started` is when the risk stage began (the sizing, for the agents' runs).
+        """
+        symbol = run.symbol
         outcome = _OUTCOMES.copy(outcome, {"proposal": proposal})
         await self._publish(run, "proposal", proposal.as_dict())
         risk = self._risk.validate_trade(proposal, state)
@@ -780,7 +930,7 @@ class CoordinatorAgent:
         if not stored:
             await self._log.finish(run.key, status, self._clock.now(), detail=detail, risk=risk)
         value = status._value_
-        counted = (run.snapshot.symbol, value)
+        counted = (run.symbol, value)
         self._decided[counted] = self._decided.get(counted, 0) + 1
         await self._publish(run, "outcome", {"key": run.key, "status": value, "detail": detail})
         if logs_at("info"):  # once a bar: a backtest logs at warning
@@ -791,7 +941,7 @@ class CoordinatorAgent:
 
     async def _publish(self, run: _Run, stage: str, payload: Mapping[str, Any]) -> None:
         message = self._bus.create_message(
-            self._topic(stage, run.snapshot.symbol), _SOURCE, dict(payload), caused_by=run.last
+            self._topic(stage, run.symbol), _SOURCE, dict(payload), caused_by=run.last
         )
         await self._bus.publish(message)
         run.last = message

@@ -6,7 +6,10 @@
   (`load_market_bars`), paced on the clock at `data.speed` times the bars' own spacing;
 - the paper venue, which matches every bar;
 - the `CoordinatorAgent` (indicators, agents, conflicts, risk, execution), one decision
-  pipeline per symbol at a time;
+  pipeline per symbol at a time; or, for a symbol given a strategy of the user's
+  (`strategies`, `legato run --strategy`), that strategy: it sees every bar (`on_bar(bar,
+  ctx)`, the backtests' strategy API) and the coordinator carries each trade it asks for
+  through the decision log, the risk engine and the execution manager;
 - the `OrderExecutionManager`, the `PositionTracker`, the `Reconciler`;
 - supervised loops (a kernel `Supervisor`): ``reconciler``, ``execution-recovery``,
   ``protection-monitor`` (books fills, cancels the other protective order),
@@ -65,6 +68,7 @@ import structlog
 from legato.kernel.bus import MessageBus
 from legato.kernel.clock import Clock, RealClock
 from legato.kernel.errors import LegatoError, ValidationError
+from legato.kernel.message import Message
 from legato.kernel.supervisor import LoopHealth, Supervisor
 from legato.store.scratch import use_as_scratch
 from legato.trading.agents.llm import LLMClient
@@ -81,14 +85,17 @@ from legato.trading.execution import ExecutionConfig, OrderExecutionManager
 from legato.trading.fees import FeeSchedule
 from legato.trading.fills import Fill
 from legato.trading.guards import GuardAction, GuardActionKind, GuardInputs, run_guard_iteration
+from legato.trading.instruments import Instrument
 from legato.trading.ledger import EquityMarks, IntentStage, OrderRole, TradingLedger
 from legato.trading.market_data import Bar, load_market_bars, replay
 from legato.trading.matching import MatchingRules
 from legato.trading.orders import Order, OrderStatus, OrderType
 from legato.trading.paper_venue import PaperVenue, PaperVenueConfig
 from legato.trading.positions import Position
+from legato.trading.proposals import TradeProposal
 from legato.trading.reconciler import Reconciler, ReconcilerConfig
 from legato.trading.risk import RiskManagementEngine, TradingState
+from legato.trading.strategy import Strategy, StrategyContext, is_strategy, strategy_label
 from legato.trading.synthetic import SyntheticMarketConfig, synthetic_bars
 from legato.trading.tracker import PositionTracker
 
@@ -277,7 +284,11 @@ class Desk:
     `scheduling` is how decisions run: inline asyncio tasks (the default; backtests), or
     durable `legato.desk.decide` tasks on the store (`legato run`; see
     `legato.trading.desk_tasks`). `scratch_store` trades the store's durability for speed
-    (a backtest's fresh store; see the module docstring).
+    (a backtest's fresh store; see the module docstring). `strategies` maps a symbol to a
+    strategy object that trades it instead of the agents (see `legato.trading.strategy`);
+    an exception its `on_bar` raises drops that bar's proposals and raises a HIGH alert
+    (the first of a run of failing bars; every one is logged), or, with
+    `raise_strategy_errors` (a backtest), ends the run with it.
     """
 
     def __init__(
@@ -295,9 +306,21 @@ class Desk:
         scheduling: Scheduling = Scheduling.INLINE,
         buffer_decisions: bool = False,
         scratch_store: bool = False,
+        strategies: Mapping[str, Strategy] | None = None,
+        raise_strategy_errors: bool = False,
     ) -> None:
         if not isinstance(config, DeskConfig):
             raise ValidationError("config", config, "a DeskConfig")
+        self._strategists: dict[str, _Strategist] = {}
+        for symbol, strategy in (strategies or {}).items():
+            if symbol not in config.symbols:
+                raise ValidationError("strategies", symbol, f"one of {list(config.symbols)}")
+            if not is_strategy(strategy):
+                raise ValidationError(
+                    f"strategies[{symbol!r}]", strategy, "an object with on_bar(bar, ctx)"
+                )
+            self._strategists[symbol] = _Strategist(strategy, config.instrument(symbol))
+        self._raise_strategy_errors = bool(raise_strategy_errors)
         if not isinstance(scheduling, Scheduling):
             raise ValidationError(
                 "scheduling", scheduling, "a Scheduling ('inline' or 'orchestrator')"
@@ -377,6 +400,11 @@ class Desk:
     def telemetry(self) -> DeskTelemetry | None:
         """The latest telemetry (None before the first pass); kept after `stop`."""
         return self._telemetry
+
+    @property
+    def strategies(self) -> dict[str, str]:
+        """The symbols a strategy trades instead of the agents, with its name (MODULE:NAME)."""
+        return {symbol: strategist.name for symbol, strategist in self._strategists.items()}
 
     @property
     def bars_processed(self) -> int:
@@ -540,6 +568,12 @@ class Desk:
                     self._on_bar(bar, fills)
                 self._last_price[bar.symbol] = bar.close
                 self._bars_processed += 1
+                strategist = self._strategists.get(bar.symbol)
+                if strategist is not None:
+                    await self._strategy_bar(strategist, bar, pipelines)
+                    if self._stop.is_set():
+                        break
+                    continue
                 snapshot = parts.coordinator.observe(bar)
                 if self._tasks is not None:
                     await self._tasks.submit(snapshot)
@@ -577,8 +611,13 @@ class Desk:
                 run.cancel()
 
     async def _pipeline(self, symbol: str, snapshot: IndicatorSnapshot) -> PipelineOutcome | None:
+        return await self._guarded(symbol, self._running().coordinator.run(symbol, snapshot))
+
+    async def _guarded(
+        self, symbol: str, run: Awaitable[PipelineOutcome]
+    ) -> PipelineOutcome | None:
         try:
-            return await self._running().coordinator.run(symbol, snapshot)
+            return await run
         except LegatoError as error:
             # One failed run (a store outage, a venue error) must not stop the desk: the
             # next bar decides again, and the reconciler repairs what was left half-done.
@@ -589,6 +628,99 @@ class Desk:
             # this is a done callback without the trip through the event loop. (A run cancelled
             # before it ever started, at a stop, stays in the set: finished, so skipped.)
             self._in_flight.discard(asyncio.current_task())
+
+    async def _strategy_bar(
+        self,
+        strategist: _Strategist,
+        bar: Bar,
+        pipelines: asyncio.TaskGroup,
+    ) -> None:
+        """Show `bar` to the symbol's strategy; start a run for each trade it asks for."""
+        parts = self._running()
+        symbol = bar.symbol
+        if self._unbooked_fills:
+            # The strategy decides on what it holds now: the bar's fills are booked first.
+            await self._monitor_protection()
+        position = await parts.ledger.position(symbol)
+        ctx = strategist.context
+        ctx.position = _ZERO if position is None else position.quantity * position.side.sign
+        ctx.equity = await self._equity(parts.ledger)
+        ctx.pending = strategist.in_flight > 0
+        ctx.begin_bar(bar)
+        proposals = strategist.proposals
+        try:
+            strategist.strategy.on_bar(bar, ctx)
+        except Exception as error:
+            proposals.clear()
+            if self._raise_strategy_errors:
+                error.add_note(f"raised by the strategy on the bar of {bar.timestamp}")
+                raise
+            await self._strategy_failed(strategist, bar, error)
+        else:
+            strategist.failing = False
+        signal = await parts.coordinator.publish_bar(bar)
+        for sequence, proposal in enumerate(proposals, 1):
+            strategist.in_flight += 1
+            run = pipelines.create_task(
+                self._proposal_run(strategist, proposal, bar, signal, sequence),
+                name=f"proposal:{symbol}:{signal.payload['bar_time']}:{sequence}",
+            )
+            self._in_flight.add(run)
+        proposals.clear()
+
+    async def _strategy_failed(self, strategist: _Strategist, bar: Bar, error: Exception) -> None:
+        _log.error(
+            "desk_strategy_failed",
+            symbol=bar.symbol,
+            strategy=strategist.name,
+            bar_time=bar.timestamp.isoformat(),
+            error=f"{type(error).__name__}: {error}",
+            exc_info=error,
+        )
+        if strategist.failing:
+            return  # alerted at the first bar of this run of failures
+        strategist.failing = True
+        await self._running().ledger.record_alert(
+            Alert(
+                AlertLevel.HIGH,
+                AlertCode.STRATEGY_FAILED,
+                f"{strategist.name} raised {type(error).__name__}: {error} on the bar of "
+                f"{bar.timestamp.isoformat()}; that bar's trades were not asked for (later "
+                "failures are logged, and alerted again after a bar that succeeds)",
+                self._clock.now(),
+                symbol=bar.symbol,
+            )
+        )
+
+    async def _proposal_run(
+        self,
+        strategist: _Strategist,
+        proposal: TradeProposal,
+        bar: Bar,
+        signal: Message,
+        sequence: int,
+    ) -> PipelineOutcome | None:
+        try:
+            return await self._guarded(
+                bar.symbol,
+                self._running().coordinator.run_proposal(
+                    proposal,
+                    bar_time=bar.timestamp,
+                    signal=signal,
+                    source=strategist.name,
+                    sequence=sequence,
+                ),
+            )
+        finally:
+            strategist.in_flight -= 1
+
+    async def _equity(self, ledger: TradingLedger) -> Decimal:
+        """The account's equity now: the quote balance, and the open positions at last prices."""
+        balance = (await ledger.balances()).get(self._config.venue.quote_asset)
+        equity = _ZERO if balance is None else balance.total
+        for position in await ledger.open_positions():
+            equity += _unrealized(position, self._last_price.get(position.symbol))
+        return equity
 
     def _loop_functions(
         self, parts: _Parts
@@ -810,9 +942,8 @@ class Desk:
             unrealized = _ZERO
             exposure = _ZERO
             if position is not None:
-                mark = price if price is not None else position.mark_price or position.entry_price
-                unrealized = (mark - position.entry_price) * position.quantity * position.side.sign
-                exposure = position.quantity * mark
+                unrealized = _unrealized(position, price)
+                exposure = position.quantity * _mark(position, price)
             working = [r.order for r in orders if r.order.symbol == symbol]
             symbols.append(
                 SymbolMetrics(
@@ -1109,6 +1240,28 @@ class _PipelineCloser:
 
     async def close_position(self, symbol: str, reason: str) -> Order | None:
         return await self._desk._close_now(symbol, reason)
+
+
+class _Strategist:
+    # A symbol's strategy of the user's, its context, and its proposals in flight.
+    __slots__ = ("context", "failing", "in_flight", "name", "proposals", "strategy")
+
+    def __init__(self, strategy: Strategy, instrument: Instrument) -> None:
+        self.strategy = strategy
+        self.name = strategy_label(strategy)
+        self.proposals: list[TradeProposal] = []
+        self.context = StrategyContext(instrument, self.proposals.append, strategy_id=self.name)
+        self.in_flight = 0
+        self.failing = False
+
+
+def _mark(position: Position, price: Decimal | None) -> Decimal:
+    # The last bar's close, else the position's own mark, else its entry.
+    return price if price is not None else position.mark_price or position.entry_price
+
+
+def _unrealized(position: Position, price: Decimal | None) -> Decimal:
+    return (_mark(position, price) - position.entry_price) * position.quantity * position.side.sign
 
 
 def _start_of_bar(now: datetime, interval_seconds: float) -> datetime:

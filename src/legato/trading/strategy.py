@@ -6,10 +6,12 @@ account through `ctx` (`position`, `pending`, `equity`), and asks for trades wit
 values that the runner hands to a `TradeExecutor` after `on_bar` returns. The executor is the
 seam between research and production: `DirectBracketExecutor` places the bracket straight on
 the paper venue; the desk's execution manager (behind the risk engine) takes the same
-proposals.
+proposals. The same object trades on the running desk too (`Desk(strategies=...)`, `legato
+run --strategy`): there the coordinator stores each proposal as a decision and carries it
+through the risk engine and the execution manager.
 
 The strategy never sees a bar before its turn: the context holds no history, and the runner
-calls `on_bar` once per bar, in time order, after the venue has matched that bar.
+(or the desk) calls `on_bar` once per bar, in time order, after the venue has matched that bar.
 `legato.trading.backtest.ema_crossover` is a complete example.
 """
 
@@ -25,7 +27,14 @@ from legato.trading.market_data import Bar
 from legato.trading.orders import OrderSide
 from legato.trading.proposals import TradeProposal
 
-__all__ = ["Strategy", "StrategyContext", "TradeExecutor", "TradeOutcome"]
+__all__ = [
+    "Strategy",
+    "StrategyContext",
+    "TradeExecutor",
+    "TradeOutcome",
+    "is_strategy",
+    "strategy_label",
+]
 
 
 @runtime_checkable
@@ -52,6 +61,21 @@ class Strategy(Protocol):
     def on_bar(self, bar: Bar, ctx: StrategyContext) -> None:
         """React to `bar` (just closed); ask for trades through `ctx`."""
         ...
+
+
+def is_strategy(candidate: object) -> bool:
+    """True when `candidate` has a callable `on_bar`: what makes an object a `Strategy`."""
+    return callable(getattr(candidate, "on_bar", None))
+
+
+def strategy_label(strategy: object) -> str:
+    """`strategy`'s class as MODULE:NAME ("breakout:Breakout"): how a desk names it.
+
+    The name the decision log, the bus and the proposals' `strategy_id` carry for the
+    strategy's trades, and the form `--strategy` takes on the command line.
+    """
+    kind = type(strategy)
+    return f"{kind.__module__}:{kind.__qualname__}"
 
 
 class StrategyContext:

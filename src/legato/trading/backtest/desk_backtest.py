@@ -36,7 +36,7 @@ from contextlib import contextmanager
 from decimal import Decimal
 from pathlib import Path
 
-from legato.kernel.errors import ValidationError
+from legato.kernel.errors import ValidationError, sole_error
 from legato.kernel.simulation import SimulatedClock, run_simulated
 from legato.trading.backtest.production import backtest_execution_config
 from legato.trading.backtest.runner import PROGRESS_EVERY, BacktestResult
@@ -55,6 +55,7 @@ from legato.trading.desk_config import DeskConfig
 from legato.trading.fills import Fill
 from legato.trading.ledger import TradingLedger
 from legato.trading.market_data import Bar
+from legato.trading.strategy import Strategy
 
 __all__ = [
     "BACKTEST_RECONCILE_INTERVAL",
@@ -120,6 +121,7 @@ def desk_backtest(
     store: Path | str,
     seed: int | None = None,
     progress: Callable[[int], None] | None = None,
+    strategy: Strategy | None = None,
 ) -> BacktestResult:
     """Run the desk `config` describes over `bars` on simulated time; return the result.
 
@@ -127,7 +129,9 @@ def desk_backtest(
     SQLite file the desk writes (replaced by an empty store at the current schema, so a run
     never resumes another; see `fresh_store`).
     `seed` seeds the desk (default `config.data.seed`). `progress` is called with the
-    number of bars done every `PROGRESS_EVERY` bars and at the end.
+    number of bars done every `PROGRESS_EVERY` bars and at the end. `strategy` trades the
+    symbol instead of the agents, as `legato run --strategy` runs it live (`Desk(strategies=
+    ...)`); an exception it raises ends the run.
     """
     if not bars:
         raise ValidationError("bars", [], "at least one bar")
@@ -172,9 +176,18 @@ def desk_backtest(
         # Scratch space too: no fsyncs, and the run's one connection keeps the file locked.
         scratch_store=True,
         execution=backtest_execution_config(spacing),
+        strategies=None if strategy is None else {symbol: strategy},
+        raise_strategy_errors=True,
     )
-    with _fewer_collections():
-        run_simulated(desk.run(), clock=clock)
+    try:
+        with _fewer_collections():
+            run_simulated(desk.run(), clock=clock)
+    except BaseExceptionGroup as failed:
+        # The strategy's own error is raised as itself, as `run_backtest` raises it.
+        only = sole_error(failed)
+        if only is not None:
+            raise only from None
+        raise
     refusals, entries = run_simulated(_read_back(url, len(bars)))
     if progress is not None:
         progress(len(equity))

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 
 from legato.kernel.clock import Clock
-from legato.kernel.errors import ValidationError
+from legato.kernel.errors import ValidationError, sole_error
 from legato.kernel.simulation import SimulatedClock, run_simulated
 from legato.trading.backtest.executor import DirectBracketExecutor
 from legato.trading.backtest.trades import ClosedTrade, EntryFill, EquityPoint, Refusal, TradeBook
@@ -211,8 +211,9 @@ async def run_backtest(
     except BaseExceptionGroup as failed:
         # One failure (the strategy's own, or one execution's) is raised as itself: the
         # caller catches the ValidationError it knows, not a group holding it.
-        if len(failed.exceptions) == 1:
-            raise failed.exceptions[0] from None
+        only = sole_error(failed)
+        if only is not None:
+            raise only from None
         raise
     if progress is not None:
         progress(len(equity))

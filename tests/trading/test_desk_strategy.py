@@ -1,0 +1,315 @@
+"""A strategy of the user's on the desk: the same trades as the production path, stored,
+announced and protected as the agents' trades are, and a failing strategy alerted."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from legato.kernel.clock import Clock
+from legato.kernel.errors import ValidationError
+from legato.trading.alerts import AlertCode
+from legato.trading.backtest import EmaCrossover, production_backtest
+from legato.trading.backtest.desk_backtest import desk_backtest
+from legato.trading.coordinator import RunDisposition
+from legato.trading.decision_log import DecisionLog, DecisionRecord, PipelineStatus
+from legato.trading.desk import Desk
+from legato.trading.desk_config import DeskConfig
+from legato.trading.fees import FeeSchedule
+from legato.trading.ledger import LedgerOrder, OrderRole, TradingLedger
+from legato.trading.market_data import Bar, default_market_data_dir, load_bars
+from legato.trading.matching import MatchingRules
+from legato.trading.orders import OrderStatus, OrderType
+from legato.trading.positions import Position
+from legato.trading.proposals import TradeProposal
+from legato.trading.strategy import StrategyContext, strategy_label
+
+from .agents.scripted_bars import SYMBOL, trend
+from .backtest.scripted_strategy import Action, ScriptedStrategy, buy, close
+from .desk_harness import INSTRUMENT, desk_parts, empty_desk_tables, scripted_desk_config
+
+# A bar a virtual second, as in the desk's own tests.
+CONFIG = scripted_desk_config(speed=300.0)
+BTC_FILE = default_market_data_dir() / "binance_BTC-USDT-PERP_5m_2023-01.csv"
+STAGES = ["signal", "decision", "proposal", "risk", "execution", "outcome"]
+
+
+@pytest.fixture
+def desk_url(store_url: str) -> str:
+    """An empty, migrated store on each backend."""
+    empty_desk_tables(store_url)
+    return store_url
+
+
+class Watching(EmaCrossover):
+    """The EMA crossover, noting what its context showed on every bar."""
+
+    def __init__(self) -> None:
+        super().__init__(Decimal("0.5"))
+        self.seen: list[tuple[object, ...]] = []
+
+    def on_bar(self, bar: Bar, ctx: StrategyContext) -> None:
+        self.seen.append((bar.timestamp, ctx.position, ctx.pending, ctx.equity))
+        super().on_bar(bar, ctx)
+
+
+def test_a_strategy_makes_the_same_trades_on_the_desk_as_on_the_production_path(
+    tmp_path: Path,
+) -> None:
+    # `legato run --strategy` trades through the desk, `legato backtest --strategy` through
+    # the production path: on the same bars and settings, the two agree to the last decimal.
+    bars = list(load_bars(BTC_FILE))[:2_000]
+    config = DeskConfig()
+    venue = config.venue
+    rules = MatchingRules(
+        slippage_bps=venue.slippage_bps,
+        participation=venue.participation,
+        fees=FeeSchedule(
+            maker_rate=venue.maker_fee_bps / 10_000, taker_rate=venue.taker_fee_bps / 10_000
+        ),
+    )
+    produced, desked = Watching(), Watching()
+    production = production_backtest(
+        produced,
+        bars,
+        config.instrument(SYMBOL_OF_FILE),
+        store=tmp_path / "production.db",
+        initial_cash=venue.starting_balance,
+        rules=rules,
+        limits=config.risk,
+        seed=config.data.seed,
+    )
+    desk = desk_backtest(config, bars, store=tmp_path / "desk.db", strategy=desked)
+    assert len(production.trades) == 27
+    assert desk.trades == production.trades
+    assert desk.refusals == production.refusals
+    assert len(desk.refusals) == 5
+    assert desk.equity == production.equity
+    # Position, pending proposal and equity, as the strategy saw them on each of the bars.
+    assert len(desked.seen) == len(bars)
+    assert desked.seen == produced.seen
+
+
+SYMBOL_OF_FILE = "BTC-USDT-PERP"
+
+
+def test_a_strategy_that_raises_in_a_desk_backtest_ends_it_naming_the_bar(
+    tmp_path: Path,
+) -> None:
+    def fail(bar: Bar, ctx: StrategyContext) -> object:
+        raise ZeroDivisionError("division by zero")
+
+    bars = list(load_bars(BTC_FILE))[:10]
+    with pytest.raises(ZeroDivisionError) as raised:
+        desk_backtest(
+            DeskConfig(), bars, store=tmp_path / "desk.db", strategy=ScriptedStrategy({4: fail})
+        )
+    assert raised.value.__notes__ == [f"raised by the strategy on the bar of {bars[4].timestamp}"]
+
+
+async def test_a_strategys_proposal_is_stored_announced_risk_checked_and_executed(
+    clock: Clock, desk_url: str
+) -> None:
+    bars = trend(6, drift=0.003)
+    proposals: list[TradeProposal] = []
+    ctx = StrategyContext(INSTRUMENT, proposals.append, strategy_id="mine")
+    async with desk_parts(desk_url, clock) as parts:
+        for bar in bars[:3]:
+            parts.venue.process_bar(bar)
+            await clock.sleep(1)
+        decided = bars[2]
+        signal = await parts.coordinator.publish_bar(decided)
+        ctx.begin_bar(decided)
+        ctx.buy(
+            Decimal(1),
+            stop_loss=decided.close * Decimal("0.98"),
+            take_profit=decided.close * Decimal("0.04") + decided.close,
+        )
+        run = asyncio.create_task(
+            parts.coordinator.run_proposal(
+                proposals[0], bar_time=decided.timestamp, signal=signal, source="mine:Mine"
+            )
+        )
+        for bar in bars[3:]:
+            await clock.sleep(1)
+            parts.venue.process_bar(bar)
+        outcome = await run
+        again = await parts.coordinator.run_proposal(
+            proposals[0], bar_time=decided.timestamp, signal=signal, source="mine:Mine"
+        )
+        stored = await parts.decisions.decision(outcome.key)
+        votes = await parts.decisions.votes(outcome.key)
+        position = await parts.ledger.position(SYMBOL)
+        chain = parts.bus.trace(signal.correlation_id)
+    assert outcome.status is PipelineStatus.EXECUTED, outcome.detail
+    assert outcome.key == f"{SYMBOL}@{decided.timestamp.isoformat()}"
+    assert outcome.decision is None
+    assert outcome.proposal is not None
+    assert outcome.proposal.correlation_id == signal.correlation_id
+    assert outcome.execution is not None
+    assert outcome.execution.success
+    assert again.disposition is RunDisposition.DUPLICATE
+    assert stored is not None
+    assert stored.status is PipelineStatus.EXECUTED
+    assert stored.strategy == "mine:Mine"
+    assert stored.action.value == "BUY"
+    assert stored.reasoning.startswith("mine:Mine asked to buy 1 at the market (stop ")
+    assert stored.analysis == {"strategy": "mine:Mine"}
+    assert stored.intent_id == outcome.execution.intent_id
+    assert votes == []
+    assert position is not None
+    assert position.quantity == Decimal(1)
+    by_type = {order.type: order for order in outcome.execution.orders}
+    assert position.stop_loss_order_id == by_type[OrderType.STOP].client_order_id
+    assert position.take_profit_order_id == by_type[OrderType.TAKE_PROFIT].client_order_id
+    # One correlation id from the bar's signal to the order, each caused by the one before.
+    assert [message.topic.split(".")[1] for message in chain] == STAGES
+    assert all(m.causation_id == p.id for p, m in itertools.pairwise(chain))
+
+
+async def test_a_strategy_trades_on_the_running_desk_and_closes_what_it_opened(
+    clock: Clock, desk_url: str
+) -> None:
+    strategy = ScriptedStrategy({3: buy("1"), 8: close()})
+    desk = Desk(
+        CONFIG,
+        store_url=desk_url,
+        clock=clock,
+        bars=trend(12, drift=0.001),
+        strategies={SYMBOL: strategy},
+    )
+    assert desk.strategies == {SYMBOL: strategy_label(strategy)}
+    await desk.run()
+    decisions, orders, closed = await stored(desk_url, clock)
+    assert [(d.action.value, d.status) for d in decisions] == [
+        ("BUY", PipelineStatus.EXECUTED),
+        ("CLOSE", PipelineStatus.CLOSE_REQUESTED),
+    ]
+    assert {d.strategy for d in decisions} == {strategy_label(strategy)}
+    # It saw its position from the bar that filled the entry to the bar that filled the close.
+    assert strategy.positions == [0, 0, 0, 0, 1, 1, 1, 1, 1, 0, 0, 0]
+    assert len(closed) == 1
+    roles = {record.role: record.order.status for record in orders}
+    assert roles[OrderRole.CLOSE] is OrderStatus.FILLED
+    assert roles[OrderRole.STOP_LOSS] is OrderStatus.CANCELLED
+    assert roles[OrderRole.TAKE_PROFIT] is OrderStatus.CANCELLED
+
+
+async def stored(
+    url: str, clock: Clock
+) -> tuple[list[DecisionRecord], list[LedgerOrder], list[Position]]:
+    """After a run: its decisions (oldest first), its orders and its closed positions."""
+    ledger = await TradingLedger.open(url, upgrade=False, clock=clock)
+    try:
+        decisions = await DecisionLog(ledger.database).decisions()
+        return (
+            sorted(decisions, key=lambda d: d.key),
+            await ledger.orders(symbol=SYMBOL),
+            await ledger.closed_positions(),
+        )
+    finally:
+        await ledger.close()
+
+
+def failing_on(*indexes: int) -> dict[int, Action]:
+    def fail(bar: Bar, ctx: StrategyContext) -> object:
+        raise KeyError("close")
+
+    return dict.fromkeys(indexes, fail)
+
+
+async def test_a_failing_strategy_is_alerted_once_a_run_of_failures_and_the_desk_trades_on(
+    clock: Clock, desk_url: str
+) -> None:
+    # Bars 2-4 fail (one alert), bar 5 succeeds, bar 7 fails again (a second alert), and
+    # the trade asked for on bar 6 is made all the same.
+    strategy = ScriptedStrategy({**failing_on(2, 3, 4, 7), 6: buy("1")})
+    desk = Desk(
+        CONFIG,
+        store_url=desk_url,
+        clock=clock,
+        bars=trend(10, drift=0.001),
+        strategies={SYMBOL: strategy},
+    )
+    await desk.run()
+    ledger = await TradingLedger.open(desk_url, upgrade=False, clock=clock)
+    try:
+        alerts = await ledger.alerts()
+        position = await ledger.position(SYMBOL)
+    finally:
+        await ledger.close()
+    failed = [alert for alert in alerts if alert.code is AlertCode.STRATEGY_FAILED]
+    assert [alert.level.value for alert in failed] == ["high", "high"]
+    bars = trend(10, drift=0.001)
+    assert [alert.message for alert in failed] == [
+        f"{strategy_label(strategy)} raised KeyError: 'close' on the bar of "
+        f"{bars[index].timestamp.isoformat()}; that bar's trades were not asked for (later "
+        "failures are logged, and alerted again after a bar that succeeds)"
+        for index in (2, 7)
+    ]
+    assert {alert.symbol for alert in failed} == {SYMBOL}
+    assert len(strategy.seen) == 10
+    assert position is not None
+
+
+async def test_a_paused_symbol_stores_a_strategys_proposals_and_trades_none(
+    clock: Clock, desk_url: str
+) -> None:
+    def twice(bar: Bar, ctx: StrategyContext) -> object:
+        buy("1")(bar, ctx)
+        return buy("2")(bar, ctx)
+
+    bars = trend(6, drift=0.001)
+    desk = Desk(
+        CONFIG,
+        store_url=desk_url,
+        clock=clock,
+        bars=bars,
+        strategies={SYMBOL: ScriptedStrategy({2: twice})},
+    )
+    await desk.start()
+    desk.pause(SYMBOL)
+    await desk.run()
+    decisions, orders, _ = await stored(desk_url, clock)
+    key = f"{SYMBOL}@{bars[2].timestamp.isoformat()}"
+    assert [(d.key, d.status, d.entry is not None) for d in decisions] == [
+        (key, PipelineStatus.PAUSED, True),
+        (f"{key}#2", PipelineStatus.PAUSED, True),
+    ]
+    assert [d.reasoning.split(" at the market")[0].split(" asked to ")[1] for d in decisions] == [
+        "buy 1",
+        "buy 2",
+    ]
+    assert orders == []
+
+
+async def test_a_restarted_desk_shows_the_strategy_the_position_it_holds(
+    clock: Clock, desk_url: str
+) -> None:
+    # The strategy's own state starts afresh; what the account holds comes from the store.
+    bars = trend(12, drift=0.001)
+    first = ScriptedStrategy({2: buy("1")})
+    await Desk(
+        CONFIG, store_url=desk_url, clock=clock, bars=bars[:6], strategies={SYMBOL: first}
+    ).run()
+    second = ScriptedStrategy({})
+    await Desk(
+        CONFIG, store_url=desk_url, clock=clock, bars=bars[6:], strategies={SYMBOL: second}
+    ).run()
+    assert first.positions == [0, 0, 0, 1, 1, 1]
+    assert second.positions == [1] * 6
+
+
+def test_strategies_for_symbols_the_desk_does_not_trade_or_without_on_bar_are_refused() -> None:
+    with pytest.raises(ValidationError) as unknown:
+        Desk(CONFIG, store_url="sqlite:///unused.db", strategies={"ETH-USDT": ScriptedStrategy({})})
+    with pytest.raises(ValidationError) as shapeless:
+        Desk(CONFIG, store_url="sqlite:///unused.db", strategies={SYMBOL: object()})
+    assert unknown.value.field == "strategies"
+    assert unknown.value.value == "ETH-USDT"
+    assert shapeless.value.field == f"strategies[{SYMBOL!r}]"
+    assert "on_bar(bar, ctx)" in str(shapeless.value)

@@ -13,6 +13,8 @@ from typer.testing import CliRunner
 
 from legato.cli.app import app
 from legato.cli.backtest import STORE_FILE
+from legato.cli.strategies import made_strategies
+from legato.kernel.errors import ValidationError
 from legato.trading.backtest.report_files import REPORT_FILES
 from legato.trading.market_data import default_market_data_dir
 
@@ -428,3 +430,18 @@ def test_params_make_the_strategy_converted_to_the_types_of_its_defaults(
         assert "invalid --param" in refused.output, refused.output
         assert expected in refused.output, refused.output
         assert not out.exists()
+
+
+def test_a_class_is_made_once_per_symbol_and_an_object_serves_one_symbol_only(
+    user_module: Callable[[str, str], None],
+) -> None:
+    # `legato run --strategy` makes one strategy per symbol the desk trades: a class can be
+    # made as often as needed; one object would mix the markets' state, so it is refused.
+    user_module("mine", BUY_AND_HOLD + "\nshared = BuyAndHold()\n")
+    made = made_strategies("mine:BuyAndHold", {}, 2)
+    assert len({id(strategy) for strategy in made}) == 2
+    assert made_strategies("mine:shared", {}, 1) == [sys.modules["mine"].shared]
+    with pytest.raises(ValidationError) as refused:
+        made_strategies("mine:shared", {}, 2)
+    assert refused.value.field == "--strategy"
+    assert "a class, made once for each of the 2 symbols the desk trades" in str(refused.value)

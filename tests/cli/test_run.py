@@ -20,6 +20,7 @@ import pytest
 from legato.cli.run import _desk_config
 from legato.kernel.settings import load_settings
 from legato.kernel.simulation import run_simulated
+from legato.trading.decision_log import DecisionLog
 from legato.trading.ledger import TradingLedger
 from legato.trading.market_data import default_market_data_dir
 from legato.trading.orders import OrderStatus
@@ -225,3 +226,110 @@ def test_a_recorded_file_of_trades_is_traded_as_bars_of_the_data_interval() -> N
     # Fitted on bars made at the data interval (5 minutes by default): the tick is the
     # trades' finest price step.
     assert config.instrument("XRP-ETH").tick_size == Decimal("0.00000001")
+
+
+BREAKOUT = """
+from decimal import Decimal
+
+
+class Breakout:
+    def __init__(self, window: int = 48) -> None:
+        self.window = window
+        self.closes = []
+
+    def on_bar(self, bar, ctx) -> None:
+        window = self.closes[-self.window:]
+        self.closes = window + [bar.close]
+        ready = len(window) == self.window and ctx.is_flat and not ctx.pending
+        if ready and bar.close > max(window):
+            ctx.buy(Decimal("0.5"), stop_loss=bar.close * Decimal("0.985"),
+                    take_profit=bar.close * Decimal("1.03"))
+"""
+
+
+def _decisions(tmp_path: Path) -> list[tuple[str, str, str]]:
+    async def read() -> list[tuple[str, str, str]]:
+        ledger = await TradingLedger.open(f"sqlite:///{tmp_path / 'legato.db'}")
+        try:
+            records = await DecisionLog(ledger.database).decisions()
+        finally:
+            await ledger.close()
+        return [(r.strategy, r.action.value, r.status.value) for r in records]
+
+    return run_simulated(read())
+
+
+def test_your_strategy_trades_the_running_desk_shown_on_the_dashboard_and_resumes(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "breakout.py").write_text(BREAKOUT)
+    strategy = ("--strategy", "breakout:Breakout", "--param", "window=24")
+    with _legato_run(
+        tmp_path, *strategy, "--speed", "30000", "--port", "0", "--progress", "0.2"
+    ) as process:
+        assert process.stdout is not None
+        seen: list[str] = []
+        for line in _lines(process.stdout):
+            seen.append(line)
+            found = re.search(r"dashboard (http://\S+)/", line)
+            if found:
+                base = found.group(1)
+            if "open positions 1" in line:
+                break  # the strategy has traded: look, then stop it in the middle
+        with urllib.request.urlopen(f"{base}/desk", timeout=10) as answer:
+            desk = json.load(answer)
+        with urllib.request.urlopen(f"{base}/ui/desk/decisions", timeout=10) as answer:
+            page = answer.read().decode()
+        rest, errors = _interrupt(process)
+    assert process.returncode == 0, errors[-3000:]
+    assert "  strategy breakout:Breakout trades BTC-USDT-PERP (instead of the agents)" in seen
+    assert desk["strategies"] == {"BTC-USDT-PERP": "breakout:Breakout"}
+    assert "asked by <code>breakout:Breakout</code>" in page
+    decisions = _decisions(tmp_path)
+    assert decisions, "no trade was stored"
+    assert {(name, action) for name, action, _ in decisions} == {("breakout:Breakout", "BUY")}
+    assert "executed" in {status for _, _, status in decisions}
+    positions = _open_positions(tmp_path)
+    assert len(positions) == _final_open_positions(rest)
+    for symbol, stop_loss, _ in positions:
+        assert stop_loss is not None, f"{symbol} was left without a live stop-loss"
+    resumed = subprocess.run(
+        _legato(tmp_path, "run", *strategy, "--bars", "1", "--speed", "1000000", "--port", "0"),
+        cwd=tmp_path, env=_env(tmp_path), capture_output=True, text=True, check=False,
+        timeout=240,
+    )  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resumed  from the store" in resumed.stdout
+    assert _decisions(tmp_path)[: len(decisions)] == decisions
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ("--strategy", "nosuch:Strategy"),
+            "invalid --strategy: got 'nosuch:Strategy', expected an importable module",
+        ),
+        (
+            ("--strategy", "breakout:Missing"),
+            "invalid --strategy: got 'breakout:Missing', expected breakout to define 'Missing'",
+        ),
+        (("--param", "window=24"), "no --param with the desk"),
+        (
+            ("--strategy", "breakout:Breakout", "--param", "window=wide"),
+            "invalid --param window: got 'wide', expected a int, as its default 48",
+        ),
+    ],
+)
+def test_a_bad_strategy_is_refused_before_the_store_is_made(
+    tmp_path: Path, args: tuple[str, ...], message: str
+) -> None:
+    (tmp_path / "breakout.py").write_text(BREAKOUT)
+    result = subprocess.run(
+        _legato(tmp_path, "run", *args, "--bars", "5", "--port", "0"),
+        cwd=tmp_path, env=_env(tmp_path), capture_output=True, text=True, check=False,
+        timeout=120,
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert message in result.stderr
+    assert not list(tmp_path.glob("*.db*"))  # nothing written

@@ -11,16 +11,14 @@ into bars first (`--bar` seconds each, one minute by default).
 
 from __future__ import annotations
 
-import inspect
 import json
 import math
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Annotated, cast
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -36,13 +34,12 @@ from rich.progress import (
 from rich.text import Text
 
 from legato.cli.invoke import fail, options_of
-from legato.cli.user_code import import_spec
+from legato.cli.strategies import DESK, made_strategies, parameters
 from legato.kernel.errors import ValidationError
 from legato.kernel.logs import configure_logging
 from legato.kernel.settings import load_settings
 from legato.trading.agents.snapshot import IndicatorSettings
 from legato.trading.backtest.desk_backtest import desk_backtest
-from legato.trading.backtest.ema_crossover import EmaCrossover
 from legato.trading.backtest.production import production_backtest
 from legato.trading.backtest.report import BacktestReport, summary_json
 from legato.trading.backtest.report_files import write_report
@@ -70,11 +67,6 @@ STORE_FILE = "backtest.db"
 """The run's SQLite store, in the output directory; removed when the report is written."""
 TRADE_BAR_SECONDS = 60.0
 """The bar length a file of trades is made into when `--bar` does not say."""
-DESK, EMA = "desk", "ema"
-_STRATEGIES = (
-    "desk (the whole desk), ema (the EMA crossover), or MODULE:NAME for a strategy of yours: "
-    "a class (made with the --param keyword arguments) or an object, with on_bar(bar, ctx)"
-)
 
 
 def backtest(
@@ -161,12 +153,8 @@ def backtest(
         if out.exists() and not out.is_dir():
             raise ValidationError("--out", str(out), "a directory for the report, or a new path")
         # The user's strategy is imported and made first: a bad one is refused before any work.
-        params = _parameters(param)
-        if strategy == DESK and params:
-            raise ValidationError(
-                "--param", param, "no --param with the desk: its [desk] settings configure it"
-            )
-        plain = None if strategy == DESK else _strategy(strategy, params)
+        params = parameters(param, strategy)
+        plain = None if strategy == DESK else made_strategies(strategy, params, 1)[0]
         settings = load_settings(config if config is not None else options.config_file)
         symbol = symbol if symbol is not None else _named_market(data)
         recorded = _recorded_bars(data, symbol, bar)
@@ -295,105 +283,6 @@ def _run(
             )
     finally:
         store.unlink(missing_ok=True)
-
-
-def _strategy(spec: str, params: dict[str, str]) -> Strategy:
-    """The strategy `--strategy` names, made with `params`: the EMA crossover, or MODULE:NAME."""
-    found: object
-    if spec == EMA:
-        found = _made(EmaCrossover, spec, params)
-    elif ":" not in spec:
-        raise ValidationError("--strategy", spec, _STRATEGIES)
-    else:
-        module, name = import_spec("--strategy", spec, _STRATEGIES)
-        found = getattr(module, name, None)
-        if found is None:
-            raise ValidationError("--strategy", spec, f"{module.__name__} to define {name!r}")
-        if isinstance(found, type):
-            found = _made(found, spec, params)
-        elif params:
-            raise ValidationError("--param", sorted(params), f"no --param: {name} is not a class")
-        if not callable(getattr(found, "on_bar", None)):
-            raise ValidationError("--strategy", spec, f"{name} to have on_bar(bar, ctx)")
-    return cast(Strategy, found)
-
-
-def _made(cls: type, spec: str, params: dict[str, str]) -> object:
-    """`cls(**params)`, each value converted to the type of the parameter's default."""
-    try:
-        signature = inspect.signature(cls)
-    except (TypeError, ValueError):
-        signature = None
-    arguments = {
-        name: _parameter_value(
-            name, text, signature.parameters.get(name) if signature is not None else None
-        )
-        for name, text in params.items()
-    }
-    try:
-        return cls(**arguments)
-    except TypeError as error:
-        if params:
-            raise ValidationError(
-                "--param", sorted(params), f"parameters {cls.__name__} takes ({error})"
-            ) from error
-        raise ValidationError(
-            "--strategy", spec, f"a class made with no arguments, or --param ({error})"
-        ) from error
-
-
-def _parameters(texts: list[str] | None) -> dict[str, str]:
-    """`--param NAME=VALUE`s, by name (each name once)."""
-    params: dict[str, str] = {}
-    for text in texts or ():
-        name, equals, value = text.partition("=")
-        name = name.strip()
-        if not equals or not name.isidentifier():
-            raise ValidationError("--param", text, "NAME=VALUE, e.g. quantity=0.5")
-        if name in params:
-            raise ValidationError("--param", text, f"{name} given once")
-        params[name] = value.strip()
-    return params
-
-
-def _parameter_value(name: str, text: str, parameter: inspect.Parameter | None) -> object:
-    """`text` as the type of the parameter's default (bool, int, float, Decimal or str).
-
-    A parameter without such a default gets true/false, an integer, a decimal or the text,
-    whichever reads it first.
-    """
-    default = parameter.default if parameter is not None else inspect.Parameter.empty
-    kind = type(default)
-    if kind in (bool, int, float, Decimal, str):
-        try:
-            return _converted(kind, text)
-        except ValueError:
-            raise ValidationError(
-                f"--param {name}", text, f"a {kind.__name__}, as its default {default!r}"
-            ) from None
-    for guess in (bool, int, Decimal):
-        try:
-            return _converted(guess, text)
-        except ValueError:
-            continue
-    return text
-
-
-def _converted(kind: type, text: str) -> object:
-    """`text` as `kind`; ValueError when it does not read as one."""
-    if kind is bool:
-        if text not in ("true", "false"):
-            raise ValueError(text)
-        return text == "true"
-    if kind is Decimal:
-        try:
-            number = Decimal(text)
-        except InvalidOperation:
-            raise ValueError(text) from None
-        if not number.is_finite():
-            raise ValueError(text)
-        return number
-    return kind(text)
 
 
 class _RateColumn(ProgressColumn):

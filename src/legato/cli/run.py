@@ -14,6 +14,13 @@ each field named with its old and new value and why.
 Every bar's decision runs as a durable ``legato.desk.decide`` task on the store, by a worker
 inside this process (see `legato.trading.desk_tasks`): ``legato tasks`` and the dashboard's
 task pages list them while the desk runs.
+
+`--strategy MODULE:NAME` (or `ema`) trades every symbol with a strategy of the strategy API
+instead of the agents: the same class `legato backtest --strategy` runs, made once per
+symbol with the `--param` keyword arguments. Each trade it asks for is claimed in the
+decision log before anything is sent, as an agents' decision is, then goes through the risk
+engine and the execution manager; the strategy's own state starts afresh at each start,
+and what the account holds comes from the store.
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ import asyncio
 import os
 import secrets
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -32,6 +39,7 @@ from legato.cli.exit_codes import ExitCode
 from legato.cli.invoke import invoke
 from legato.cli.options import CliOptions
 from legato.cli.output import Output
+from legato.cli.strategies import DESK, made_strategies, parameters
 from legato.kernel.clock import RealClock
 from legato.kernel.errors import ConfigError, ValidationError
 from legato.kernel.logs import get_logger
@@ -48,6 +56,7 @@ from legato.trading.desk_config import (
 )
 from legato.trading.desk_tasks import Scheduling
 from legato.trading.market_data import is_trades_file, load_market_bars, symbol_from_filename
+from legato.trading.strategy import Strategy
 
 __all__ = ["run"]
 
@@ -92,12 +101,43 @@ def run(
         typer.Option(help="Service port (default: service.port, 8600).", min=0, max=65535),
     ] = None,
     progress: Annotated[float, typer.Option(help="Seconds between progress lines.", min=0.1)] = 5.0,
+    strategy: Annotated[
+        str,
+        typer.Option(
+            help="desk: the agents decide; ema: the EMA(12)/EMA(26) crossover; MODULE:NAME: "
+            "your strategy class (made once per symbol, with the --param keyword arguments), "
+            "as legato backtest --strategy runs it.",
+        ),
+    ] = DESK,
+    param: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--param",
+            metavar="NAME=VALUE",
+            help="A keyword argument for the strategy's class, converted to the type of the "
+            "parameter's default (repeatable).",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Run the paper-trading desk and its dashboard (Ctrl-C stops; run again to resume)."""
 
     async def work(options: CliOptions, output: Output) -> ExitCode | None:
         settings = options.settings()
         config = _desk_config(settings, data=data, symbol=symbol, speed=speed, bars=bars)
+        # The user's strategy is imported and made before the store is opened.
+        params = parameters(param, strategy)
+        strategies = (
+            {}
+            if strategy == DESK
+            else dict(
+                zip(
+                    config.symbols,
+                    made_strategies(strategy, params, len(config.symbols)),
+                    strict=True,
+                )
+            )
+        )
 
         def reload() -> DeskConfig:
             # The file as it is now, with this run's command-line overrides on top.
@@ -106,7 +146,13 @@ def run(
             )
 
         return await _run_desk(
-            options, settings, config, port=port, progress=progress, reload_config=reload
+            options,
+            settings,
+            config,
+            port=port,
+            progress=progress,
+            reload_config=reload,
+            strategies=strategies,
         )
 
     invoke(ctx, work)
@@ -159,10 +205,16 @@ async def _run_desk(
     port: int | None,
     progress: float,
     reload_config: Callable[[], DeskConfig],
+    strategies: Mapping[str, Strategy],
 ) -> ExitCode | None:
     # Each bar's decision is a durable `legato.desk.decide` task: `legato tasks` and the
     # dashboard's task pages show every one, with its history.
-    desk = Desk(config, store_url=settings.store.url, scheduling=Scheduling.ORCHESTRATOR)
+    desk = Desk(
+        config,
+        store_url=settings.store.url,
+        scheduling=Scheduling.ORCHESTRATOR,
+        strategies=strategies,
+    )
     await desk.start()
     token = options.api_token(settings)
     generated = token is None
@@ -189,6 +241,8 @@ async def _run_desk(
     _say(f"legato run: paper-trading desk on {', '.join(config.symbols)}")
     _say(f"  store    {redact_url(settings.store.url)}")
     _say(f"  market   {_describe_data(config)}")
+    for traded, name in desk.strategies.items():
+        _say(f"  strategy {name} trades {traded} (instead of the agents)")
     venue = config.venue
     _say(
         f"  venue    paper, {venue.starting_balance} {venue.quote_asset}, taker fee "

@@ -106,6 +106,11 @@ class DeskView(BaseModel):
     bars_processed: int
     kill_switch: bool
     paused: list[str]
+    strategies: dict[str, str] = Field(
+        default_factory=dict,
+        description="The symbols a strategy of the user's trades instead of the agents "
+        "(`legato run --strategy`), with the strategy's MODULE:NAME.",
+    )
     telemetry: dict[str, Any] | None
     positions: list[dict[str, Any]]
     open_orders: list[dict[str, Any]]
@@ -572,6 +577,7 @@ def desk_router(desk: Desk, *, reload_config: ConfigLoader | None = None) -> API
             bars_processed=snapshot.bars_processed,
             kill_switch=snapshot.kill_switch,
             paused=sorted(snapshot.paused),
+            strategies=desk.strategies,
             telemetry=None if telemetry is None else telemetry.as_dict(),
             positions=plain(snapshot.positions),
             open_orders=plain(snapshot.open_orders),
@@ -744,6 +750,7 @@ def desk_router(desk: Desk, *, reload_config: ConfigLoader | None = None) -> API
         equity = reader.equity(500)
         return {
             "snapshot": snapshot,
+            "strategies": desk.strategies,
             "telemetry": snapshot.telemetry,
             "protection": protection,
             "open_orders": await reader.orders(None, None, True, 50),

@@ -444,4 +444,63 @@ def test_a_class_is_made_once_per_symbol_and_an_object_serves_one_symbol_only(
     with pytest.raises(ValidationError) as refused:
         made_strategies("mine:shared", {}, 2)
     assert refused.value.field == "--strategy"
-    assert "a class, made once for each of the 2 symbols the desk trades" in str(refused.value)
+    assert "a class, made once for each of the 2 symbols it trades" in str(refused.value)
+
+
+MINE_IN_CONFIG = """
+[[desk.strategies]]
+name = "mine"
+symbols = ["BTC-USDT-PERP"]
+code = "my_ema:Mine"
+params = { quantity = "0.5" }
+"""
+
+
+def test_a_strategy_the_config_names_trades_the_desk_as_the_production_path_trades_it(
+    tmp_path: Path, user_module: Callable[[str, str], None]
+) -> None:
+    # legato.toml names your strategy for the symbol: the desk backtest runs it in the agents'
+    # place, as `legato run` would, and it makes the very trades of `--strategy` through the
+    # production path.
+    user_module("my_ema", MY_EMA)
+    config = tmp_path / "mine.toml"
+    config.write_text(MINE_IN_CONFIG)
+    runner = CliRunner()
+    desk = runner.invoke(app, backtest(tmp_path / "desk", "--config", str(config), *SLICE))
+    production = runner.invoke(
+        app,
+        backtest(
+            tmp_path / "production",
+            "--config",
+            str(config),
+            "--strategy",
+            "my_ema:Mine",
+            "--param",
+            "quantity=0.5",
+            *SLICE,
+        ),
+    )
+    assert desk.exit_code == 0, desk.output
+    assert production.exit_code == 0, production.output
+    assert "my_ema:Mine on BTC-USDT-PERP" in desk.output
+    for name in ("trades.csv", "equity.csv"):
+        assert (tmp_path / "desk" / name).read_bytes() == (
+            tmp_path / "production" / name
+        ).read_bytes(), name
+    summary = json.loads((tmp_path / "desk" / "summary.json").read_text())
+    assert summary["metrics"]["trades"] > 0
+
+
+def test_a_strategy_the_config_names_badly_is_refused_before_anything_is_written(
+    tmp_path: Path, user_module: Callable[[str, str], None]
+) -> None:
+    user_module("my_ema", MY_EMA)
+    config = tmp_path / "mine.toml"
+    config.write_text(MINE_IN_CONFIG.replace('"0.5"', '"lots"'))
+    out = tmp_path / "report"
+    result = CliRunner().invoke(app, backtest(out, "--config", str(config), *SLICE))
+    assert result.exit_code != 0
+    assert (
+        "invalid strategies[mine].params quantity: got 'lots', expected a Decimal" in result.output
+    )
+    assert not out.exists()

@@ -280,11 +280,14 @@ def test_your_strategy_trades_the_running_desk_shown_on_the_dashboard_and_resume
             desk = json.load(answer)
         with urllib.request.urlopen(f"{base}/ui/desk/decisions", timeout=10) as answer:
             page = answer.read().decode()
+        with urllib.request.urlopen(f"{base}/ui/desk", timeout=10) as answer:
+            overview = answer.read().decode()
         rest, errors = _interrupt(process)
     assert process.returncode == 0, errors[-3000:]
     assert "  strategy breakout:Breakout trades BTC-USDT-PERP (instead of the agents)" in seen
     assert desk["strategies"] == {"BTC-USDT-PERP": "breakout:Breakout"}
     assert "asked by <code>breakout:Breakout</code>" in page
+    assert "BTC-USDT-PERP is traded by your strategy <code>breakout:Breakout</code>" in overview
     decisions = _decisions(tmp_path)
     assert decisions, "no trade was stored"
     assert {(name, action) for name, action, _ in decisions} == {("breakout:Breakout", "BUY")}
@@ -333,3 +336,33 @@ def test_a_bad_strategy_is_refused_before_the_store_is_made(
     assert result.returncode != 0
     assert message in result.stderr
     assert not list(tmp_path.glob("*.db*"))  # nothing written
+
+
+def test_a_strategy_the_config_names_trades_its_symbol_and_the_command_line_overrides_it(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "breakout.py").write_text(BREAKOUT)
+    (tmp_path / "legato.toml").write_text(
+        '[[desk.strategies]]\nname = "breakout"\nsymbols = ["BTC-USDT-PERP"]\n'
+        'code = "breakout:Breakout"\nparams = { window = 12 }\n'
+    )
+    bounded = ("--bars", "5", "--speed", "1000000", "--port", "0")
+    named = subprocess.run(
+        _legato(tmp_path, "run", *bounded),
+        cwd=tmp_path, env=_env(tmp_path), capture_output=True, text=True, check=False,
+        timeout=240,
+    )  # fmt: skip
+    overridden = subprocess.run(
+        _legato(tmp_path, "run", "--strategy", "ema", *bounded),
+        cwd=tmp_path, env=_env(tmp_path), capture_output=True, text=True, check=False,
+        timeout=240,
+    )  # fmt: skip
+    assert named.returncode == 0, named.stderr[-3000:]
+    assert "  strategy breakout:Breakout trades BTC-USDT-PERP (instead of the agents)" in (
+        named.stdout
+    )
+    assert overridden.returncode == 0, overridden.stderr[-3000:]
+    assert (
+        "  strategy legato.trading.backtest.ema_crossover:EmaCrossover trades BTC-USDT-PERP"
+        in overridden.stdout
+    )

@@ -104,6 +104,20 @@ def test_a_renamed_strategy_or_a_new_resolver_needs_a_restart() -> None:
     assert resolver.as_dict()["new"] == "llm"
 
 
+def test_a_strategy_of_yours_or_its_parameters_changed_needs_a_restart() -> None:
+    mine = dataclasses.replace(BASE.strategies[0], code="mine:Mine", params=(("window", "24"),))
+    before = dataclasses.replace(BASE, strategies=(mine,))
+    after = dataclasses.replace(
+        BASE,
+        strategies=(dataclasses.replace(mine, code="mine:Other", params=(("window", "48"),)),),
+    )
+    refused = {c.field: c.restart_reason for c in diff_desk_configs(before, after).refused}
+    assert refused == {
+        "strategies[consensus].code": "a strategy of yours is imported and made at start",
+        "strategies[consensus].params": "a strategy of yours is made with its parameters at start",
+    }
+
+
 def test_an_llm_key_change_is_refused_without_showing_the_key() -> None:
     new = dataclasses.replace(BASE, llm=LLMDeskSettings(api_key="sk-secret-value"))
     [change] = diff_desk_configs(BASE, new).changes

@@ -75,6 +75,52 @@ def test_every_problem_of_a_bad_table_is_listed_at_once() -> None:
     assert "desk config: 8 problem(s)" in str(raised.value)
 
 
+def test_a_strategy_of_yours_is_named_with_its_keyword_arguments_as_text() -> None:
+    config = desk_config_from_mapping(
+        {
+            "strategies": [
+                {
+                    "name": "breakout",
+                    "code": "breakout:Breakout",
+                    "params": {"window": 24, "quantity": "0.5", "share": 0.25, "short": False},
+                }
+            ]
+        }
+    )
+    (strategy,) = config.strategies
+    assert strategy.code == "breakout:Breakout"
+    # Converted later, to the types of the class's defaults, as --param NAME=VALUE is.
+    assert strategy.params == (
+        ("window", "24"),
+        ("quantity", "0.5"),
+        ("share", "0.25"),
+        ("short", "false"),
+    )
+
+
+def test_a_bad_code_or_params_of_a_strategy_is_listed_with_what_would_do() -> None:
+    with pytest.raises(ConfigError) as raised:
+        desk_config_from_mapping(
+            {
+                "strategies": [
+                    {"name": "a", "code": "breakout"},
+                    {"name": "b", "params": {"window": 24}},
+                    {"name": "c", "code": "m:C", "params": ["window", 24]},
+                    {"name": "d", "code": "m:D", "params": {"window": [24]}},
+                ]
+            }
+        )
+    problems = {field: expected for field, _, expected in raised.value.problems}
+    assert problems == {
+        "strategies[0].code": "MODULE:NAME of a strategy of yours",
+        "strategies[1].code": "MODULE:NAME of the strategy params are for",
+        "strategies[2].params": "a table of keyword arguments (strings, numbers or booleans "
+        "by name)",
+        "strategies[3].params": "a table of keyword arguments (strings, numbers or booleans "
+        "by name)",
+    }
+
+
 def test_a_strategy_symbol_without_an_instrument_is_a_problem() -> None:
     with pytest.raises(ConfigError) as raised:
         desk_config_from_mapping({"strategies": [{"symbols": ["ETH-USDT-PERP"]}]})

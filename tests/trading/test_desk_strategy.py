@@ -4,7 +4,10 @@ announced and protected as the agents' trades are, and a failing strategy alerte
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
+import sys
+from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 
@@ -19,10 +22,8 @@ from legato.trading.coordinator import RunDisposition
 from legato.trading.decision_log import DecisionLog, DecisionRecord, PipelineStatus
 from legato.trading.desk import Desk
 from legato.trading.desk_config import DeskConfig
-from legato.trading.fees import FeeSchedule
 from legato.trading.ledger import LedgerOrder, OrderRole, TradingLedger
 from legato.trading.market_data import Bar, default_market_data_dir, load_bars
-from legato.trading.matching import MatchingRules
 from legato.trading.orders import OrderStatus, OrderType
 from legato.trading.positions import Position
 from legato.trading.proposals import TradeProposal
@@ -65,13 +66,6 @@ def test_a_strategy_makes_the_same_trades_on_the_desk_as_on_the_production_path(
     bars = list(load_bars(BTC_FILE))[:2_000]
     config = DeskConfig()
     venue = config.venue
-    rules = MatchingRules(
-        slippage_bps=venue.slippage_bps,
-        participation=venue.participation,
-        fees=FeeSchedule(
-            maker_rate=venue.maker_fee_bps / 10_000, taker_rate=venue.taker_fee_bps / 10_000
-        ),
-    )
     produced, desked = Watching(), Watching()
     production = production_backtest(
         produced,
@@ -79,7 +73,7 @@ def test_a_strategy_makes_the_same_trades_on_the_desk_as_on_the_production_path(
         config.instrument(SYMBOL_OF_FILE),
         store=tmp_path / "production.db",
         initial_cash=venue.starting_balance,
-        rules=rules,
+        rules=venue.matching_rules(),
         limits=config.risk,
         seed=config.data.seed,
     )
@@ -313,3 +307,88 @@ def test_strategies_for_symbols_the_desk_does_not_trade_or_without_on_bar_are_re
     assert unknown.value.value == "ETH-USDT"
     assert shapeless.value.field == f"strategies[{SYMBOL!r}]"
     assert "on_bar(bar, ctx)" in str(shapeless.value)
+
+
+BUY_AT = """
+from collections.abc import Iterator
+from decimal import Decimal
+
+
+class BuyAt:
+    def __init__(self, at: int = 0, quantity: Decimal = Decimal("1")) -> None:
+        self.at, self.quantity, self.bars = at, quantity, 0
+
+    def on_bar(self, bar, ctx) -> None:
+        self.bars += 1
+        if self.bars == self.at:
+            ctx.buy(self.quantity, stop_loss=bar.close * Decimal("0.98"),
+                    take_profit=bar.close * Decimal("1.04"))
+"""
+
+
+@pytest.fixture
+def buy_at_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """`buy_at.py` in the working directory, where a config's `code` is looked for first."""
+    (tmp_path / "buy_at.py").write_text(BUY_AT)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    yield "buy_at"
+    sys.modules.pop("buy_at", None)
+
+
+def with_code(code: str, *params: tuple[str, str]) -> DeskConfig:
+    strategy = dataclasses.replace(CONFIG.strategies[0], code=code, params=params)
+    return dataclasses.replace(CONFIG, strategies=(strategy,))
+
+
+async def test_a_strategy_the_config_names_trades_with_its_parameters(
+    clock: Clock, desk_url: str, buy_at_module: str
+) -> None:
+    config = with_code(f"{buy_at_module}:BuyAt", ("at", "4"), ("quantity", "2"))
+    desk = Desk(config, store_url=desk_url, clock=clock, bars=trend(8, drift=0.001))
+    assert desk.strategies == {SYMBOL: "buy_at:BuyAt"}
+    await desk.run()
+    decisions, _, _ = await stored(desk_url, clock)
+    assert [(d.strategy, d.status) for d in decisions] == [
+        ("buy_at:BuyAt", PipelineStatus.EXECUTED)
+    ]
+    # The texts of `params`, converted to the types of the class's defaults.
+    assert decisions[0].reasoning.startswith("buy_at:BuyAt asked to buy 2 at the market")
+
+
+def test_a_strategy_given_to_the_desk_takes_the_place_of_the_one_the_config_names(
+    buy_at_module: str,
+) -> None:
+    mine = ScriptedStrategy({})
+    desk = Desk(
+        with_code(f"{buy_at_module}:BuyAt"),
+        store_url="sqlite:///unused.db",
+        strategies={SYMBOL: mine},
+    )
+    assert desk.strategies == {SYMBOL: strategy_label(mine)}
+
+
+@pytest.mark.parametrize(
+    ("config", "field", "expected"),
+    [
+        (with_code("missing_module:BuyAt"), "strategies[consensus].code", "an importable module"),
+        (with_code("buy_at:Nope"), "strategies[consensus].code", "buy_at to define 'Nope'"),
+        (
+            with_code("buy_at:BuyAt", ("at", "soon")),
+            "strategies[consensus].params at",
+            "a int, as its default 0",
+        ),
+        (
+            with_code("buy_at:BuyAt", ("size", "2")),
+            "strategies[consensus].params",
+            "parameters BuyAt takes",
+        ),
+    ],
+)
+def test_a_strategy_the_config_names_badly_is_refused_naming_the_field(
+    buy_at_module: str, config: DeskConfig, field: str, expected: str
+) -> None:
+    with pytest.raises(ValidationError) as refused:
+        Desk(config, store_url="sqlite:///unused.db")
+    assert refused.value.field == field
+    assert expected in str(refused.value)

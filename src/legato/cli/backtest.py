@@ -34,7 +34,7 @@ from rich.progress import (
 from rich.text import Text
 
 from legato.cli.invoke import fail, options_of
-from legato.cli.strategies import DESK, made_strategies, parameters
+from legato.cli.strategies import DESK, ParamOption, made_strategies, parameters
 from legato.kernel.errors import ValidationError
 from legato.kernel.logs import configure_logging
 from legato.kernel.settings import load_settings
@@ -44,12 +44,12 @@ from legato.trading.backtest.production import production_backtest
 from legato.trading.backtest.report import BacktestReport, summary_json
 from legato.trading.backtest.report_files import write_report
 from legato.trading.backtest.runner import BacktestResult
+from legato.trading.desk import configured_strategies
 from legato.trading.desk_config import (
     DeskConfig,
     desk_config_from_mapping,
     trading_recorded_market,
 )
-from legato.trading.fees import FeeSchedule
 from legato.trading.market_data import (
     Bar,
     bars_from_trades,
@@ -58,7 +58,6 @@ from legato.trading.market_data import (
     load_trades,
     symbol_from_filename,
 )
-from legato.trading.matching import MatchingRules
 from legato.trading.strategy import Strategy
 
 __all__ = ["backtest"]
@@ -122,16 +121,7 @@ def backtest(
             "on_bar(bar, ctx), from a module in the working directory or on PYTHONPATH.",
         ),
     ] = DESK,
-    param: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--param",
-            metavar="NAME=VALUE",
-            help="A keyword argument for the strategy's class, converted to the type of the "
-            "parameter's default (repeatable), e.g. --strategy ema --param quantity=0.5.",
-            show_default=False,
-        ),
-    ] = None,
+    param: ParamOption = None,
     bar: Annotated[
         float | None,
         typer.Option(
@@ -163,15 +153,19 @@ def backtest(
         if symbol not in configured.symbols:
             _note_fitted(desk_config, symbol)
         bars = _slice(recorded, start, end)
+        # A strategy of yours the config names for the symbol trades the desk in the agents'
+        # place: imported and made here, before anything is written.
+        in_desk = (configured_strategies(desk_config) if plain is None else {}).get(symbol)
+        label = desk_config.strategy_for(symbol).code if in_desk is not None else strategy
         warm_up = IndicatorSettings().warm_up  # the desk's coordinator uses the defaults
-        if plain is None and len(bars) <= warm_up:
+        if plain is None and in_desk is None and len(bars) <= warm_up:
             typer.echo(
                 f"the desk's indicators warm up over their first {warm_up} bars and this range "
                 f"holds {len(bars)}: no bar will be decided (widen --from/--to)",
                 err=True,
             )
-        result = _run(plain, desk_config, bars, out, quiet=options.json_output)
-        title = f"{strategy} on {symbol}, {bars[0].timestamp:%Y-%m-%d %H:%M} to " + (
+        result = _run(plain, desk_config, bars, out, quiet=options.json_output, in_desk=in_desk)
+        title = f"{label} on {symbol}, {bars[0].timestamp:%Y-%m-%d %H:%M} to " + (
             f"{bars[-1].timestamp:%Y-%m-%d %H:%M} UTC"
         )
         report = BacktestReport.build(
@@ -253,30 +247,32 @@ def _slice(bars: list[Bar], start: str | None, end: str | None) -> list[Bar]:
 
 
 def _run(
-    plain: Strategy | None, config: DeskConfig, bars: list[Bar], out: Path, *, quiet: bool
+    plain: Strategy | None,
+    config: DeskConfig,
+    bars: list[Bar],
+    out: Path,
+    *,
+    quiet: bool,
+    in_desk: Strategy | None = None,
 ) -> BacktestResult:
-    """Run the desk (`plain` None) or `plain` through the production path over `bars`."""
+    """Run the desk (`plain` None) or `plain` through the production path over `bars`.
+
+    `in_desk` is the strategy of yours the config names to trade the desk's symbol.
+    """
     out.mkdir(parents=True, exist_ok=True)
     store = out / STORE_FILE
     try:
         with _progress(len(bars), quiet=quiet) as advance:
             if plain is None:
-                return desk_backtest(config, bars, store=store, progress=advance)
+                return desk_backtest(config, bars, store=store, progress=advance, strategy=in_desk)
             venue = config.venue
-            rules = MatchingRules(
-                slippage_bps=venue.slippage_bps,
-                participation=venue.participation,
-                fees=FeeSchedule(
-                    maker_rate=venue.maker_fee_bps / 10_000, taker_rate=venue.taker_fee_bps / 10_000
-                ),
-            )
             return production_backtest(
                 plain,
                 bars,
                 config.instrument(bars[0].symbol),
                 store=store,
                 initial_cash=venue.starting_balance,
-                rules=rules,
+                rules=venue.matching_rules(),
                 limits=config.risk,
                 seed=config.data.seed,
                 progress=advance,

@@ -39,7 +39,7 @@ from legato.cli.exit_codes import ExitCode
 from legato.cli.invoke import invoke
 from legato.cli.options import CliOptions
 from legato.cli.output import Output
-from legato.cli.strategies import DESK, made_strategies, parameters
+from legato.cli.strategies import DESK, ParamOption, made_strategies, parameters
 from legato.kernel.clock import RealClock
 from legato.kernel.errors import ConfigError, ValidationError
 from legato.kernel.logs import get_logger
@@ -109,16 +109,7 @@ def run(
             "as legato backtest --strategy runs it.",
         ),
     ] = DESK,
-    param: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--param",
-            metavar="NAME=VALUE",
-            help="A keyword argument for the strategy's class, converted to the type of the "
-            "parameter's default (repeatable).",
-            show_default=False,
-        ),
-    ] = None,
+    param: ParamOption = None,
 ) -> None:
     """Run the paper-trading desk and its dashboard (Ctrl-C stops; run again to resume)."""
 

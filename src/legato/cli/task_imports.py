@@ -15,15 +15,15 @@ with the same name and options, on the orchestrator the CLI opened on the config
 The store named in the user's module is not used: `--store`, `--config` and the settings are.
 
 Like uvicorn, the working directory is put first on `sys.path`, so a module next to where
-the command runs is importable without installing it (`legato.cli.user_code.import_spec`).
+the command runs is importable without installing it (`legato.kernel.user_code.import_spec`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from legato.cli.user_code import import_spec
 from legato.kernel.errors import ValidationError
+from legato.kernel.user_code import import_spec
 from legato.orchestrator.app import Orchestrator
 
 __all__ = ["import_tasks"]

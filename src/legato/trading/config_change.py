@@ -47,6 +47,8 @@ _STRATEGY_SAFE = {
 _STRATEGY_RESTART = {
     "symbols": "the symbol set is fixed at start (indicators, feed and venue follow it)",
     "resolver": "the conflict resolver (and its LLM client) is built at start",
+    "code": "a strategy of yours is imported and made at start",
+    "params": "a strategy of yours is made with its parameters at start",
 }
 _SECTION_RESTART = {
     "venue": "the paper venue (balances, fees, slippage, latency) is built at start",

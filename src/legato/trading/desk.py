@@ -82,20 +82,25 @@ from legato.trading.desk_config import DataSource, DeskConfig, ResolverKind
 from legato.trading.desk_tasks import DeskTasks, Scheduling
 from legato.trading.errors import OrderNotFound, OrderRejected
 from legato.trading.execution import ExecutionConfig, OrderExecutionManager
-from legato.trading.fees import FeeSchedule
 from legato.trading.fills import Fill
 from legato.trading.guards import GuardAction, GuardActionKind, GuardInputs, run_guard_iteration
 from legato.trading.instruments import Instrument
 from legato.trading.ledger import EquityMarks, IntentStage, OrderRole, TradingLedger
 from legato.trading.market_data import Bar, load_market_bars, replay
-from legato.trading.matching import MatchingRules
 from legato.trading.orders import Order, OrderStatus, OrderType
 from legato.trading.paper_venue import PaperVenue, PaperVenueConfig
 from legato.trading.positions import Position
 from legato.trading.proposals import TradeProposal
 from legato.trading.reconciler import Reconciler, ReconcilerConfig
 from legato.trading.risk import RiskManagementEngine, TradingState
-from legato.trading.strategy import Strategy, StrategyContext, is_strategy, strategy_label
+from legato.trading.strategy import (
+    Strategy,
+    StrategyContext,
+    find_strategy,
+    is_strategy,
+    make_strategies,
+    strategy_label,
+)
 from legato.trading.synthetic import SyntheticMarketConfig, synthetic_bars
 from legato.trading.tracker import PositionTracker
 
@@ -106,11 +111,11 @@ __all__ = [
     "DeskSnapshot",
     "DeskTelemetry",
     "SymbolMetrics",
+    "configured_strategies",
     "desk_bars",
 ]
 
 _log = structlog.get_logger(__name__)
-_BPS = Decimal(10_000)
 _ZERO = Decimal(0)
 _CLIENT_PREFIX = "lg-"
 TELEMETRY_TOPIC = "desk.telemetry"
@@ -285,7 +290,8 @@ class Desk:
     durable `legato.desk.decide` tasks on the store (`legato run`; see
     `legato.trading.desk_tasks`). `scratch_store` trades the store's durability for speed
     (a backtest's fresh store; see the module docstring). `strategies` maps a symbol to a
-    strategy object that trades it instead of the agents (see `legato.trading.strategy`);
+    strategy object that trades it instead of the agents (see `legato.trading.strategy`), on
+    top of those the config names (a strategy's `code`, see `configured_strategies`);
     an exception its `on_bar` raises drops that bar's proposals and raises a HIGH alert
     (the first of a run of failing bars; every one is logged), or, with
     `raise_strategy_errors` (a backtest), ends the run with it.
@@ -312,7 +318,10 @@ class Desk:
         if not isinstance(config, DeskConfig):
             raise ValidationError("config", config, "a DeskConfig")
         self._strategists: dict[str, _Strategist] = {}
-        for symbol, strategy in (strategies or {}).items():
+        for symbol, strategy in {
+            **configured_strategies(config, strategies),
+            **(strategies or {}),
+        }.items():
             if symbol not in config.symbols:
                 raise ValidationError("strategies", symbol, f"one of {list(config.symbols)}")
             if not is_strategy(strategy):
@@ -349,6 +358,7 @@ class Desk:
         # Set when the venue matched a bar into fills the protection monitor has not booked:
         # only bars make paper fills, so a monitor pass without new ones has nothing to do.
         self._unbooked_fills = False
+        self._booking = asyncio.Lock()
         self._stop = asyncio.Event()
         self._started = False
         self._bars_processed = 0
@@ -638,9 +648,9 @@ class Desk:
         """Show `bar` to the symbol's strategy; start a run for each trade it asks for."""
         parts = self._running()
         symbol = bar.symbol
-        if self._unbooked_fills:
-            # The strategy decides on what it holds now: the bar's fills are booked first.
-            await self._monitor_protection()
+        # The strategy decides on what it holds now: the bar's fills are booked first (or,
+        # if the protection monitor is booking them, once it has).
+        await self._monitor_protection()
         position = await parts.ledger.position(symbol)
         ctx = strategist.context
         ctx.position = _ZERO if position is None else position.quantity * position.side.sign
@@ -984,14 +994,17 @@ class Desk:
 
     async def _monitor_protection(self) -> int:
         parts = self._running()
-        if not self._unbooked_fills:
-            return 0
-        self._unbooked_fills = False
-        try:
-            return await parts.manager.monitor_protection()
-        except BaseException:
-            self._unbooked_fills = True  # the next pass books them
-            raise
+        # One pass at a time: a strategy's bar (`_strategy_bar`) that finds the loop's pass
+        # booking its fills waits for it, and so reads the position that pass leaves.
+        async with self._booking:
+            if not self._unbooked_fills:
+                return 0
+            self._unbooked_fills = False
+            try:
+                return await parts.manager.monitor_protection()
+            except BaseException:
+                self._unbooked_fills = True  # the next pass books them
+                raise
 
     async def _guard_pass(self) -> object:
         parts = self._running()
@@ -1116,14 +1129,7 @@ class Desk:
             config.instruments,
             balances={quote: starting},
             config=PaperVenueConfig(
-                rules=MatchingRules(
-                    slippage_bps=venue_settings.slippage_bps,
-                    participation=venue_settings.participation,
-                    fees=FeeSchedule(
-                        maker_rate=venue_settings.maker_fee_bps / _BPS,
-                        taker_rate=venue_settings.taker_fee_bps / _BPS,
-                    ),
-                ),
+                rules=venue_settings.matching_rules(),
                 latency=venue_settings.latency,
                 # The venue lives in the replayed market's time: budgets and latency too.
             ).at_speed(config.data.speed),
@@ -1240,6 +1246,40 @@ class _PipelineCloser:
 
     async def close_position(self, symbol: str, reason: str) -> Order | None:
         return await self._desk._close_now(symbol, reason)
+
+
+def configured_strategies(
+    config: DeskConfig, given: Mapping[str, Strategy] | None = None
+) -> dict[str, Strategy]:
+    """The strategies of yours `config` names (`code`), made for the symbols not in `given`.
+
+    By symbol, each made from its strategy's `params` (see `StrategyConfig`). The user's
+    module is imported here: ValidationError names ``strategies[NAME].code`` or ``.params``.
+    """
+    made: dict[str, Strategy] = {}
+    for strategy in config.strategies:
+        symbols = [symbol for symbol in strategy.symbols if symbol not in (given or {})]
+        if strategy.code is None or not symbols:
+            continue
+        where = f"strategies[{strategy.name}]"
+        found = find_strategy(
+            strategy.code, field=f"{where}.code", expected="MODULE:NAME of a strategy of yours"
+        )
+        made.update(
+            zip(
+                symbols,
+                make_strategies(
+                    found,
+                    dict(strategy.params),
+                    len(symbols),
+                    spec=strategy.code,
+                    field=f"{where}.code",
+                    params_field=f"{where}.params",
+                ),
+                strict=True,
+            )
+        )
+    return made
 
 
 class _Strategist:

@@ -28,6 +28,12 @@ The TOML layout::
     risk_per_trade = "0.005"
     resolver = "rules"          # or "llm"
 
+    [[desk.strategies]]         # a strategy of yours instead of the agents
+    name = "breakout"
+    symbols = ["ETH-USDT-PERP"]
+    code = "breakout:Breakout"  # MODULE:NAME, a class with on_bar(bar, ctx)
+    params = { window = 24 }    # its keyword arguments
+
     [desk.risk]                 # any RiskLimits field
     max_daily_loss = "0.03"
 
@@ -58,8 +64,10 @@ from typing import Any, TypeVar
 
 from legato.kernel.errors import ConfigError, ValidationError
 from legato.trading.agents.llm import LLMSettings
+from legato.trading.fees import FeeSchedule
 from legato.trading.instruments import Instrument, InstrumentKind
 from legato.trading.market_data import Bar
+from legato.trading.matching import MatchingRules
 from legato.trading.risk import RiskLimits
 
 __all__ = [
@@ -76,6 +84,8 @@ __all__ = [
     "load_desk_config",
     "trading_recorded_market",
 ]
+
+_BPS = Decimal(10_000)  # basis points in one
 
 _T = TypeVar("_T")
 Problem = tuple[str, Any, str]
@@ -142,6 +152,12 @@ class StrategyConfig:
     agreed vote still counts as a conflict. `stop_atr` and `target_atr` place the stop and
     the target in ATRs. `resolver` settles conflicts. `high_volatility_size` is the share of the
     normal size the rules allow in a high-volatility regime.
+
+    `code` ("MODULE:NAME") names a strategy of the strategy API (`legato.trading.strategy`)
+    that trades the symbols instead of the agents: a class, made once per symbol with the
+    keyword arguments `params` ((name, text) pairs, each text converted to the type of that
+    parameter's default, as `--param` is), or an object for one symbol. The agents' settings
+    above do not apply to it (it sizes its own trades); the risk engine's limits do.
     """
 
     name: str = "consensus"
@@ -156,6 +172,8 @@ class StrategyConfig:
     target_atr: Decimal = Decimal(4)
     resolver: ResolverKind = ResolverKind.RULES
     high_volatility_size: Decimal = Decimal("0.5")
+    code: str | None = None
+    params: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name.strip():
@@ -178,6 +196,28 @@ class StrategyConfig:
         if not isinstance(self.resolver, ResolverKind):
             raise ValidationError("resolver", self.resolver, "'rules' or 'llm'")
         _decimal_in("high_volatility_size", self.high_volatility_size, Decimal(0), Decimal(1))
+        code = self.code
+        if code is not None:
+            module, colon, name = code.partition(":") if isinstance(code, str) else ("", "", "")
+            if not colon or not module.strip() or not name.strip():
+                raise ValidationError("code", code, "MODULE:NAME of a strategy of yours")
+        params = self.params
+        if (
+            not isinstance(params, tuple)
+            or not all(
+                isinstance(pair, tuple)
+                and len(pair) == 2
+                and isinstance(pair[0], str)
+                and pair[0].isidentifier()
+                and isinstance(pair[1], str)
+                for pair in params
+            )
+            or len({name for name, _ in params}) != len(params)
+        ):
+            raise ValidationError("params", params, "keyword arguments by name, each once")
+        if params and code is None:
+            # Judged with both fields present (see `_section`), and named for the one missing.
+            raise ValidationError("code", None, "MODULE:NAME of the strategy params are for")
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,6 +250,16 @@ class VenueSettings:
             raise ValidationError("latency", self.latency, "seconds >= 0")
         if not 0 <= self.latency < math.inf:
             raise ValidationError("latency", self.latency, "seconds >= 0")
+
+    def matching_rules(self) -> MatchingRules:
+        """The paper venue's matching rules these settings give: slippage, participation, fees."""
+        return MatchingRules(
+            slippage_bps=self.slippage_bps,
+            participation=self.participation,
+            fees=FeeSchedule(
+                maker_rate=self.maker_fee_bps / _BPS, taker_rate=self.taker_fee_bps / _BPS
+            ),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -452,6 +502,25 @@ def _to_strings(value: Any) -> tuple[str, ...]:
     return tuple(value)
 
 
+def _to_params(value: Any) -> tuple[tuple[str, str], ...]:
+    # A table of keyword arguments, each value kept as text and converted later to the type
+    # of the parameter's default, as `--param NAME=VALUE` is.
+    if not isinstance(value, Mapping):
+        raise TypeError
+    pairs = []
+    for name, item in value.items():
+        if not isinstance(name, str) or not name.isidentifier():
+            raise TypeError
+        if isinstance(item, bool):
+            text = "true" if item else "false"
+        elif isinstance(item, str | int | float | Decimal):
+            text = str(item)
+        else:
+            raise TypeError
+        pairs.append((name, text))
+    return tuple(pairs)
+
+
 def _optional(convert: Converter) -> Converter:
     return lambda value: None if value is None else convert(value)
 
@@ -473,6 +542,7 @@ _DESCRIBE: dict[Converter, str] = {
     _to_bool: "true or false",
     _to_str: "a string",
     _to_strings: "a list of strings",
+    _to_params: "a table of keyword arguments (strings, numbers or booleans by name)",
 }
 
 
@@ -521,6 +591,11 @@ _DATA_KINDS = {
     **_kinds_from_defaults(DataSettings),
     "path": (_optional(_to_str), None),
     "bars": (_optional(_to_int), None),
+}
+_STRATEGY_KINDS = {
+    **_kinds_from_defaults(StrategyConfig),
+    "code": (_optional(_to_str), None),
+    "params": (_to_params, None),
 }
 _LLM_KINDS = {**_kinds_from_defaults(LLMDeskSettings), "api_key": (_optional(_to_str), None)}
 _TOP_LEVEL = ("reconcile_interval", "guard_interval", "monitor_interval", "telemetry_interval")
@@ -634,11 +709,7 @@ def desk_config_from_mapping(table: Mapping[str, Any]) -> DeskConfig:
         )
     if "strategies" in table:
         values["strategies"] = _array(
-            StrategyConfig,
-            "strategies",
-            table["strategies"],
-            _kinds_from_defaults(StrategyConfig),
-            problems,
+            StrategyConfig, "strategies", table["strategies"], _STRATEGY_KINDS, problems
         )
     for key, cls, kinds in (
         ("risk", RiskLimits, _RISK_KINDS),

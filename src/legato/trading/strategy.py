@@ -17,11 +17,13 @@ The strategy never sees a bar before its turn: the context holds no history, and
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from decimal import Decimal
-from typing import Protocol, runtime_checkable
+import inspect
+from collections.abc import Callable, Mapping
+from decimal import Decimal, InvalidOperation
+from typing import Protocol, cast, runtime_checkable
 
 from legato.kernel.errors import ValidationError
+from legato.kernel.user_code import import_spec
 from legato.trading.instruments import Instrument, PriceRounding
 from legato.trading.market_data import Bar
 from legato.trading.orders import OrderSide
@@ -32,7 +34,9 @@ __all__ = [
     "StrategyContext",
     "TradeExecutor",
     "TradeOutcome",
+    "find_strategy",
     "is_strategy",
+    "make_strategies",
     "strategy_label",
 ]
 
@@ -76,6 +80,123 @@ def strategy_label(strategy: object) -> str:
     """
     kind = type(strategy)
     return f"{kind.__module__}:{kind.__qualname__}"
+
+
+def find_strategy(spec: str, *, field: str, expected: str) -> object:
+    """What `spec` ("MODULE:NAME") names in the user's code: a class, or an object.
+
+    The working directory is searched first (`legato.kernel.user_code`). ValidationError
+    names `field`, and says `expected` for a spec that is not MODULE:NAME.
+    """
+    if ":" not in spec:
+        raise ValidationError(field, spec, expected)
+    module, name = import_spec(field, spec, expected)
+    found = getattr(module, name, None)
+    if found is None:
+        raise ValidationError(field, spec, f"{module.__name__} to define {name!r}")
+    return found
+
+
+def make_strategies(
+    found: object,
+    params: Mapping[str, str],
+    count: int,
+    *,
+    spec: str,
+    field: str,
+    params_field: str,
+) -> list[Strategy]:
+    """`count` strategies from `found` (a class or an object, see `find_strategy`).
+
+    A class is made `count` times with `params` as keyword arguments, each text converted to
+    the type of that parameter's default (bool from true/false, int, float, Decimal, str; a
+    parameter without such a default gets whichever of true/false, an integer, a decimal or
+    the text reads it first). An object is itself, for one symbol only: its state would mix
+    two markets'. ValidationError names `field` (for `spec`) or `params_field`.
+    """
+    name = getattr(found, "__name__", spec)
+    if isinstance(found, type):
+        made = [
+            _made(found, params, spec=spec, field=field, params_field=params_field)
+            for _ in range(max(count, 1))
+        ]
+    elif params:
+        raise ValidationError(params_field, sorted(params), f"none: {spec} is not a class")
+    elif count > 1:
+        raise ValidationError(
+            field,
+            spec,
+            f"a class, made once for each of the {count} symbols it trades ({spec} is one "
+            "object, whose state would mix their markets)",
+        )
+    else:
+        made = [found]
+    if not is_strategy(made[0]):
+        raise ValidationError(field, spec, f"{name} to have on_bar(bar, ctx)")
+    return cast(list[Strategy], made)
+
+
+def _made(
+    cls: type, params: Mapping[str, str], *, spec: str, field: str, params_field: str
+) -> object:
+    """`cls(**params)`, each value converted to the type of the parameter's default."""
+    try:
+        signature = inspect.signature(cls)
+    except (TypeError, ValueError):
+        signature = None
+    arguments = {
+        name: _parameter_value(
+            f"{params_field} {name}",
+            text,
+            signature.parameters.get(name) if signature is not None else None,
+        )
+        for name, text in params.items()
+    }
+    try:
+        return cls(**arguments)
+    except TypeError as error:
+        if params:
+            raise ValidationError(
+                params_field, sorted(params), f"parameters {cls.__name__} takes ({error})"
+            ) from error
+        raise ValidationError(
+            field, spec, f"a class made with no arguments, or parameters ({error})"
+        ) from error
+
+
+def _parameter_value(where: str, text: str, parameter: inspect.Parameter | None) -> object:
+    default = parameter.default if parameter is not None else inspect.Parameter.empty
+    kind = type(default)
+    if kind in (bool, int, float, Decimal, str):
+        try:
+            return _converted(kind, text)
+        except ValueError:
+            raise ValidationError(
+                where, text, f"a {kind.__name__}, as its default {default!r}"
+            ) from None
+    for guess in (bool, int, Decimal):
+        try:
+            return _converted(guess, text)
+        except ValueError:
+            continue
+    return text
+
+
+def _converted(kind: type, text: str) -> object:
+    """`text` as `kind`; ValueError when it does not read as one."""
+    if kind is bool:
+        if text not in ("true", "false"):
+            raise ValueError(text)
+        return text == "true"
+    if kind is Decimal:
+        try:
+            number = Decimal(text)
+        except InvalidOperation:
+            raise ValueError(text) from None
+        if not number.is_finite():
+            raise ValueError(text)
+        return number
+    return kind(text)
 
 
 class StrategyContext:

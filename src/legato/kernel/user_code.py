@@ -1,9 +1,9 @@
-"""Importing the user's own code named on the command line: `MODULE` or `MODULE:ATTRIBUTE`.
+"""Importing the user's own code by name: `MODULE` or `MODULE:ATTRIBUTE`.
 
-`legato worker --import mytasks:app` names the user's tasks this way, and `legato backtest
---strategy mystrategies:Breakout` the user's strategy. Like uvicorn, the working directory is
-put first on `sys.path`, so a module next to where the command runs is importable without
-installing it.
+`legato worker --import mytasks:app` names the user's tasks this way, `legato backtest
+--strategy mystrategies:Breakout` the user's strategy, and a `[[desk.strategies]]` table its
+`code`. Like uvicorn, the working directory is put first on `sys.path`, so a module next to
+where the command runs is importable without installing it.
 """
 
 from __future__ import annotations

@@ -20,6 +20,10 @@ and NautilusTrader the same values are computed with Legato's EMA and fed in).
   runs it (its own decisions, not the EMA crossover: its figures are speed only).
   `agents_alone_bars_per_cpu_second` is the floor under it: the same agents computing the
   same readings and decisions with nothing else (no bus, store, risk, execution or venue).
+- Legato, desk with the EMA crossover: `desk_backtest(config, bars, strategy=EmaCrossover())`,
+  the strategy in the agents' place, as `legato run --strategy ema` trades it: the desk's
+  coordinator, decision log, bus and loops around the production path's risk engine,
+  execution manager and venue (same settings, so the same trades: checked in the output).
 - backtesting.py, backtrader, NautilusTrader: when installed (test and benchmark
   dependencies only); an engine that is missing is reported as such.
 
@@ -167,6 +171,36 @@ def run_legato_desk(bars: list[Bar]) -> EngineRun:
 
     wall, cpu, (entries, exits, net) = _timed(once)
     return EngineRun("legato", "full desk", wall, cpu, entries, exits, net)
+
+
+def run_legato_desk_strategy(bars: list[Bar]) -> EngineRun:
+    """The EMA crossover through the desk in the agents' place, as `legato run --strategy ema`.
+
+    The same risk engine, execution manager and paper venue as the production path, with the
+    desk's coordinator, decision log, bus and supervised loops around them; the venue's
+    settings are the benchmark's (no slippage), so the trades are the production path's.
+    """
+    default = DeskConfig()
+    config = dataclasses.replace(
+        default,
+        instruments=(INSTRUMENT,),
+        venue=dataclasses.replace(default.venue, slippage_bps=Decimal(0)),
+    )
+
+    def once() -> Trades:
+        with tempfile.TemporaryDirectory() as directory:
+            result = desk_backtest(
+                config,
+                bars,
+                store=Path(directory) / "desk.db",
+                strategy=EmaCrossover(Decimal(QUANTITY)),
+            )
+        closed = result.trades
+        net = float(sum((t.net_pnl for t in closed), Decimal(0)))
+        return [t.entry_time for t in closed], [t.exit_time for t in closed], net
+
+    wall, cpu, (entries, exits, net) = _timed(once)
+    return EngineRun("legato", "desk, EMA crossover", wall, cpu, entries, exits, net)
 
 
 def run_desk_agents_alone(bars: list[Bar]) -> float:
@@ -495,6 +529,7 @@ def main() -> None:
     legato = run_legato(bars)
     production = run_legato_production(bars)
     desk = run_legato_desk(bars)
+    desk_strategy = run_legato_desk_strategy(bars)
     agents_alone = run_desk_agents_alone(bars)
     peers: dict[str, object] = {}
     agreements: dict[str, object] = {}
@@ -537,6 +572,18 @@ def main() -> None:
                     "paper venue, SQLite (its own strategy)",
                     "goal_bars_per_second": 20_000,
                     "agents_alone_bars_per_cpu_second": round(agents_alone),
+                },
+                "legato_desk_strategy": {
+                    **_figures(desk_strategy, len(bars)),
+                    "path": "the desk with the EMA crossover in the agents' place (legato run "
+                    "--strategy ema): coordinator, decision log, bus, supervised loops, risk "
+                    "engine, execution manager, paper venue, SQLite",
+                    "same_trades_as_production_path": (
+                        desk_strategy.entries,
+                        desk_strategy.exits,
+                        desk_strategy.net_pnl,
+                    )
+                    == (production.entries, production.exits, production.net_pnl),
                 },
                 "peers": peers,
                 "agreement": agreements,

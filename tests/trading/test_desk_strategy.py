@@ -392,3 +392,50 @@ def test_a_strategy_the_config_names_badly_is_refused_naming_the_field(
         Desk(config, store_url="sqlite:///unused.db")
     assert refused.value.field == field
     assert expected in str(refused.value)
+
+
+async def test_the_agents_and_a_strategy_of_yours_trade_side_by_side_on_one_desk(
+    clock: Clock, desk_url: str
+) -> None:
+    # The agents keep the BTC perpetual; your strategy trades a second market on the same
+    # desk, store and risk engine.
+    eth = dataclasses.replace(INSTRUMENT, symbol="ETH-USDT-PERP", base_asset="ETH")
+    config = dataclasses.replace(
+        CONFIG,
+        instruments=(INSTRUMENT, eth),
+        strategies=(
+            CONFIG.strategies[0],
+            dataclasses.replace(CONFIG.strategies[0], name="mine", symbols=(eth.symbol,)),
+        ),
+    )
+    btc_bars = trend(80, drift=0.003)
+    eth_bars = [dataclasses.replace(bar, symbol=eth.symbol) for bar in trend(80, drift=0.001)]
+    mine = ScriptedStrategy({3: buy("1")})
+    desk = Desk(
+        config,
+        store_url=desk_url,
+        clock=clock,
+        bars=[bar for pair in zip(btc_bars, eth_bars, strict=True) for bar in pair],
+        strategies={eth.symbol: mine},
+    )
+    assert desk.strategies == {eth.symbol: strategy_label(mine)}
+    await desk.run()
+    ledger = await TradingLedger.open(desk_url, upgrade=False, clock=clock)
+    try:
+        decisions = await DecisionLog(ledger.database).decisions(limit=1_000)
+        eth_closed = await ledger.closed_positions(eth.symbol)
+    finally:
+        await ledger.close()
+    by_symbol: dict[str, list[DecisionRecord]] = {SYMBOL: [], eth.symbol: []}
+    for decision in decisions:
+        by_symbol[decision.symbol].append(decision)
+    # Your strategy: one decision, its own, executed; the agents: a decision a bar once warm.
+    assert [(d.strategy, d.status) for d in by_symbol[eth.symbol]] == [
+        (strategy_label(mine), PipelineStatus.EXECUTED)
+    ]
+    assert {d.strategy for d in by_symbol[SYMBOL]} == {"consensus"}
+    assert len(by_symbol[SYMBOL]) > 1
+    assert len(mine.seen) == 80
+    # Its bracket worked: the market rose 4% and the take-profit closed the position.
+    (closed,) = eth_closed
+    assert closed.realized_pnl > 0

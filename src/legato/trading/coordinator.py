@@ -19,6 +19,12 @@ decision log before anything is sent, so a second run for the same bar, here or 
 process, never trades. The execution intent id is derived from the key, so even a retried
 call resumes the same trade instead of opening another.
 
+A symbol a strategy of the user's trades (the strategy API's `on_bar(bar, ctx)`, see
+`legato.trading.strategy`) skips the agents: the desk publishes each bar's signal
+(`publish_bar`) and hands each proposal the strategy makes to `run_proposal`, which keys and
+claims it as a decision (no votes, no conflicts) and carries it through the same risk,
+execution and outcome stages.
+
 The executor and the position closer are Protocols: the desk passes the
 `OrderExecutionManager` and its own closer; the coordinator reads only `success`, `status`,
 `error_message`, `intent_id` and `orders` of the result.

@@ -21,7 +21,7 @@ from legato.trading.backtest.desk_backtest import desk_backtest
 from legato.trading.coordinator import RunDisposition
 from legato.trading.decision_log import DecisionLog, DecisionRecord, PipelineStatus
 from legato.trading.desk import Desk
-from legato.trading.desk_config import DeskConfig
+from legato.trading.desk_config import DataSettings, DataSource, DeskConfig
 from legato.trading.ledger import LedgerOrder, OrderRole, TradingLedger
 from legato.trading.market_data import Bar, default_market_data_dir, load_bars
 from legato.trading.orders import OrderStatus, OrderType
@@ -439,3 +439,31 @@ async def test_the_agents_and_a_strategy_of_yours_trade_side_by_side_on_one_desk
     # Its bracket worked: the market rose 4% and the take-profit closed the position.
     (closed,) = eth_closed
     assert closed.realized_pnl > 0
+
+
+async def test_a_desk_replaying_a_file_resumes_after_the_last_bar_it_matched(
+    clock: Clock, desk_url: str, tmp_path: Path
+) -> None:
+    # Your strategy stores a decision only when it asks for a trade: a restart must carry on
+    # after the last bar the venue matched, not replay bars since that decision (the open
+    # position's stop-loss would be matched against bars already gone by).
+    recorded = tmp_path / "bars.csv"
+    recorded.write_text(
+        "timestamp,open,high,low,close,volume\n"
+        + "".join(
+            f"{bar.timestamp.isoformat()},{bar.open},{bar.high},{bar.low},{bar.close},"
+            f"{bar.volume}\n"
+            for bar in trend(30, drift=0.001)
+        )
+    )
+
+    def replay(count: int) -> DeskConfig:
+        data = DataSettings(source=DataSource.CSV, path=str(recorded), speed=300.0, bars=count)
+        return dataclasses.replace(CONFIG, data=data)
+
+    first, second = ScriptedStrategy({2: buy("1")}), ScriptedStrategy({})
+    await Desk(replay(12), store_url=desk_url, clock=clock, strategies={SYMBOL: first}).run()
+    await Desk(replay(5), store_url=desk_url, clock=clock, strategies={SYMBOL: second}).run()
+    bars = trend(30, drift=0.001)
+    assert [bar.timestamp for bar in first.seen] == [bar.timestamp for bar in bars[:12]]
+    assert [bar.timestamp for bar in second.seen] == [bar.timestamp for bar in bars[12:17]]

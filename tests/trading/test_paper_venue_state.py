@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from decimal import Decimal
 
 import pytest
@@ -124,6 +125,24 @@ async def test_the_state_survives_its_json_form_unchanged(perp: Instrument, cloc
     await trade_into_a_working_book(venue)
     state = venue.state()
     assert PaperVenueState.from_json(state.to_json()) == state
+    # The last bar matched per symbol comes back too (a recorded replay resumes after it).
+    assert state.last_bars == {perp.symbol: venue.last_bar_time(perp.symbol)}
+    assert state.last_bars[perp.symbol] is not None
+
+
+async def test_a_state_saved_before_last_bars_were_kept_reads_as_none(
+    perp: Instrument, clock: Clock
+) -> None:
+    venue = fresh_venue(perp, clock)
+    await trade_into_a_working_book(venue)
+    saved = json.loads(venue.state().to_json())
+    del saved["last_bars"]
+    older = PaperVenueState.from_json(json.dumps(saved))
+    restarted = fresh_venue(perp, clock)
+    restarted.restore(older)
+    assert older.last_bars == {}
+    assert restarted.last_bar_time(perp.symbol) is None
+    assert restarted.last_price(perp.symbol) == venue.last_price(perp.symbol)
 
 
 async def test_a_state_of_another_venue_is_refused_and_changes_nothing(

@@ -30,6 +30,7 @@ import os
 import secrets
 import signal
 from collections.abc import Callable, Mapping
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -239,7 +240,7 @@ async def _run_desk(
         f"  venue    paper, {venue.starting_balance} {venue.quote_asset}, taker fee "
         f"{venue.taker_fee_bps} bps, slippage {venue.slippage_bps} bps"
     )
-    resumed = _describe_resume(await desk.snapshot())
+    resumed = _describe_resume(await desk.snapshot(), _last_bar(desk))
     if resumed is not None:
         _say(f"  resumed  {resumed}")
     try:
@@ -269,13 +270,20 @@ async def _run_desk(
     return None
 
 
-def _describe_resume(snapshot: DeskSnapshot) -> str | None:
+def _last_bar(desk: Desk) -> datetime | None:
+    """The newest bar the (restored) venue had matched: a recorded file carries on after it."""
+    times = [desk.venue.last_bar_time(symbol) for symbol in desk.config.symbols]
+    return max((at for at in times if at is not None), default=None)
+
+
+def _describe_resume(snapshot: DeskSnapshot, last_bar: datetime | None) -> str | None:
     """What a desk started on a store with history carried over, or None for a fresh store.
 
     By the time the snapshot is taken the desk has reconciled with the venue and resumed its
     unfinished executions, so these are the positions and orders it trades on from now.
+    `last_bar` is the newest bar the venue had matched.
     """
-    if not (snapshot.positions or snapshot.open_orders or snapshot.recent_decisions):
+    if not (snapshot.positions or snapshot.open_orders or snapshot.recent_decisions or last_bar):
         return None
     positions = [
         f"{p.symbol} {p.side.value} {p.quantity}"
@@ -290,6 +298,8 @@ def _describe_resume(snapshot: DeskSnapshot) -> str | None:
     if snapshot.recent_decisions:
         last = max(record.bar_time for record in snapshot.recent_decisions)
         parts.append(f"last decided bar {last:%Y-%m-%d %H:%M} UTC")
+    if last_bar is not None:
+        parts.append(f"last bar matched {last_bar:%Y-%m-%d %H:%M} UTC")
     return "from the store, reconciled with the venue: " + ", ".join(parts)
 
 

@@ -547,8 +547,10 @@ class Desk:
         return any(intent.stage in _PROTECTING for intent in intents)
 
     async def _configured_bars(self) -> Iterator[Bar]:
-        # Resume where the store says the last run stopped: the venue's last prices and the
-        # newest bar a decision was made on.
+        # Resume where the store says the last run stopped: the venue's last prices, and the
+        # newest bar it matched or a decision was made on (a strategy of yours stores a
+        # decision only when it asks for a trade, and a venue saved before it kept its last
+        # bars has none: whichever is later).
         parts = self._running()
         config = self._config
         start_prices = {
@@ -557,11 +559,15 @@ class Desk:
             if (price := parts.venue.last_price(symbol)) is not None
         }
         latest = await parts.decisions.decisions(limit=1)
+        seen = [latest[0].bar_time] if latest else []
+        seen += [
+            at for symbol in config.symbols if (at := parts.venue.last_bar_time(symbol)) is not None
+        ]
         return desk_bars(
             config,
             _start_of_bar(self._clock.now(), config.data.interval_seconds),
             start_prices=start_prices,
-            after=latest[0].bar_time if latest else None,
+            after=max(seen, default=None),
         )
 
     async def _consume(self, source: Iterable[Bar], pipelines: asyncio.TaskGroup) -> None:

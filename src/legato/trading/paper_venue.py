@@ -35,6 +35,7 @@ import math
 from collections import Counter, defaultdict, deque
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from decimal import ROUND_FLOOR, Decimal
 from typing import NoReturn, TypeVar
 
@@ -285,6 +286,7 @@ class PaperVenue:
         # The same fills per symbol (what `fills(symbol)` lists, without a pass over all).
         self._symbol_fills: dict[str, list[Fill]] = {}
         self._last_price: dict[str, Decimal] = {}
+        self._last_bar: dict[str, datetime] = {}
         self._subscriptions: list[_BarSubscription] = []
         self._calls: Counter[str] = Counter()
         self._order_sequence = 0
@@ -348,6 +350,10 @@ class PaperVenue:
         """The close of the last bar seen for `symbol`, or None before the first."""
         return self._last_price.get(symbol)
 
+    def last_bar_time(self, symbol: str) -> datetime | None:
+        """The timestamp of the last bar seen for `symbol`, or None before the first."""
+        return self._last_bar.get(symbol)
+
     # ------------------------------------------------------------------ durable state
 
     def state(self) -> PaperVenueState:
@@ -367,6 +373,7 @@ class PaperVenue:
             last_prices=dict(self._last_price),
             order_sequence=self._order_sequence,
             fill_sequence=self._fill_sequence,
+            last_bars=dict(self._last_bar),
         )
 
     def restore(self, state: PaperVenueState) -> None:
@@ -384,7 +391,9 @@ class PaperVenue:
             raise ValidationError("state.name", state.name, f"this venue's name {self._name!r}")
         symbols = {order.symbol for order in state.orders}
         symbols |= {position.symbol for position in (*state.positions, *state.closed_positions)}
-        symbols |= {fill.symbol for fill in state.fills} | set(state.last_prices)
+        symbols |= (
+            {fill.symbol for fill in state.fills} | set(state.last_prices) | set(state.last_bars)
+        )
         unknown = sorted(symbols - set(self._instruments))
         if unknown:
             raise ValidationError("state", unknown, f"symbols among {sorted(self._instruments)}")
@@ -409,6 +418,7 @@ class PaperVenue:
         for fill in self._fills:
             self._symbol_fills.setdefault(fill.symbol, []).append(fill)
         self._last_price = dict(state.last_prices)
+        self._last_bar = dict(state.last_bars)
         self._order_sequence = state.order_sequence
         self._fill_sequence = state.fill_sequence
 
@@ -585,6 +595,7 @@ class PaperVenue:
         # position per bar would cost more than the rest of an idle bar.
         symbol = bar.symbol
         self._last_price[symbol] = bar.close
+        self._last_bar[symbol] = bar.timestamp
         if symbol in self._positions:
             self._unmarked.add(symbol)
         if self._subscriptions:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 
@@ -41,7 +41,9 @@ class PaperVenueState:
     ties). `reservations` maps an open order to the asset and amount per unit it holds back;
     `bars_seen` how many bars each open order has been matched against (a limit order is a
     taker only on its first). `order_sequence` and `fill_sequence` are the last ids issued.
-    `saved_at` is when the snapshot was taken (the venue's clock).
+    `saved_at` is when the snapshot was taken (the venue's clock). `last_bars` holds the
+    timestamp of the last bar matched per symbol: a desk replaying a recorded file resumes
+    after it (a state saved before it was kept reads as none).
     """
 
     name: str
@@ -57,12 +59,16 @@ class PaperVenueState:
     last_prices: Mapping[str, Decimal]
     order_sequence: int
     fill_sequence: int
+    last_bars: Mapping[str, datetime] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
             raise ValidationError("name", self.name, "the venue's non-empty name")
         if not isinstance(self.saved_at, datetime) or self.saved_at.utcoffset() is None:
             raise ValidationError("saved_at", self.saved_at, "an aware UTC datetime")
+        for symbol, at in self.last_bars.items():
+            if not isinstance(at, datetime) or at.utcoffset() is None:
+                raise ValidationError(f"last_bars[{symbol!r}]", at, "an aware UTC datetime")
         known = {order.client_order_id for order in self.orders}
         missing = [cid for cid in self.open_order_ids if cid not in known]
         if missing:
@@ -93,6 +99,7 @@ class PaperVenueState:
                 "last_prices": {symbol: str(price) for symbol, price in self.last_prices.items()},
                 "order_sequence": self.order_sequence,
                 "fill_sequence": self.fill_sequence,
+                "last_bars": {symbol: at.isoformat() for symbol, at in self.last_bars.items()},
             },
             sort_keys=True,
         )
@@ -130,6 +137,10 @@ class PaperVenueState:
                 },
                 order_sequence=data["order_sequence"],
                 fill_sequence=data["fill_sequence"],
+                last_bars={
+                    symbol: datetime.fromisoformat(at)
+                    for symbol, at in data.get("last_bars", {}).items()
+                },
             )
         except (KeyError, TypeError, ValueError, ArithmeticError) as error:
             raise ValidationError(

@@ -293,7 +293,8 @@ class Desk:
     strategy object that trades it instead of the agents (see `legato.trading.strategy`), on
     top of those the config names (a strategy's `code`, see `configured_strategies`);
     an exception its `on_bar` raises drops that bar's proposals and raises a HIGH alert
-    (the first of a run of failing bars; every one is logged), or, with
+    (the first of a run of failing bars, logged with its traceback; every later one is
+    logged in a line), or, with
     `raise_strategy_errors` (a backtest), ends the run with it.
     """
 
@@ -691,7 +692,8 @@ class Desk:
             strategy=strategist.name,
             bar_time=bar.timestamp.isoformat(),
             error=f"{type(error).__name__}: {error}",
-            exc_info=error,
+            # The traceback once a run of failing bars, not on every bar of it.
+            exc_info=None if strategist.failing else error,
         )
         if strategist.failing:
             return  # alerted at the first bar of this run of failures

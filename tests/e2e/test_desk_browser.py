@@ -8,95 +8,33 @@ the desk by its light poll. Screenshots land in test-artifacts/.
 
 from __future__ import annotations
 
-import os
 import re
-import signal
-import subprocess
-import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import pytest
 from playwright.sync_api import Browser, Dialog, Page, expect
 
-from e2e.conftest import API_TOKEN, SHUTDOWN_SECONDS
+from e2e.conftest import API_TOKEN
+from e2e.desk_runs import RunningDesk, running_desk
 
 pytestmark = pytest.mark.slow
 
 # Ten five-minute bars a second: the desk warms its indicators up and opens its first
 # position within a minute of real time.
 SPEED = "3000"
-STARTUP_SECONDS = 60.0
 FIRST_POSITION_MS = 90_000
 # The guards close the position at their next pass unless a decision run on the symbol is
 # still working on its bracket: the close waits for that run to end first.
 CLOSE_AFTER_KILL_MS = 90_000
-_DASHBOARD = re.compile(r"dashboard (http://\S+?)/\s")
 _PRICE = re.compile(r"^\d+(\.\d+)?$")
-
-
-@dataclass(slots=True)
-class RunningDesk:
-    """A `legato run` subprocess: its dashboard URL, log file and process."""
-
-    url: str
-    log_path: Path
-    process: subprocess.Popen[bytes]
-
-    def log_tail(self, characters: int = 3000) -> str:
-        """The end of the run's output, for failure messages."""
-        return self.log_path.read_text(errors="replace")[-characters:]
-
-    def state(self) -> dict[str, object]:
-        """`GET /desk`."""
-        with httpx.Client(base_url=self.url, timeout=10.0) as client:
-            body: dict[str, object] = client.get("/desk").json()
-        return body
-
-
-def _wait_for_dashboard(log_path: Path, process: subprocess.Popen[bytes]) -> str:
-    # The run prints its dashboard URL once the service listens; waiting on the process
-    # doubles as the pause between looks, and a run that dies fails at once.
-    for _ in range(int(STARTUP_SECONDS / 0.1)):
-        found = _DASHBOARD.search(log_path.read_text(errors="replace"))
-        if found:
-            return found.group(1)
-        try:
-            process.wait(timeout=0.1)
-        except subprocess.TimeoutExpired:
-            continue
-        pytest.fail(f"legato run exited with {process.returncode}:\n{log_path.read_text()}")
-    pytest.fail(f"legato run printed no dashboard URL in {STARTUP_SECONDS} s")
 
 
 @pytest.fixture(scope="module")
 def desk_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningDesk]:
     """`legato run --port 0` as a real process, stopped with SIGINT (must exit 0)."""
-    workdir = tmp_path_factory.mktemp("legato-run")
-    env = {**os.environ, "LEGATO_API_TOKEN": API_TOKEN, "LEGATO_DATA_DIR": str(workdir)}
-    command = [sys.executable, "-m", "legato.cli", "run", "--port", "0", "--speed", SPEED]
-    log_path = workdir / "run.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            command, cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT
-        )
-    try:
-        running = RunningDesk(_wait_for_dashboard(log_path, process), log_path, process)
+    with running_desk(tmp_path_factory.mktemp("legato-run"), "--speed", SPEED) as running:
         yield running
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGINT)
-            try:
-                process.wait(timeout=SHUTDOWN_SECONDS)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-                pytest.fail(f"legato run ignored SIGINT for {SHUTDOWN_SECONDS} s")
-    assert process.returncode == 0, (
-        f"legato run exited {process.returncode}:\n{log_path.read_text()}"
-    )
 
 
 @pytest.fixture

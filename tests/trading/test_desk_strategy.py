@@ -467,3 +467,40 @@ async def test_a_desk_replaying_a_file_resumes_after_the_last_bar_it_matched(
     bars = trend(30, drift=0.001)
     assert [bar.timestamp for bar in first.seen] == [bar.timestamp for bar in bars[:12]]
     assert [bar.timestamp for bar in second.seen] == [bar.timestamp for bar in bars[12:17]]
+
+
+async def test_a_strategys_short_is_protected_and_the_kill_switch_refuses_its_next_trade(
+    clock: Clock, desk_url: str
+) -> None:
+    def sell(bar: Bar, ctx: StrategyContext) -> object:
+        return ctx.sell(
+            Decimal(1),
+            stop_loss=bar.close * Decimal("1.02"),
+            take_profit=bar.close * Decimal("0.96"),
+        )
+
+    strategy = ScriptedStrategy({2: sell, 9: buy("1")})
+    bars = trend(12, drift=-0.0005)
+    desk: Desk
+
+    def feed() -> Iterator[Bar]:
+        for index, bar in enumerate(bars):
+            if index == 8:
+                desk.kill_switch()
+            yield bar
+
+    desk = Desk(CONFIG, store_url=desk_url, clock=clock, bars=feed(), strategies={SYMBOL: strategy})
+    await desk.run()
+    decisions, orders, _ = await stored(desk_url, clock)
+    assert [(d.action.value, d.status) for d in decisions] == [
+        ("SELL", PipelineStatus.EXECUTED),
+        ("BUY", PipelineStatus.REJECTED),
+    ]
+    assert "kill switch" in (decisions[1].detail or "")
+    # The short carried its stop-loss above and its take-profit below, both reduce-only buys.
+    protective = [r.order for r in orders if r.role in (OrderRole.STOP_LOSS, OrderRole.TAKE_PROFIT)]
+    assert {(o.type, o.side.value, o.reduce_only) for o in protective} == {
+        (OrderType.STOP, "buy", True),
+        (OrderType.TAKE_PROFIT, "buy", True),
+    }
+    assert strategy.positions[3] == Decimal(-1)

@@ -24,6 +24,7 @@ from legato.trading.decision_log import DecisionLog
 from legato.trading.ledger import TradingLedger
 from legato.trading.market_data import default_market_data_dir
 from legato.trading.orders import OrderStatus
+from trading.backtest.scripted_strategy import BREAKOUT_MODULE
 
 pytestmark = pytest.mark.slow
 
@@ -228,25 +229,6 @@ def test_a_recorded_file_of_trades_is_traded_as_bars_of_the_data_interval() -> N
     assert config.instrument("XRP-ETH").tick_size == Decimal("0.00000001")
 
 
-BREAKOUT = """
-from decimal import Decimal
-
-
-class Breakout:
-    def __init__(self, window: int = 48) -> None:
-        self.window = window
-        self.closes = []
-
-    def on_bar(self, bar, ctx) -> None:
-        window = self.closes[-self.window:]
-        self.closes = window + [bar.close]
-        ready = len(window) == self.window and ctx.is_flat and not ctx.pending
-        if ready and bar.close > max(window):
-            ctx.buy(Decimal("0.5"), stop_loss=bar.close * Decimal("0.985"),
-                    take_profit=bar.close * Decimal("1.03"))
-"""
-
-
 def _decisions(tmp_path: Path) -> list[tuple[str, str, str]]:
     async def read() -> list[tuple[str, str, str]]:
         ledger = await TradingLedger.open(f"sqlite:///{tmp_path / 'legato.db'}")
@@ -262,7 +244,7 @@ def _decisions(tmp_path: Path) -> list[tuple[str, str, str]]:
 def test_your_strategy_trades_the_running_desk_shown_on_the_dashboard_and_resumes(
     tmp_path: Path,
 ) -> None:
-    (tmp_path / "breakout.py").write_text(BREAKOUT)
+    (tmp_path / "breakout.py").write_text(BREAKOUT_MODULE)
     strategy = ("--strategy", "breakout:Breakout", "--param", "window=24")
     with _legato_run(
         tmp_path, *strategy, "--speed", "30000", "--port", "0", "--progress", "0.2"
@@ -327,7 +309,7 @@ def test_your_strategy_trades_the_running_desk_shown_on_the_dashboard_and_resume
 def test_a_bad_strategy_is_refused_before_the_store_is_made(
     tmp_path: Path, args: tuple[str, ...], message: str
 ) -> None:
-    (tmp_path / "breakout.py").write_text(BREAKOUT)
+    (tmp_path / "breakout.py").write_text(BREAKOUT_MODULE)
     result = subprocess.run(
         _legato(tmp_path, "run", *args, "--bars", "5", "--port", "0"),
         cwd=tmp_path, env=_env(tmp_path), capture_output=True, text=True, check=False,
@@ -341,7 +323,7 @@ def test_a_bad_strategy_is_refused_before_the_store_is_made(
 def test_a_strategy_the_config_names_trades_its_symbol_and_the_command_line_overrides_it(
     tmp_path: Path,
 ) -> None:
-    (tmp_path / "breakout.py").write_text(BREAKOUT)
+    (tmp_path / "breakout.py").write_text(BREAKOUT_MODULE)
     (tmp_path / "legato.toml").write_text(
         '[[desk.strategies]]\nname = "breakout"\nsymbols = ["BTC-USDT-PERP"]\n'
         'code = "breakout:Breakout"\nparams = { window = 12 }\n'

@@ -17,6 +17,7 @@ from playwright.sync_api import Browser, Dialog, Page, expect
 
 from e2e.conftest import API_TOKEN
 from e2e.desk_runs import RunningDesk, running_desk
+from trading.backtest.scripted_strategy import BREAKOUT_MODULE
 
 pytestmark = pytest.mark.slow
 
@@ -24,30 +25,13 @@ SPEED = "3000"
 FIRST_POSITION_MS = 90_000
 CLOSED_MS = 60_000
 _PRICE = re.compile(r"^\d+(\.\d+)?$")
-BREAKOUT = """
-from decimal import Decimal
-
-
-class Breakout:
-    def __init__(self, window: int = 48) -> None:
-        self.window = window
-        self.closes = []
-
-    def on_bar(self, bar, ctx) -> None:
-        window = self.closes[-self.window:]
-        self.closes = window + [bar.close]
-        ready = len(window) == self.window and ctx.is_flat and not ctx.pending
-        if ready and bar.close > max(window):
-            ctx.buy(Decimal("0.5"), stop_loss=bar.close * Decimal("0.985"),
-                    take_profit=bar.close * Decimal("1.03"))
-"""
 
 
 @pytest.fixture(scope="module")
 def strategy_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningDesk]:
     """`legato run --strategy breakout:Breakout` as a real process, stopped with SIGINT."""
     workdir = tmp_path_factory.mktemp("legato-run-strategy")
-    (workdir / "breakout.py").write_text(BREAKOUT)
+    (workdir / "breakout.py").write_text(BREAKOUT_MODULE)
     args = ("--speed", SPEED, "--strategy", "breakout:Breakout", "--param", "window=24")
     with running_desk(workdir, *args) as running:
         yield running

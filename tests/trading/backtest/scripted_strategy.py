@@ -43,3 +43,23 @@ class ScriptedStrategy:
         action = self.script.get(index)
         if action is not None:
             action(bar, ctx)
+
+
+BREAKOUT_MODULE = """
+from decimal import Decimal
+
+
+class Breakout:
+    def __init__(self, window: int = 48) -> None:
+        self.window = window
+        self.closes = []
+
+    def on_bar(self, bar, ctx) -> None:
+        window = self.closes[-self.window:]
+        self.closes = window + [bar.close]
+        ready = len(window) == self.window and ctx.is_flat and not ctx.pending
+        if ready and bar.close > max(window):
+            ctx.buy(Decimal("0.5"), stop_loss=bar.close * Decimal("0.985"),
+                    take_profit=bar.close * Decimal("1.03"))
+"""
+"""A user's own module, as the command line imports it: `breakout:Breakout` (`window=`)."""

@@ -273,7 +273,6 @@ class _Run:
     bar_time: str  # the bar's timestamp in ISO 8601, as in `key`
     book: _Book
     symbol: str
-    snapshot: IndicatorSnapshot | None  # None for a strategy's proposal (`run_proposal`)
     last: Message | None = None
     correlation_id: str | None = None
 
@@ -528,11 +527,10 @@ class CoordinatorAgent:
                 return PipelineOutcome(key, symbol, snapshot.timestamp, RunDisposition.SUPERSEDED)
             if await self._log.has(key):
                 return PipelineOutcome(key, symbol, snapshot.timestamp, RunDisposition.DUPLICATE)
-            return await self._run(_Run(key, bar_time, book, symbol, snapshot))
+            return await self._run(_Run(key, bar_time, book, symbol), snapshot)
 
-    async def _run(self, run: _Run) -> PipelineOutcome:
-        book, snapshot, symbol = run.book, run.snapshot, run.symbol
-        assert snapshot is not None  # an agents' run always has one
+    async def _run(self, run: _Run, snapshot: IndicatorSnapshot) -> PipelineOutcome:
+        book, symbol = run.book, run.symbol
         started = self._clock.monotonic()
         technical = book.technical.analyze(snapshot)
         regime = book.regime.analyze(snapshot)
@@ -722,7 +720,7 @@ class CoordinatorAgent:
             )
             if not claimed:
                 return PipelineOutcome(key, symbol, bar_time, RunDisposition.DUPLICATE)
-            run = _Run(key, text, book, symbol, None, signal, signal.correlation_id)
+            run = _Run(key, text, book, symbol, signal, signal.correlation_id)
             await self._publish(
                 run,
                 "decision",

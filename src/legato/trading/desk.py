@@ -99,6 +99,7 @@ from legato.trading.strategy import (
     find_strategy,
     is_strategy,
     make_strategies,
+    name_the_bar,
     strategy_label,
 )
 from legato.trading.synthetic import SyntheticMarketConfig, synthetic_bars
@@ -670,7 +671,7 @@ class Desk:
         except Exception as error:
             proposals.clear()
             if self._raise_strategy_errors:
-                error.add_note(f"raised by the strategy on the bar of {bar.timestamp}")
+                name_the_bar(error, bar)
                 raise
             await self._strategy_failed(strategist, bar, error)
         else:

@@ -37,6 +37,7 @@ __all__ = [
     "find_strategy",
     "is_strategy",
     "make_strategies",
+    "name_the_bar",
     "strategy_label",
 ]
 
@@ -70,6 +71,14 @@ class Strategy(Protocol):
 def is_strategy(candidate: object) -> bool:
     """True when `candidate` has a callable `on_bar`: what makes an object a `Strategy`."""
     return callable(getattr(candidate, "on_bar", None))
+
+
+def name_the_bar(error: BaseException, bar: Bar) -> None:
+    """Note on `error` (raised by a strategy's `on_bar`) which bar it was raised on.
+
+    The first thing the strategy's author asks; the CLI prints the note with the error.
+    """
+    error.add_note(f"raised by the strategy on the bar of {bar.timestamp}")
 
 
 def strategy_label(strategy: object) -> str:

@@ -41,7 +41,13 @@ from legato.trading.market_data import Bar
 from legato.trading.matching import MatchingRules
 from legato.trading.paper_venue import PaperVenue, PaperVenueConfig
 from legato.trading.proposals import TradeProposal
-from legato.trading.strategy import Strategy, StrategyContext, TradeExecutor, TradeOutcome
+from legato.trading.strategy import (
+    Strategy,
+    StrategyContext,
+    TradeExecutor,
+    TradeOutcome,
+    name_the_bar,
+)
 
 __all__ = ["PROGRESS_EVERY", "BacktestResult", "backtest", "run_backtest"]
 
@@ -188,8 +194,7 @@ async def run_backtest(
                     try:
                         on_bar(bar, ctx)
                     except Exception as error:
-                        # Which bar the strategy failed on: the first thing its author asks.
-                        error.add_note(f"raised by the strategy on the bar of {bar.timestamp}")
+                        name_the_bar(error, bar)
                         raise
                     if proposals:
                         if bar is last:

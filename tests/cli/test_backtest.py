@@ -460,7 +460,7 @@ def test_a_strategy_the_config_names_trades_the_desk_as_the_production_path_trad
     tmp_path: Path, user_module: Callable[[str, str], None]
 ) -> None:
     # legato.toml names your strategy for the symbol: the desk backtest runs it in the agents'
-    # place, as `legato run` would, and it makes the very trades of `--strategy` through the
+    # place, as `legato run` would, and it writes the very report of `--strategy` through the
     # production path.
     user_module("my_ema", MY_EMA)
     config = tmp_path / "mine.toml"
@@ -483,7 +483,8 @@ def test_a_strategy_the_config_names_trades_the_desk_as_the_production_path_trad
     assert desk.exit_code == 0, desk.output
     assert production.exit_code == 0, production.output
     assert "my_ema:Mine on BTC-USDT-PERP" in desk.output
-    for name in ("trades.csv", "equity.csv"):
+    # The whole report, byte for byte: trades, equity, refusals, entry fills, chart and page.
+    for name in REPORT_FILES:
         assert (tmp_path / "desk" / name).read_bytes() == (
             tmp_path / "production" / name
         ).read_bytes(), name

@@ -348,3 +348,41 @@ def test_a_strategy_the_config_names_trades_its_symbol_and_the_command_line_over
         "  strategy legato.trading.backtest.ema_crossover:EmaCrossover trades BTC-USDT-PERP"
         in overridden.stdout
     )
+
+
+EAGER = """
+from decimal import Decimal
+
+
+class Eager:
+    def on_bar(self, bar, ctx):
+        if ctx.is_flat and not ctx.pending:
+            ctx.buy(Decimal("0.5"), stop_loss=bar.close * Decimal("0.98"),
+                    take_profit=bar.close * Decimal("1.04"))
+"""
+
+
+def test_the_last_bar_ends_a_bounded_run_as_ctrl_c_would_and_the_next_run_resumes_its_entry(
+    tmp_path: Path,
+) -> None:
+    # The entry asked for on the only bar can fill on no bar of this run: the run stops with
+    # the stop's grace (the subprocess bound is shorter than the entry's 300 s timeout, which
+    # it used to wait out), and the next run resumes the entry while its bars flow.
+    (tmp_path / "eager.py").write_text(EAGER)
+    args = ("--strategy", "eager:Eager", "--speed", "1000000", "--port", "0")
+    first = subprocess.run(
+        _legato(tmp_path, "run", *args, "--bars", "1"),
+        cwd=tmp_path, env=_env(tmp_path), capture_output=True, text=True, check=False,
+        timeout=120,
+    )  # fmt: skip
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "stopped after 1 bars" in first.stdout
+    second = subprocess.run(
+        _legato(tmp_path, "run", *args, "--bars", "20"),
+        cwd=tmp_path, env=_env(tmp_path), capture_output=True, text=True, check=False,
+        timeout=120,
+    )  # fmt: skip
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "0 open positions, 1 working order" in second.stdout  # the entry, resumed
+    positions = _open_positions(tmp_path)
+    assert [(stop_loss is not None) for _, stop_loss, _ in positions] == [True]

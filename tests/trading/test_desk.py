@@ -23,11 +23,12 @@ from legato.trading.desk_config import (
 )
 from legato.trading.desk_tasks import Scheduling
 from legato.trading.faults import Fault
-from legato.trading.ledger import LedgerOrder, OrderRole, TradingLedger
+from legato.trading.ledger import IntentStage, LedgerOrder, OrderRole, TradingLedger
 from legato.trading.market_data import Bar, default_market_data_dir, load_bars
 from legato.trading.orders import OrderStatus
 
 from .agents.scripted_bars import SYMBOL, T0, trend
+from .backtest.scripted_strategy import ScriptedStrategy
 from .desk_harness import (
     empty_desk_tables,
     paused_decisions_and_orders,
@@ -263,6 +264,54 @@ async def test_a_stop_does_not_wait_for_an_entry_fill_that_no_bar_will_bring(
         await ledger.close()
     # The cut-short execution is durable: the next start's recover() carries it on.
     assert len(unfinished) == 1
+
+
+async def test_a_restart_resumes_an_entry_cut_short_while_the_bars_flow_then_decides(
+    clock: Clock, desk_url: str
+) -> None:
+    # An entry waiting for its fill when the desk stopped can only fill on a bar: the next
+    # start resumes it while the venue matches the new bars, and decides nothing new until
+    # it is protected (before, the start waited out the entry's five-minute timeout first).
+    live = dataclasses.replace(CONFIG, data=DataSettings(speed=1.0))
+    bars = trend(100, drift=0.003)
+    desk = Desk(live, store_url=desk_url, clock=clock, bars=bars)
+    await desk.start()
+
+    async def operator() -> None:
+        await _wait_for_order(desk, clock, OrderRole.ENTRY, OrderStatus.ACCEPTED)
+        desk.request_stop()
+
+    async with asyncio.TaskGroup() as group:
+        group.create_task(operator())
+        fed = await desk.run()
+    # A strategy on the restarted desk shows when deciding starts again (the agents would
+    # warm their indicators up over the remaining bars first).
+    watcher = ScriptedStrategy({})
+    restarted = Desk(
+        live, store_url=desk_url, clock=clock, bars=bars[fed:], strategies={SYMBOL: watcher}
+    )
+    started = clock.monotonic()
+    await restarted.start()
+    assert clock.monotonic() - started < 30  # not the entry's 300 s timeout
+    await restarted.run()
+    ledger = await TradingLedger.open(desk_url, upgrade=False, clock=clock)
+    try:
+        (intent,) = await ledger.intents()
+        orders = await ledger.orders(symbol=SYMBOL)
+    finally:
+        await ledger.close()
+    # The entry filled on the restarted desk's bars and was protected (not timed out).
+    assert intent.stage is IntentStage.BRACKETED
+    entry = next(r.order for r in orders if r.role is OrderRole.ENTRY)
+    assert entry.status is OrderStatus.FILLED
+    assert entry.updated_at is not None
+    assert entry.updated_at > bars[fed - 1].timestamp
+    assert {r.role for r in orders} >= {OrderRole.STOP_LOSS, OrderRole.TAKE_PROFIT}
+    # Deciding started again once the resumed entry was protected: not on the bar that
+    # filled it, and on every bar after that.
+    assert 0 < len(watcher.seen) < len(bars) - fed
+    assert watcher.seen == bars[-len(watcher.seen) :]
+    assert watcher.seen[0].timestamp >= entry.updated_at
 
 
 async def test_a_restarted_desk_finds_the_venue_as_it_left_it(clock: Clock, desk_url: str) -> None:

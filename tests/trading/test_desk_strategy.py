@@ -20,7 +20,7 @@ from legato.trading.backtest import EmaCrossover, production_backtest
 from legato.trading.backtest.desk_backtest import desk_backtest
 from legato.trading.coordinator import RunDisposition
 from legato.trading.decision_log import DecisionLog, DecisionRecord, PipelineStatus
-from legato.trading.desk import Desk
+from legato.trading.desk import STOP_GRACE_SECONDS, Desk
 from legato.trading.desk_config import DataSettings, DataSource, DeskConfig
 from legato.trading.ledger import LedgerOrder, OrderRole, TradingLedger
 from legato.trading.market_data import Bar, default_market_data_dir, load_bars
@@ -504,3 +504,35 @@ async def test_a_strategys_short_is_protected_and_the_kill_switch_refuses_its_ne
         (OrderType.TAKE_PROFIT, "buy", True),
     }
     assert strategy.positions[3] == Decimal(-1)
+
+
+@pytest.mark.parametrize("stop_at_end", [True, False])
+async def test_at_the_end_of_the_data_legato_run_stops_and_a_backtest_lets_runs_finish(
+    clock: Clock, desk_url: str, stop_at_end: bool
+) -> None:
+    # A trade asked for on the last bar waits for a fill no bar will bring. `legato run`
+    # (stop_at_end_of_data) stops as on Ctrl-C: the stop's grace, and the execution resumes at
+    # the next start. A backtest waits for the run's own end: the entry's timeout.
+    live = dataclasses.replace(CONFIG, data=DataSettings(speed=1.0))  # 300 virtual s a bar
+    bars = trend(4, drift=0.001)
+    desk = Desk(
+        live,
+        store_url=desk_url,
+        clock=clock,
+        bars=bars,
+        strategies={SYMBOL: ScriptedStrategy({3: buy("1")})},
+        stop_at_end_of_data=stop_at_end,
+    )
+    await desk.run()
+    waited = (clock.now() - bars[-1].timestamp).total_seconds()
+    ledger = await TradingLedger.open(desk_url, upgrade=False, clock=clock)
+    try:
+        (intent,) = await ledger.intents()
+    finally:
+        await ledger.close()
+    if stop_at_end:
+        assert waited < STOP_GRACE_SECONDS + 30
+        assert not intent.stage.is_final  # durable: the next start resumes it
+    else:
+        assert waited >= 300  # the entry's timeout on simulated time
+        assert intent.stage.is_final

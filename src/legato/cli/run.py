@@ -3,8 +3,11 @@
 With no arguments and no network: the embedded SQLite store, the in-process bus, the paper
 venue fed by the seeded synthetic market, the agents, coordinator, risk engine, execution
 manager, reconciler and runtime guards, and the service with the dashboard on
-http://127.0.0.1:8600. Running it again resumes from the store: the desk reconciles and
-finishes unfinished executions before it trades.
+http://127.0.0.1:8600. Running it again resumes from the store: the desk reconciles, and
+finishes the executions a stop cut short (while the bars flow: an entry fills only on a
+bar) before it decides anything new. `--bars N` or the end of a recorded file ends the run
+as Ctrl-C does: a decision run still waiting for a fill gets the stop's grace and resumes
+at the next start.
 
 SIGHUP (``kill -HUP <pid>``) or ``POST /desk/config/reload`` re-reads the config file (with
 the same command-line overrides) and applies what a running desk can take (risk limits,
@@ -206,6 +209,9 @@ async def _run_desk(
         store_url=settings.store.url,
         scheduling=Scheduling.ORCHESTRATOR,
         strategies=strategies,
+        # `--bars N` or the end of a recorded file ends the run as Ctrl-C would: an entry
+        # that no bar will fill resumes at the next start instead of holding the process.
+        stop_at_end_of_data=True,
     )
     await desk.start()
     token = options.api_token(settings)

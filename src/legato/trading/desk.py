@@ -16,10 +16,12 @@
   ``runtime-guards`` (halts, kill switch, unprotected positions) and ``telemetry``
   (equity, exposure, positions, PnL and agent latencies on ``desk.telemetry``).
 
-`run()` reconciles and resumes unfinished executions *before* the first bar is traded,
-then feeds bars until the data ends or `request_stop()` is called, and stops everything it
-started. On a `SimulatedClock` the same code is a backtest that runs as fast as the machine
-allows; on a `RealClock` it is `legato run`.
+`run()` reconciles with the venue *before* the first bar, resumes the executions the last
+run left unfinished while the bars flow (an entry waiting for its fill can only fill on a
+bar) and makes no new decision until they have ended, then feeds bars until the data ends
+or `request_stop()` is called, and stops everything it started. On a `SimulatedClock` the
+same code is a backtest that runs as fast as the machine allows; on a `RealClock` it is
+`legato run`.
 
 Controls: `pause(symbol)` / `resume(symbol)`, `kill_switch()` (no new trades; the guards
 close every position), `close_position(symbol)`. `snapshot()` is what the service and the
@@ -296,7 +298,11 @@ class Desk:
     an exception its `on_bar` raises drops that bar's proposals and raises a HIGH alert
     (the first of a run of failing bars, logged with its traceback; every later one is
     logged in a line), or, with
-    `raise_strategy_errors` (a backtest), ends the run with it.
+    `raise_strategy_errors` (a backtest), ends the run with it. When the data runs out, the
+    decision runs in flight are waited for (a backtest: on simulated time an entry's timeout
+    passes at once); `stop_at_end_of_data` (`legato run`) makes the end of the data a stop
+    request instead, so a run waiting for a fill that no bar will bring gets the stop's grace
+    and resumes at the next start, rather than holding the process until its timeout.
     """
 
     def __init__(
@@ -316,6 +322,7 @@ class Desk:
         scratch_store: bool = False,
         strategies: Mapping[str, Strategy] | None = None,
         raise_strategy_errors: bool = False,
+        stop_at_end_of_data: bool = False,
     ) -> None:
         if not isinstance(config, DeskConfig):
             raise ValidationError("config", config, "a DeskConfig")
@@ -332,6 +339,7 @@ class Desk:
                 )
             self._strategists[symbol] = _Strategist(strategy, config.instrument(symbol))
         self._raise_strategy_errors = bool(raise_strategy_errors)
+        self._stop_at_end_of_data = bool(stop_at_end_of_data)
         if not isinstance(scheduling, Scheduling):
             raise ValidationError(
                 "scheduling", scheduling, "a Scheduling ('inline' or 'orchestrator')"
@@ -373,6 +381,8 @@ class Desk:
         self._llm_clients: dict[str, LLMClient] = {}
         self._reconfiguring = asyncio.Lock()
         self._in_flight: set[asyncio.Task[PipelineOutcome | None]] = set()
+        # The resumption of the executions the last run left unfinished, while it lasts.
+        self._resuming: asyncio.Task[PipelineOutcome | None] | None = None
         # Built by start(), dropped by stop().
         self._parts: _Parts | None = None
 
@@ -452,7 +462,13 @@ class Desk:
             parts.coordinator.pause(symbol)
         # Reconcile before trading: a restart picks up where the store says it was.
         await parts.reconciler.reconcile()
-        await parts.manager.recover()
+        if await parts.ledger.intents(unfinished_only=True):
+            # Executions the last stop cut short resume now. One waiting for its entry's fill
+            # can only finish on a bar, so they go on while the bars flow, and no decision is
+            # made before they have all finished (see `_consume`). A stop treats them as the
+            # decision runs in flight: the same grace, longer for one protecting a position.
+            self._resuming = asyncio.create_task(self._resume(), name="desk-resume")
+            self._in_flight.add(self._resuming)
         supervisor = parts.supervisor
         for name, (function, interval_field) in self._loop_functions(parts).items():
             supervisor.add_loop(name, function, interval=getattr(config, interval_field))
@@ -482,7 +498,12 @@ class Desk:
             return
         # The decision worker first: the tasks it is running still use the parts.
         tasks, self._tasks = self._tasks, None
+        resuming, self._resuming = self._resuming, None
         try:
+            if resuming is not None and not resuming.done():
+                # Still waiting (an entry no bar filled): durable, the next start resumes it.
+                resuming.cancel()
+                await asyncio.wait([resuming])
             if tasks is not None:
                 await tasks.stop()
         finally:
@@ -535,14 +556,44 @@ class Desk:
             feed = feeding.create_task(self._consume(source, pipelines), name="desk-feed")
             # A stop must not wait for the next bar (five minutes away on a live 5m feed).
             watcher = feeding.create_task(self._stop_feed_on_request(feed), name="desk-stop")
-            # Data that simply ran out needs no watcher; a stop request keeps it to the end.
-            feed.add_done_callback(lambda _: None if self._stop.is_set() else watcher.cancel())
+            # Data that simply ran out needs no watcher, unless its end is a stop; a stop
+            # request keeps it to the end.
+            feed.add_done_callback(lambda _: self._fed(watcher))
         if self._tasks is not None:
             await self._tasks.settle()
+        if self._resuming is not None and not self._stop.is_set():
+            # Data that ran out lets the resumed executions end, as it lets decision runs.
+            await asyncio.wait([self._resuming])
         # The last bars' fills are booked before the desk reports and stops.
         await parts.manager.monitor_protection()
         await self._publish_telemetry()
         return self._bars_processed
+
+    async def _resume(self) -> PipelineOutcome | None:
+        # The resumption of start(): a task in `_in_flight`, so a stop gives it a grace.
+        try:
+            await self._running().manager.recover()
+        except LegatoError as error:
+            # The execution-recovery loop tries again; deciding need not wait for it.
+            _log.error("desk_resume_failed", error=str(error))
+        finally:
+            self._in_flight.discard(asyncio.current_task())
+        return None
+
+    def _resumed(self) -> bool:
+        # True once the resumption started at start() has ended.
+        if self._resuming is not None and self._resuming.done():
+            self._resuming = None
+        return self._resuming is None
+
+    def _fed(self, watcher: asyncio.Task[None]) -> None:
+        # The feed ended: a stop request, the end of the data, or a failure.
+        if self._stop.is_set():
+            return
+        if self._stop_at_end_of_data:
+            self._stop.set()  # the watcher gives the runs in flight the stop's grace
+        else:
+            watcher.cancel()
 
     async def _protecting(self) -> bool:
         intents = await self._running().ledger.intents(unfinished_only=True)
@@ -587,6 +638,14 @@ class Desk:
                 self._last_price[bar.symbol] = bar.close
                 self._bars_processed += 1
                 strategist = self._strategists.get(bar.symbol)
+                if self._resuming is not None and not self._resumed():
+                    # No decision while the last run's executions are resumed; the agents'
+                    # indicators still see every bar.
+                    if strategist is None:
+                        parts.coordinator.observe(bar)
+                    if self._stop.is_set():
+                        break
+                    continue
                 if strategist is not None:
                     await self._strategy_bar(strategist, bar, pipelines)
                     if self._stop.is_set():

@@ -285,8 +285,11 @@ class PaperVenue:
         self._fills: list[Fill] = []
         # The same fills per symbol (what `fills(symbol)` lists, without a pass over all).
         self._symbol_fills: dict[str, list[Fill]] = {}
-        self._last_price: dict[str, Decimal] = {}
-        self._last_bar: dict[str, datetime] = {}
+        # The last bar matched per symbol (its close is the last price); a restored venue
+        # starts from the saved prices and times until its symbols' next bars.
+        self._last_bars: dict[str, Bar] = {}
+        self._saved_prices: dict[str, Decimal] = {}
+        self._saved_times: dict[str, datetime] = {}
         self._subscriptions: list[_BarSubscription] = []
         self._calls: Counter[str] = Counter()
         self._order_sequence = 0
@@ -348,11 +351,13 @@ class PaperVenue:
 
     def last_price(self, symbol: str) -> Decimal | None:
         """The close of the last bar seen for `symbol`, or None before the first."""
-        return self._last_price.get(symbol)
+        bar = self._last_bars.get(symbol)
+        return bar.close if bar is not None else self._saved_prices.get(symbol)
 
     def last_bar_time(self, symbol: str) -> datetime | None:
         """The timestamp of the last bar seen for `symbol`, or None before the first."""
-        return self._last_bar.get(symbol)
+        bar = self._last_bars.get(symbol)
+        return bar.timestamp if bar is not None else self._saved_times.get(symbol)
 
     # ------------------------------------------------------------------ durable state
 
@@ -370,10 +375,16 @@ class PaperVenue:
             positions=tuple(self._positions.values()),
             closed_positions=tuple(self._closed_positions),
             fills=tuple(self._fills),
-            last_prices=dict(self._last_price),
+            last_prices={
+                **self._saved_prices,
+                **{symbol: bar.close for symbol, bar in self._last_bars.items()},
+            },
             order_sequence=self._order_sequence,
             fill_sequence=self._fill_sequence,
-            last_bars=dict(self._last_bar),
+            last_bars={
+                **self._saved_times,
+                **{symbol: bar.timestamp for symbol, bar in self._last_bars.items()},
+            },
         )
 
     def restore(self, state: PaperVenueState) -> None:
@@ -417,8 +428,9 @@ class PaperVenue:
         self._symbol_fills = {}
         for fill in self._fills:
             self._symbol_fills.setdefault(fill.symbol, []).append(fill)
-        self._last_price = dict(state.last_prices)
-        self._last_bar = dict(state.last_bars)
+        self._last_bars = {}
+        self._saved_prices = dict(state.last_prices)
+        self._saved_times = dict(state.last_bars)
         self._order_sequence = state.order_sequence
         self._fill_sequence = state.fill_sequence
 
@@ -594,8 +606,7 @@ class PaperVenue:
         # made when something reads the position's mark (`_mark_positions`): a copy of the
         # position per bar would cost more than the rest of an idle bar.
         symbol = bar.symbol
-        self._last_price[symbol] = bar.close
-        self._last_bar[symbol] = bar.timestamp
+        self._last_bars[symbol] = bar
         if symbol in self._positions:
             self._unmarked.add(symbol)
         if self._subscriptions:
@@ -614,7 +625,9 @@ class PaperVenue:
         for symbol in self._unmarked:
             position = positions.get(symbol)
             if position is not None:
-                positions[symbol] = position.mark(self._last_price[symbol])
+                price = self.last_price(symbol)
+                assert price is not None  # noted by `_close_bar`, which saw a bar
+                positions[symbol] = position.mark(price)
         self._unmarked.clear()
 
     def _publish(self, bar: Bar) -> None:
@@ -823,7 +836,7 @@ class PaperVenue:
         instrument = self._instruments.get(order.symbol)
         if instrument is None:
             raise OrderRejected(f"unknown symbol {order.symbol!r}", cid)
-        last = self._last_price.get(order.symbol)
+        last = self.last_price(order.symbol)
         reference = order.price or order.stop_price or last
         if reference is None:
             raise OrderRejected(

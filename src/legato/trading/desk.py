@@ -688,17 +688,10 @@ class Desk:
                 run.cancel()
 
     async def _pipeline(self, symbol: str, snapshot: IndicatorSnapshot) -> PipelineOutcome | None:
-        return await self._guarded(symbol, self._running().coordinator.run(symbol, snapshot))
-
-    async def _guarded(
-        self, symbol: str, run: Awaitable[PipelineOutcome]
-    ) -> PipelineOutcome | None:
         try:
-            return await run
+            return await self._running().coordinator.run(symbol, snapshot)
         except LegatoError as error:
-            # One failed run (a store outage, a venue error) must not stop the desk: the
-            # next bar decides again, and the reconciler repairs what was left half-done.
-            _log.error("desk_pipeline_failed", symbol=symbol, error=str(error))
+            _run_failed(symbol, error)
             return None
         finally:
             # Nothing runs between here and the task's end, so to every reader of `_in_flight`
@@ -779,18 +772,19 @@ class Desk:
         sequence: int,
     ) -> PipelineOutcome | None:
         try:
-            return await self._guarded(
-                bar.symbol,
-                self._running().coordinator.run_proposal(
-                    proposal,
-                    bar_time=bar.timestamp,
-                    signal=signal,
-                    source=strategist.name,
-                    sequence=sequence,
-                ),
+            return await self._running().coordinator.run_proposal(
+                proposal,
+                bar_time=bar.timestamp,
+                signal=signal,
+                source=strategist.name,
+                sequence=sequence,
             )
+        except LegatoError as error:
+            _run_failed(bar.symbol, error)
+            return None
         finally:
             strategist.in_flight -= 1
+            self._in_flight.discard(asyncio.current_task())  # as `_pipeline` does
 
     async def _equity(self, ledger: TradingLedger) -> Decimal:
         """The account's equity now: the quote balance, and the open positions at last prices."""
@@ -1062,6 +1056,8 @@ class Desk:
 
     async def _monitor_protection(self) -> int:
         parts = self._running()
+        if not self._unbooked_fills and not self._booking.locked():
+            return 0  # nothing to book, and no pass booking: the common case, with no lock
         # One pass at a time: a strategy's bar (`_strategy_bar`) that finds the loop's pass
         # booking its fills waits for it, and so reads the position that pass leaves.
         async with self._booking:
@@ -1314,6 +1310,12 @@ class _PipelineCloser:
 
     async def close_position(self, symbol: str, reason: str) -> Order | None:
         return await self._desk._close_now(symbol, reason)
+
+
+def _run_failed(symbol: str, error: LegatoError) -> None:
+    # One failed run (a store outage, a venue error) must not stop the desk: the next bar
+    # decides again, and the reconciler repairs what was left half-done.
+    _log.error("desk_pipeline_failed", symbol=symbol, error=str(error))
 
 
 def configured_strategies(

@@ -709,7 +709,10 @@ class Desk:
         parts = self._running()
         symbol = bar.symbol
         # The strategy decides on what it holds now: the bar's fills are booked first (or,
-        # if the protection monitor is booking them, once it has).
+        # if the protection monitor's pass is booking them, once that pass has ended).
+        if self._booking.locked():
+            async with self._booking:
+                pass
         await self._monitor_protection()
         position = await parts.ledger.position(symbol)
         ctx = strategist.context
@@ -1055,20 +1058,22 @@ class Desk:
     # ------------------------------------------------------------------ loops
 
     async def _monitor_protection(self) -> int:
-        parts = self._running()
-        if not self._unbooked_fills and not self._booking.locked():
-            return 0  # nothing to book, and no pass booking: the common case, with no lock
-        # One pass at a time: a strategy's bar (`_strategy_bar`) that finds the loop's pass
-        # booking its fills waits for it, and so reads the position that pass leaves.
+        if not self._unbooked_fills:
+            return 0
+        # One pass at a time (see `_strategy_bar`, which waits for a pass under way).
         async with self._booking:
-            if not self._unbooked_fills:
-                return 0
-            self._unbooked_fills = False
-            try:
-                return await parts.manager.monitor_protection()
-            except BaseException:
-                self._unbooked_fills = True  # the next pass books them
-                raise
+            return await self._book_fills()
+
+    async def _book_fills(self) -> int:
+        # Under `_booking`: another pass may have booked them while this one waited.
+        if not self._unbooked_fills:
+            return 0
+        self._unbooked_fills = False
+        try:
+            return await self._running().manager.monitor_protection()
+        except BaseException:
+            self._unbooked_fills = True  # the next pass books them
+            raise
 
     async def _guard_pass(self) -> object:
         parts = self._running()

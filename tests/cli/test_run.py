@@ -41,6 +41,15 @@ def _env(tmp_path: Path) -> dict[str, str]:
     return {**os.environ, "LEGATO_DATA_DIR": str(tmp_path), "LEGATO_API_TOKEN": "run-test-token"}
 
 
+def _run_once(tmp_path: Path, *args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+    """`legato run ARGS` as a real process in `tmp_path`, to its end (bounded by `timeout`)."""
+    return subprocess.run(
+        _legato(tmp_path, "run", *args),
+        cwd=tmp_path, env=_env(tmp_path), capture_output=True, text=True, check=False,
+        timeout=timeout,
+    )  # fmt: skip
+
+
 def _lines(stream: IO[str]) -> Iterator[str]:
     # Reading the process's own output blocks until it says something: waiting on the
     # event, not on a timer. The test's timeout bounds it.
@@ -120,12 +129,9 @@ def _final_open_positions(output: str) -> int:
 def test_a_bounded_run_trades_protects_its_positions_and_the_next_run_resumes_them(
     tmp_path: Path,
 ) -> None:
-    completed = subprocess.run(
-        _legato(tmp_path, "run", "--bars", str(ENOUGH_BARS_TO_TRADE), "--speed", "1000000",
-                "--port", "0"),
-        cwd=tmp_path, env=_env(tmp_path), capture_output=True, text=True, check=False,
-        timeout=240,
-    )  # fmt: skip
+    completed = _run_once(
+        tmp_path, "--bars", str(ENOUGH_BARS_TO_TRADE), "--speed", "1000000", "--port", "0"
+    )
     assert completed.returncode == 0, completed.stderr[-3000:]
     out = completed.stdout
     assert "paper-trading desk on BTC-USDT-PERP" in out
@@ -139,11 +145,7 @@ def test_a_bounded_run_trades_protects_its_positions_and_the_next_run_resumes_th
 
     left_working = _working(tmp_path)
     assert left_working, "the first run left no protective or closing order working"
-    resumed = subprocess.run(
-        _legato(tmp_path, "run", "--bars", "1", "--speed", "1000000", "--port", "0"),
-        cwd=tmp_path, env=_env(tmp_path), capture_output=True, text=True, check=False,
-        timeout=240,
-    )  # fmt: skip
+    resumed = _run_once(tmp_path, "--bars", "1", "--speed", "1000000", "--port", "0")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     # It says what it picked up, after reconciling and before trading.
     picked_up = re.search(
@@ -205,15 +207,7 @@ def test_a_recorded_file_is_traded_as_the_market_its_name_gives(tmp_path: Path) 
 
 def test_a_missing_data_file_is_refused_before_the_store_is_made(tmp_path: Path) -> None:
     missing = tmp_path / "binance_BTC-USDT-PERP_5m_missing.csv"
-    result = subprocess.run(
-        _legato(tmp_path, "run", "--data", str(missing), "--bars", "5", "--port", "0"),
-        cwd=tmp_path,
-        env=_env(tmp_path),
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=120,
-    )
+    result = _run_once(tmp_path, "--data", str(missing), "--bars", "5", "--port", "0", timeout=120)
     assert result.returncode != 0
     assert f"invalid path: got '{missing}', expected an existing CSV file" in result.stderr
     assert not list(tmp_path.glob("*.db*"))  # nothing written
@@ -278,11 +272,7 @@ def test_your_strategy_trades_the_running_desk_shown_on_the_dashboard_and_resume
     assert len(positions) == _final_open_positions(rest)
     for symbol, stop_loss, _ in positions:
         assert stop_loss is not None, f"{symbol} was left without a live stop-loss"
-    resumed = subprocess.run(
-        _legato(tmp_path, "run", *strategy, "--bars", "1", "--speed", "1000000", "--port", "0"),
-        cwd=tmp_path, env=_env(tmp_path), capture_output=True, text=True, check=False,
-        timeout=240,
-    )  # fmt: skip
+    resumed = _run_once(tmp_path, *strategy, "--bars", "1", "--speed", "1000000", "--port", "0")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resumed  from the store" in resumed.stdout
     assert _decisions(tmp_path)[: len(decisions)] == decisions
@@ -310,11 +300,7 @@ def test_a_bad_strategy_is_refused_before_the_store_is_made(
     tmp_path: Path, args: tuple[str, ...], message: str
 ) -> None:
     (tmp_path / "breakout.py").write_text(BREAKOUT_MODULE)
-    result = subprocess.run(
-        _legato(tmp_path, "run", *args, "--bars", "5", "--port", "0"),
-        cwd=tmp_path, env=_env(tmp_path), capture_output=True, text=True, check=False,
-        timeout=120,
-    )  # fmt: skip
+    result = _run_once(tmp_path, *args, "--bars", "5", "--port", "0", timeout=120)
     assert result.returncode != 0
     assert message in result.stderr
     assert not list(tmp_path.glob("*.db*"))  # nothing written
@@ -329,16 +315,8 @@ def test_a_strategy_the_config_names_trades_its_symbol_and_the_command_line_over
         'code = "breakout:Breakout"\nparams = { window = 12 }\n'
     )
     bounded = ("--bars", "5", "--speed", "1000000", "--port", "0")
-    named = subprocess.run(
-        _legato(tmp_path, "run", *bounded),
-        cwd=tmp_path, env=_env(tmp_path), capture_output=True, text=True, check=False,
-        timeout=240,
-    )  # fmt: skip
-    overridden = subprocess.run(
-        _legato(tmp_path, "run", "--strategy", "ema", *bounded),
-        cwd=tmp_path, env=_env(tmp_path), capture_output=True, text=True, check=False,
-        timeout=240,
-    )  # fmt: skip
+    named = _run_once(tmp_path, *bounded)
+    overridden = _run_once(tmp_path, "--strategy", "ema", *bounded)
     assert named.returncode == 0, named.stderr[-3000:]
     assert "  strategy breakout:Breakout trades BTC-USDT-PERP (instead of the agents)" in (
         named.stdout
@@ -370,18 +348,10 @@ def test_the_last_bar_ends_a_bounded_run_as_ctrl_c_would_and_the_next_run_resume
     # it used to wait out), and the next run resumes the entry while its bars flow.
     (tmp_path / "eager.py").write_text(EAGER)
     args = ("--strategy", "eager:Eager", "--speed", "1000000", "--port", "0")
-    first = subprocess.run(
-        _legato(tmp_path, "run", *args, "--bars", "1"),
-        cwd=tmp_path, env=_env(tmp_path), capture_output=True, text=True, check=False,
-        timeout=120,
-    )  # fmt: skip
+    first = _run_once(tmp_path, *args, "--bars", "1", timeout=120)
     assert first.returncode == 0, first.stderr[-3000:]
     assert "stopped after 1 bars" in first.stdout
-    second = subprocess.run(
-        _legato(tmp_path, "run", *args, "--bars", "20"),
-        cwd=tmp_path, env=_env(tmp_path), capture_output=True, text=True, check=False,
-        timeout=120,
-    )  # fmt: skip
+    second = _run_once(tmp_path, *args, "--bars", "20", timeout=120)
     assert second.returncode == 0, second.stderr[-3000:]
     assert "0 open positions, 1 working order" in second.stdout  # the entry, resumed
     positions = _open_positions(tmp_path)

@@ -19,10 +19,16 @@ from pathlib import Path
 
 import httpx
 import pytest
+from playwright.sync_api import Browser, Page
 
 from e2e.conftest import API_TOKEN, SHUTDOWN_SECONDS
 
 STARTUP_SECONDS = 60.0
+SPEED = "3000"
+"""Ten five-minute bars a second: a desk opens its first position within a minute."""
+FIRST_POSITION_MS = 90_000
+PRICE = re.compile(r"^\d+(\.\d+)?$")
+"""A price as a desk page shows one."""
 _DASHBOARD = re.compile(r"dashboard (http://\S+?)/\s")
 
 
@@ -58,6 +64,17 @@ def _wait_for_dashboard(log_path: Path, process: subprocess.Popen[bytes]) -> str
             continue
         pytest.fail(f"legato run exited with {process.returncode}:\n{log_path.read_text()}")
     pytest.fail(f"legato run printed no dashboard URL in {STARTUP_SECONDS} s")
+
+
+@contextmanager
+def desk_tab(browser: Browser, run: RunningDesk) -> Iterator[Page]:
+    """A tab in a fresh browser profile (no saved API token) pointed at `run`."""
+    context = browser.new_context(base_url=run.url, viewport={"width": 1360, "height": 1100})
+    context.set_default_timeout(15_000)
+    try:
+        yield context.new_page()
+    finally:
+        context.close()
 
 
 @contextmanager

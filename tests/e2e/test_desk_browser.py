@@ -8,7 +8,6 @@ the desk by its light poll. Screenshots land in test-artifacts/.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,18 +15,13 @@ import pytest
 from playwright.sync_api import Browser, Dialog, Page, expect
 
 from e2e.conftest import API_TOKEN
-from e2e.desk_runs import RunningDesk, running_desk
+from e2e.desk_runs import FIRST_POSITION_MS, PRICE, SPEED, RunningDesk, desk_tab, running_desk
 
 pytestmark = pytest.mark.slow
 
-# Ten five-minute bars a second: the desk warms its indicators up and opens its first
-# position within a minute of real time.
-SPEED = "3000"
-FIRST_POSITION_MS = 90_000
 # The guards close the position at their next pass unless a decision run on the symbol is
 # still working on its bracket: the close waits for that run to end first.
 CLOSE_AFTER_KILL_MS = 90_000
-_PRICE = re.compile(r"^\d+(\.\d+)?$")
 
 
 @pytest.fixture(scope="module")
@@ -40,10 +34,8 @@ def desk_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningDesk]:
 @pytest.fixture
 def desk_page(browser: Browser, desk_run: RunningDesk) -> Iterator[Page]:
     """A tab in a fresh browser profile (no saved API token) pointed at the run."""
-    context = browser.new_context(base_url=desk_run.url, viewport={"width": 1360, "height": 1100})
-    context.set_default_timeout(15_000)
-    yield context.new_page()
-    context.close()
+    with desk_tab(browser, desk_run) as page:
+        yield page
 
 
 def test_the_desk_page_shows_a_position_with_its_protection_then_the_kill_switch_closes_it(
@@ -60,8 +52,8 @@ def test_the_desk_page_shows_a_position_with_its_protection_then_the_kill_switch
     # The first position arrives by the page's own poll, with its stop-loss and take-profit.
     row = page.locator("#positions tr[data-position]").first
     expect(row).to_be_visible(timeout=FIRST_POSITION_MS)
-    expect(row.locator("[data-stop-loss]")).to_have_text(_PRICE)
-    expect(row.locator("[data-take-profit]")).to_have_text(_PRICE)
+    expect(row.locator("[data-stop-loss]")).to_have_text(PRICE)
+    expect(row.locator("[data-take-profit]")).to_have_text(PRICE)
     expect(page.locator('.desk-chart.price [data-marker="entry"]').first).to_be_attached()
     page.screenshot(path=str(artifacts / "desk-position.png"), full_page=True)
 

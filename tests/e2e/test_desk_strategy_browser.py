@@ -8,7 +8,6 @@ hand, and the Decisions page shows what the strategy asked for.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,15 +15,12 @@ import pytest
 from playwright.sync_api import Browser, Dialog, Page, expect
 
 from e2e.conftest import API_TOKEN
-from e2e.desk_runs import RunningDesk, running_desk
+from e2e.desk_runs import FIRST_POSITION_MS, PRICE, SPEED, RunningDesk, desk_tab, running_desk
 from trading.backtest.scripted_strategy import BREAKOUT_MODULE
 
 pytestmark = pytest.mark.slow
 
-SPEED = "3000"
-FIRST_POSITION_MS = 90_000
 CLOSED_MS = 60_000
-_PRICE = re.compile(r"^\d+(\.\d+)?$")
 
 
 @pytest.fixture(scope="module")
@@ -40,12 +36,8 @@ def strategy_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningDe
 @pytest.fixture
 def desk_page(browser: Browser, strategy_run: RunningDesk) -> Iterator[Page]:
     """A tab in a fresh browser profile (no saved API token) pointed at the run."""
-    context = browser.new_context(
-        base_url=strategy_run.url, viewport={"width": 1360, "height": 1100}
-    )
-    context.set_default_timeout(15_000)
-    yield context.new_page()
-    context.close()
+    with desk_tab(browser, strategy_run) as page:
+        yield page
 
 
 def test_your_strategy_trades_on_the_desk_page_and_the_operator_can_close_its_position(
@@ -61,8 +53,8 @@ def test_your_strategy_trades_on_the_desk_page_and_the_operator_can_close_its_po
     )
     row = page.locator("#positions tr[data-position]").first
     expect(row).to_be_visible(timeout=FIRST_POSITION_MS)
-    expect(row.locator("[data-stop-loss]")).to_have_text(_PRICE)
-    expect(row.locator("[data-take-profit]")).to_have_text(_PRICE)
+    expect(row.locator("[data-stop-loss]")).to_have_text(PRICE)
+    expect(row.locator("[data-take-profit]")).to_have_text(PRICE)
     page.screenshot(path=str(artifacts / "desk-strategy-position.png"), full_page=True)
 
     # Paused first, so the strategy's next breakout is stored but not traded; then closed.

@@ -63,6 +63,7 @@ from legato.trading.agents.technical import TechnicalAnalysisAgent
 from legato.trading.backtest import EmaCrossover, backtest
 from legato.trading.backtest.desk_backtest import desk_backtest
 from legato.trading.backtest.production import production_backtest
+from legato.trading.backtest.runner import BacktestResult
 from legato.trading.desk_config import DeskConfig
 from legato.trading.instruments import Instrument, InstrumentKind
 from legato.trading.market_data import Bar, default_market_data_dir, load_bars
@@ -124,53 +125,50 @@ def ema_series(closes: Sequence[float], period: int) -> list[float]:
     return [value if (value := ema.update(c)) is not None else float("nan") for c in closes]
 
 
-def run_legato(bars: list[Bar]) -> EngineRun:
-    """The EMA crossover through Legato's runner, research path."""
+def _legato_engine(version: str, run: Callable[[Path], BacktestResult]) -> EngineRun:
+    """Time `run` (given a fresh directory for its store, if it keeps one) as Legato's run."""
 
     def once() -> Trades:
-        result = backtest(EmaCrossover(Decimal(QUANTITY)), bars, INSTRUMENT, rules=RULES)
-        closed = result.trades
+        with tempfile.TemporaryDirectory() as directory:
+            closed = run(Path(directory)).trades
         net = float(sum((t.net_pnl for t in closed), Decimal(0)))
         return [t.entry_time for t in closed], [t.exit_time for t in closed], net
 
     wall, cpu, (entries, exits, net) = _timed(once)
-    return EngineRun("legato", "research path", wall, cpu, entries, exits, net)
+    return EngineRun("legato", version, wall, cpu, entries, exits, net)
+
+
+def run_legato(bars: list[Bar]) -> EngineRun:
+    """The EMA crossover through Legato's runner, research path (no store: the directory goes
+    unused, and making and removing it is about a thousandth of the run)."""
+    return _legato_engine(
+        "research path",
+        lambda _: backtest(EmaCrossover(Decimal(QUANTITY)), bars, INSTRUMENT, rules=RULES),
+    )
 
 
 def run_legato_production(bars: list[Bar]) -> EngineRun:
     """The EMA crossover through the risk engine, execution manager and paper venue."""
-
-    def once() -> Trades:
-        with tempfile.TemporaryDirectory() as directory:
-            result = production_backtest(
-                EmaCrossover(Decimal(QUANTITY)),
-                bars,
-                INSTRUMENT,
-                rules=RULES,
-                store=Path(directory) / "backtest.db",
-            )
-        closed = result.trades
-        net = float(sum((t.net_pnl for t in closed), Decimal(0)))
-        return [t.entry_time for t in closed], [t.exit_time for t in closed], net
-
-    wall, cpu, (entries, exits, net) = _timed(once)
-    return EngineRun("legato", "production path", wall, cpu, entries, exits, net)
+    return _legato_engine(
+        "production path",
+        lambda directory: production_backtest(
+            EmaCrossover(Decimal(QUANTITY)),
+            bars,
+            INSTRUMENT,
+            rules=RULES,
+            store=directory / "backtest.db",
+        ),
+    )
 
 
 def run_legato_desk(bars: list[Bar]) -> EngineRun:
     """The full desk (agents, coordinator, risk, execution, venue, SQLite) on the same bars."""
     config = DeskConfig()
     symbol_bars = [dataclasses.replace(bar, symbol=config.symbols[0]) for bar in bars]
-
-    def once() -> Trades:
-        with tempfile.TemporaryDirectory() as directory:
-            result = desk_backtest(config, symbol_bars, store=Path(directory) / "desk.db")
-        closed = result.trades
-        net = float(sum((t.net_pnl for t in closed), Decimal(0)))
-        return [t.entry_time for t in closed], [t.exit_time for t in closed], net
-
-    wall, cpu, (entries, exits, net) = _timed(once)
-    return EngineRun("legato", "full desk", wall, cpu, entries, exits, net)
+    return _legato_engine(
+        "full desk",
+        lambda directory: desk_backtest(config, symbol_bars, store=directory / "desk.db"),
+    )
 
 
 def run_legato_desk_strategy(bars: list[Bar]) -> EngineRun:
@@ -186,21 +184,12 @@ def run_legato_desk_strategy(bars: list[Bar]) -> EngineRun:
         instruments=(INSTRUMENT,),
         venue=dataclasses.replace(default.venue, slippage_bps=Decimal(0)),
     )
-
-    def once() -> Trades:
-        with tempfile.TemporaryDirectory() as directory:
-            result = desk_backtest(
-                config,
-                bars,
-                store=Path(directory) / "desk.db",
-                strategy=EmaCrossover(Decimal(QUANTITY)),
-            )
-        closed = result.trades
-        net = float(sum((t.net_pnl for t in closed), Decimal(0)))
-        return [t.entry_time for t in closed], [t.exit_time for t in closed], net
-
-    wall, cpu, (entries, exits, net) = _timed(once)
-    return EngineRun("legato", "desk, EMA crossover", wall, cpu, entries, exits, net)
+    return _legato_engine(
+        "desk, EMA crossover",
+        lambda directory: desk_backtest(
+            config, bars, store=directory / "desk.db", strategy=EmaCrossover(Decimal(QUANTITY))
+        ),
+    )
 
 
 def run_desk_agents_alone(bars: list[Bar]) -> float:

@@ -562,7 +562,8 @@ class Desk:
         if self._tasks is not None:
             await self._tasks.settle()
         if self._resuming is not None and not self._stop.is_set():
-            # Data that ran out lets the resumed executions end, as it lets decision runs.
+            # Data that ran out lets the resumed executions end, as it lets decision runs
+            # (at once if they have).
             await asyncio.wait([self._resuming])
         # The last bars' fills are booked before the desk reports and stops.
         await parts.manager.monitor_protection()
@@ -579,12 +580,6 @@ class Desk:
         finally:
             self._in_flight.discard(asyncio.current_task())
         return None
-
-    def _resumed(self) -> bool:
-        # True once the resumption started at start() has ended.
-        if self._resuming is not None and self._resuming.done():
-            self._resuming = None
-        return self._resuming is None
 
     def _fed(self, watcher: asyncio.Task[None]) -> None:
         # The feed ended: a stop request, the end of the data, or a failure.
@@ -638,7 +633,7 @@ class Desk:
                 self._last_price[bar.symbol] = bar.close
                 self._bars_processed += 1
                 strategist = self._strategists.get(bar.symbol)
-                if self._resuming is not None and not self._resumed():
+                if self._resuming is not None and not self._resuming.done():
                     # No decision while the last run's executions are resumed; the agents'
                     # indicators still see every bar.
                     if strategist is None:
